@@ -1,0 +1,69 @@
+"""SingleTaskModel: one encoder list and one decoder list ending in a Predictor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from rskeras.models.torch_weights import TorchParam, join
+
+
+def run_encoder(encoder: list, context: dict, training=None) -> Any:
+    """Applies the FeatureExtractor then each IntermediateComponent of ``encoder``."""
+    x = encoder[0](context, training=training)
+    for component in encoder[1:]:
+        x = component(x, context=context, training=training)
+    return x
+
+
+def run_decoder(decoder: list, x: Any, context: dict, targets=None, training=None) -> dict:
+    """Applies the intermediate components of ``decoder`` then its Predictor."""
+    for component in decoder[:-1]:
+        x = component(x, context=context, training=training)
+    return decoder[-1](x, context=context, targets=targets, training=training)
+
+
+def components_torch_params(components: list, prefix: str) -> list[TorchParam]:
+    """torch_params of a list of components stored as a torch ModuleList at ``prefix``."""
+    out: list[TorchParam] = []
+    for i, component in enumerate(components):
+        if hasattr(component, "torch_params"):
+            out.extend(component.torch_params(join(prefix, str(i))))
+        elif component.weights:
+            raise ValueError(f"{type(component).__name__} at {join(prefix, str(i))} has weights but no torch_params")
+    return out
+
+
+class SingleTaskModel(keras.layers.Layer):
+    """Encoder then one decoder (rslearn ``rslearn.models.singletask.SingleTaskModel``).
+
+    Args:
+        encoder: list of components; the first is a FeatureExtractor taking the input
+            dict, the rest are IntermediateComponents.
+        decoder: list of IntermediateComponents ending in a Predictor.
+
+    ``call(inputs, targets=None, training=None)`` returns the predictor's
+    ``{"outputs": ..., "loss_dict": {...}}``.
+    """
+
+    def __init__(self, encoder: list, decoder: list, **kwargs):
+        super().__init__(**kwargs)
+        if not encoder:
+            raise ValueError("SingleTaskModel: encoder must contain at least one component")
+        if not decoder:
+            raise ValueError("SingleTaskModel: decoder must contain at least one component (the predictor)")
+        self.encoder = list(encoder)
+        self.decoder = list(decoder)
+
+    def call(self, inputs, targets=None, training=None):
+        x = run_encoder(self.encoder, inputs, training=training)
+        return run_decoder(self.decoder, x, inputs, targets=targets, training=training)
+
+    def loss_names(self) -> list[str]:
+        return list(self.decoder[-1].loss_names())
+
+    def torch_params(self, prefix: str = "") -> list[TorchParam]:
+        return components_torch_params(self.encoder, join(prefix, "encoder")) + components_torch_params(
+            self.decoder, join(prefix, "decoder")
+        )
