@@ -26,3 +26,60 @@ class Feature:
             "properties": dict(self.properties),
             "geometry": shapely.geometry.mapping(self.geometry),
         }
+
+
+def property_text(value: Any) -> str:
+    """Renders a property value as the text stored in vector tensors.
+
+    Floats use ``repr`` (round-trips exactly through float parsing), bools become
+    "True"/"False" like Python's ``str``; everything else uses ``str``.
+    """
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def features_to_tensors(features: list[Feature], property_names: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Converts features to the raw vector-input form (numpy arrays, see docs/design.md).
+
+    Returns a dict with ``bounds`` float64 [N, 4], ``centroid`` float64 [N, 2],
+    ``geometry_type`` bytes [N] and nested dicts ``properties`` / ``has_property`` with
+    one [N] column per name in ``property_names``.
+    """
+    import numpy as np
+
+    n = len(features)
+    bounds = np.zeros((n, 4), np.float64)
+    centroid = np.zeros((n, 2), np.float64)
+    gtypes = []
+    for i, f in enumerate(features):
+        bounds[i] = f.geometry.bounds if not f.geometry.is_empty else (np.nan,) * 4
+        c = f.geometry.centroid
+        centroid[i] = (c.x, c.y) if not c.is_empty else (np.nan, np.nan)
+        gtypes.append(f.geometry.geom_type)
+    props, has = {}, {}
+    for name in property_names:
+        has[name] = np.array([name in f.properties for f in features], dtype=bool)
+        props[name] = np.array(
+            [property_text(f.properties[name]) if name in f.properties else "" for f in features], dtype=object
+        ).astype(bytes) if n else np.zeros((0,), dtype=bytes)
+    return {
+        "bounds": bounds,
+        "centroid": centroid,
+        "geometry_type": np.array(gtypes, dtype=bytes) if n else np.zeros((0,), dtype=bytes),
+        "properties": props,
+        "has_property": has,
+    }
+
+
+def vector_tensor_signature(property_names: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """tf.TensorSpec structure of :func:`features_to_tensors` output."""
+    import tensorflow as tf
+
+    return {
+        "bounds": tf.TensorSpec([None, 4], tf.float64),
+        "centroid": tf.TensorSpec([None, 2], tf.float64),
+        "geometry_type": tf.TensorSpec([None], tf.string),
+        "properties": {name: tf.TensorSpec([None], tf.string) for name in property_names},
+        "has_property": {name: tf.TensorSpec([None], tf.bool) for name in property_names},
+    }
