@@ -35,6 +35,13 @@ class Task:
         """Property columns this task reads from vector inputs."""
         return []
 
+    def target_padding_values(self) -> dict[str, Any]:
+        """Padding values for variable-length target tensors when batching (default 0).
+
+        A (nested) dict mirroring the target dict; keys left out pad with 0.
+        """
+        return {}
+
     def process_output(self, raw_output: Any, metadata: SampleMetadata) -> Any:
         """One example's (numpy) model output -> ``[C, H, W]`` numpy raster or list of Features."""
         raise NotImplementedError
