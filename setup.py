@@ -19,6 +19,7 @@ setup(
         "pyyaml>=6",
         "numpy>=1.26",
         "tqdm>=4.60",
+        "tensorboard>=2.20",
     ],
     extras_require={
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],

@@ -48,6 +48,11 @@ class MultiTaskModel(keras.layers.Layer):
                 weights[name] = 1.0
         self.loss_weights = {name: float(weights[name]) for name in self.task_names}
 
+    def build(self, *args, **kwargs):
+        # Sub-components build themselves on their first call; tracing the whole
+        # container to infer shapes is neither needed nor possible (dict inputs).
+        self.built = True
+
     def call(self, inputs, targets=None, training=None):
         x = run_encoder(self.encoder, inputs, training=training)
         outputs, losses = {}, {}

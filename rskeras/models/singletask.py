@@ -56,6 +56,11 @@ class SingleTaskModel(keras.layers.Layer):
         self.encoder = list(encoder)
         self.decoder = list(decoder)
 
+    def build(self, *args, **kwargs):
+        # Sub-components build themselves on their first call; tracing the whole
+        # container to infer shapes is neither needed nor possible (dict inputs).
+        self.built = True
+
     def call(self, inputs, targets=None, training=None):
         x = run_encoder(self.encoder, inputs, training=training)
         return run_decoder(self.decoder, x, inputs, targets=targets, training=training)

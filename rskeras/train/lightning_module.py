@@ -1,0 +1,231 @@
+"""RslearnLightningModule: the Keras model that trains an rskeras model on a task.
+
+The counterpart of rslearn's Lightning module, as a ``keras.Model`` with custom steps:
+
+* ``train_step`` runs the model with targets, sums the loss dict (rslearn's step loss),
+  divides by ``num_replicas_in_sync`` (Keras' optimizer all-reduces gradients by sum under
+  ``tf.distribute``) and logs ``train_loss`` and ``train_<loss>`` as batch-size-weighted
+  epoch means.
+* ``test_step`` runs the model with targets in inference mode, logs ``loss`` and each loss
+  (Keras prefixes ``val_`` during fit; rskeras' trainer prefixes ``test_`` for test) and
+  updates the task's metrics.
+* At the end of an epoch the task metrics are computed once, eagerly (so host-side metrics
+  such as mAP are cheap per batch), flattened with torchmetrics' naming rule.
+
+The model itself (``SingleTaskModel``/``MultiTaskModel``) is a Keras layer; for export
+``inference_model(input_specs)`` assembles a functional ``keras.Model``:
+inputs dict -> model -> ``task.output_layer()`` -> dict of named outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from rskeras.train.metrics import flatten_metric_results
+from rskeras.train.optimizer import AdamW
+
+logger = logging.getLogger(__name__)
+
+
+class RestoreConfig:
+    """Initial weights from a PyTorch state dict at the start of a fresh fit.
+
+    Args:
+        restore_path: .ckpt/.pth/.npz/.safetensors file.
+        restore_path_options: accepted for compatibility (local paths only).
+        selector: keys to descend into the loaded object (e.g. ["state_dict"]).
+        ignore_prefixes: drop keys starting with any of these.
+        remap_prefixes: ``[old, new]`` pairs renaming key prefixes, applied in order.
+    """
+
+    def __init__(
+        self,
+        restore_path: str,
+        restore_path_options: dict[str, Any] | None = None,
+        selector: list[str] | None = None,
+        ignore_prefixes: list[str] | None = None,
+        remap_prefixes: list[list[str]] | None = None,
+    ):
+        self.restore_path = restore_path
+        self.selector = list(selector or [])
+        self.ignore_prefixes = list(ignore_prefixes or [])
+        self.remap_prefixes = [tuple(p) for p in (remap_prefixes or [])]
+        for pair in self.remap_prefixes:
+            if len(pair) != 2:
+                raise ValueError(f"remap_prefixes entries must be [old, new] pairs, got {list(pair)}")
+
+
+class RslearnLightningModule(keras.Model):
+    """Trains ``model`` on ``task`` (rslearn ``RslearnLightningModule``).
+
+    Args:
+        model: a SingleTaskModel or MultiTaskModel.
+        task: the task (in configs linked from ``data.init_args.task``).
+        optimizer: an optimizer factory (default AdamW(lr)).
+        scheduler: a scheduler factory (see ``rskeras.train.scheduler``).
+        visualize_dir: write test-time visualisations here.
+        metrics_file: write test metrics (JSON) here.
+        write_test_metrics: write test metrics next to the checkpoint's run directory.
+        restore_config: initial weights from a PyTorch state dict (fresh fit only).
+        print_parameters: log parameter counts per top-level component.
+        print_model: log the model summary.
+        lr: deprecated default learning rate (used when ``optimizer`` is not given).
+        plateau, plateau_factor, plateau_patience, plateau_min_lr, plateau_cooldown:
+            deprecated shorthand for a PlateauScheduler.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        task: Any = None,
+        optimizer: Any = None,
+        scheduler: Any = None,
+        visualize_dir: str | None = None,
+        metrics_file: str | None = None,
+        write_test_metrics: bool = False,
+        restore_config: RestoreConfig | None = None,
+        print_parameters: bool = False,
+        print_model: bool = False,
+        lr: float = 1e-3,
+        plateau: bool = False,
+        plateau_factor: float = 0.1,
+        plateau_patience: int = 10,
+        plateau_min_lr: float = 0.0,
+        plateau_cooldown: int = 0,
+    ):
+        super().__init__()
+        self.model = model
+        self.task = task
+        self.optimizer_factory = optimizer
+        self.lr = lr
+        if scheduler is None and plateau:
+            from rskeras.train.scheduler import PlateauScheduler
+
+            scheduler = PlateauScheduler(factor=plateau_factor, patience=plateau_patience, min_lr=plateau_min_lr, cooldown=plateau_cooldown)
+        self.scheduler_factory = scheduler
+        self.visualize_dir = visualize_dir
+        self.metrics_file = metrics_file
+        self.write_test_metrics = write_test_metrics
+        self.restore_config = restore_config
+        self.print_parameters = print_parameters
+        self.print_model = print_model
+        loss_names = list(model.loss_names())
+        self.train_trackers = {"train_loss": keras.metrics.Mean(name="train_loss")}
+        self.train_trackers.update({f"train_{k}": keras.metrics.Mean(name=f"train_{k}") for k in loss_names})
+        self.eval_trackers = {"loss": keras.metrics.Mean(name="loss")}
+        self.eval_trackers.update({k: keras.metrics.Mean(name=k) for k in loss_names})
+        self.task_metrics = dict(task.get_metrics()) if task is not None else {}
+        self.nonscalar_results: dict[str, Any] = {}
+
+    # ---- Keras plumbing ---------------------------------------------------------------
+
+    @property
+    def metrics(self):
+        return list(self.train_trackers.values()) + list(self.eval_trackers.values()) + list(self.task_metrics.values())
+
+    def call(self, inputs, training=None):
+        return self.model(inputs, training=training)["outputs"]
+
+    def build_from_batch(self, inputs: dict[str, tf.Tensor]) -> None:
+        """Creates every weight by running the model once, eagerly, on a real batch.
+
+        Eager building avoids creating variables inside Keras' symbolic tracing (where
+        random initializers cannot draw seeds) and gives every layer concrete shapes.
+        """
+        self.model(inputs, training=False)
+        self.built = True
+
+    def inference_model(self, input_specs: dict[str, tf.TensorSpec], with_output_layer: bool = True) -> keras.Model:
+        """Functional model: input dict -> model outputs (-> task output layer)."""
+        inputs = {
+            key: keras.Input(shape=tuple(spec.shape[1:]), dtype=spec.dtype.name, name=key) for key, spec in input_specs.items()
+        }
+        outputs = self.model(inputs, training=False)["outputs"]
+        if with_output_layer and self.task is not None:
+            outputs = self.task.output_layer()(outputs)
+        return keras.Model(inputs, outputs, name="rskeras_inference")
+
+    def make_optimizer(self) -> keras.optimizers.Optimizer:
+        factory = self.optimizer_factory
+        if factory is None:
+            logger.warning("no optimizer configured, using AdamW(lr=%s)", self.lr)
+            factory = AdamW(lr=self.lr)
+        return factory.build(self)
+
+    @staticmethod
+    def batch_size_of(inputs) -> tf.Tensor:
+        first = tf.nest.flatten(inputs)[0]
+        return tf.cast(tf.shape(first)[0], tf.float32)
+
+    @staticmethod
+    def total_loss(loss_dict: dict[str, tf.Tensor]) -> tf.Tensor:
+        if not loss_dict:
+            return tf.constant(0.0)
+        return tf.add_n([tf.cast(v, tf.float32) for v in loss_dict.values()])
+
+    def train_step(self, data):
+        inputs, targets = data[0], data[1]
+        with tf.GradientTape() as tape:
+            out = self.model(inputs, targets=targets, training=True)
+            loss = self.total_loss(out["loss_dict"])
+            scaled = loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
+            if hasattr(self.optimizer, "scale_loss"):
+                scaled = self.optimizer.scale_loss(scaled)
+        variables = self.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        weight = self.batch_size_of(inputs)
+        self.train_trackers["train_loss"].update_state(loss, sample_weight=weight)
+        for key, value in out["loss_dict"].items():
+            self.train_trackers[f"train_{key}"].update_state(value, sample_weight=weight)
+        return {name: tracker.result() for name, tracker in self.train_trackers.items()}
+
+    def test_step(self, data):
+        inputs, targets = data[0], data[1]
+        out = self.model(inputs, targets=targets, training=False)
+        weight = self.batch_size_of(inputs)
+        self.eval_trackers["loss"].update_state(self.total_loss(out["loss_dict"]), sample_weight=weight)
+        for key, value in out["loss_dict"].items():
+            self.eval_trackers[key].update_state(value, sample_weight=weight)
+        for metric in self.task_metrics.values():
+            metric.update_state(out["outputs"], targets)
+        return {name: tracker.result() for name, tracker in self.eval_trackers.items()}
+
+    def predict_step(self, data):
+        inputs = data[0] if isinstance(data, (tuple, list)) else data
+        return self.model(inputs, training=False)["outputs"]
+
+    def epoch_metric_results(self) -> dict[str, float]:
+        """Eval losses and task metrics as logged scalars; non-scalars kept aside."""
+        out = {name: float(t.result()) for name, t in self.eval_trackers.items()}
+        raw = {name: metric.result() for name, metric in self.task_metrics.items()}
+        self.nonscalar_results = {}
+        for name, value in flatten_metric_results(raw).items():
+            array = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+            if array.ndim == 0:
+                out[name] = float(array)
+            else:
+                self.nonscalar_results[name] = array
+        return out
+
+    def _get_metrics_result_or_logs(self, logs):
+        # Keras calls this (eagerly) at the end of each training epoch and evaluation.
+        if logs and any(str(k).startswith("train_") for k in logs):
+            return {name: float(t.result()) for name, t in self.train_trackers.items()}
+        return self.epoch_metric_results()
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable parameter count per top-level component."""
+        counts = {}
+        for attr in ("encoder", "decoder"):
+            for i, layer in enumerate(getattr(self.model, attr, []) or []):
+                counts[f"{attr}.{i}.{type(layer).__name__}"] = int(sum(np.prod(v.shape) for v in layer.trainable_weights))
+        for task, layers in (getattr(self.model, "decoders", None) or {}).items():
+            for i, layer in enumerate(layers):
+                counts[f"decoders.{task}.{i}.{type(layer).__name__}"] = int(sum(np.prod(v.shape) for v in layer.trainable_weights))
+        return counts

@@ -1,0 +1,129 @@
+"""GeoTIFF reading onto a window grid and writing (rslearn ``GeotiffRasterFormat``)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.enums
+import rasterio.vrt
+import rasterio.windows
+
+from rskeras.utils.fileio import atomic_path, atomic_write_text
+from rskeras.utils.geometry import PixelBounds, Projection
+
+NEAREST = rasterio.enums.Resampling.nearest
+
+
+class RasterReadError(ValueError):
+    """A raster file could not be read (message names the file)."""
+
+
+def _aligned_offset(src, projection: Projection, bounds: PixelBounds) -> tuple[int, int] | None:
+    """(col, row) of ``bounds``' origin in the file when its grid equals the target grid."""
+    t = src.transform
+    if t.b != 0 or t.d != 0:
+        return None
+    if not (math.isclose(t.a, projection.x_resolution, rel_tol=1e-9) and math.isclose(t.e, projection.y_resolution, rel_tol=1e-9)):
+        return None
+    if src.crs is None or not (str(src.crs) == projection.crs or src.crs == projection.rasterio_crs):
+        return None
+    col = bounds[0] - t.c / t.a
+    row = bounds[1] - t.f / t.e
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    return int(round(col)), int(round(row))
+
+
+def read_geotiff(path: str, projection: Projection, bounds: PixelBounds, band_indexes: list[int] | None = None) -> np.ndarray:
+    """Reads ``path`` onto the grid (projection, bounds) with nearest resampling.
+
+    Pixels outside the stored raster get the file's nodata value (0 if it has none).
+    Returns ``[bands, H, W]`` in the file's dtype. ``band_indexes`` are 1-based.
+    """
+    width, height = bounds[2] - bounds[0], bounds[3] - bounds[1]
+    try:
+        with rasterio.open(path) as src:
+            indexes = band_indexes or list(range(1, src.count + 1))
+            fill = src.nodata if src.nodata is not None and not np.isnan(src.nodata) else (src.nodata if src.nodata is not None else 0)
+            dtype = src.dtypes[0]
+            offset = _aligned_offset(src, projection, bounds)
+            if offset is not None:
+                col, row = offset
+                out = np.full((len(indexes), height, width), fill, dtype=dtype)
+                c0, r0 = max(col, 0), max(row, 0)
+                c1, r1 = min(col + width, src.width), min(row + height, src.height)
+                if c1 > c0 and r1 > r0:
+                    window = rasterio.windows.Window(c0, r0, c1 - c0, r1 - r0)
+                    out[:, r0 - row : r1 - row, c0 - col : c1 - col] = src.read(indexes, window=window)
+                return out
+            with rasterio.vrt.WarpedVRT(
+                src,
+                crs=projection.rasterio_crs,
+                transform=projection.transform_for(bounds),
+                width=width,
+                height=height,
+                resampling=NEAREST,
+                nodata=fill,
+            ) as vrt:
+                return vrt.read(indexes)
+    except rasterio.errors.RasterioError as e:
+        raise RasterReadError(f"cannot read raster {path}: {e}") from None
+
+
+def read_timestep_metadata(raster_dir: str) -> dict[str, Any] | None:
+    """The optional multi-timestep sidecar ``metadata.json`` next to a GeoTIFF."""
+    path = os.path.join(raster_dir, "metadata.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, OSError) as e:
+        raise RasterReadError(f"malformed raster sidecar {path}: {e}") from None
+
+
+def write_geotiff(
+    path: str,
+    array: np.ndarray,
+    projection: Projection,
+    bounds: PixelBounds,
+    nodata: float | None = None,
+    block_size: int = 512,
+    always_enable_tiling: bool = False,
+) -> None:
+    """Writes ``array`` ``[bands, H, W]`` as an LZW GeoTIFF covering ``bounds``, atomically."""
+    array = np.asarray(array)
+    if array.ndim != 3:
+        raise ValueError(f"write_geotiff: array must be [bands, H, W], got shape {array.shape}")
+    bands, height, width = array.shape
+    if (width, height) != (bounds[2] - bounds[0], bounds[3] - bounds[1]):
+        raise ValueError(f"write_geotiff: array size {width}x{height} does not match bounds {bounds}")
+    profile = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": bands,
+        "dtype": array.dtype.name,
+        "crs": projection.rasterio_crs,
+        "transform": projection.transform_for(bounds),
+        "compress": "lzw",
+    }
+    if nodata is not None:
+        profile["nodata"] = nodata
+    if always_enable_tiling or width > block_size or height > block_size:
+        profile.update(tiled=True, blockxsize=block_size, blockysize=block_size)
+    with atomic_path(path) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(array)
+
+
+def write_timestep_metadata(raster_dir: str, num_channels: int, num_timesteps: int, timestamps: list | None) -> None:
+    atomic_write_text(
+        os.path.join(raster_dir, "metadata.json"),
+        json.dumps({"num_channels": num_channels, "num_timesteps": num_timesteps, "timestamps": timestamps}),
+    )
