@@ -83,3 +83,39 @@ def feature_records(feats: list[Feature]):
 
 def golden_records(entries):
     return [(shapely.wkt.loads(e["wkt"]).wkt, e["properties"]) for e in entries]
+
+
+def _spec_of(value):
+    import tensorflow as tf
+
+    if isinstance(value, dict):
+        return {k: _spec_of(v) for k, v in value.items()}
+    array = np.asarray(value)
+    dtype = tf.string if array.dtype.kind in "SUO" else tf.as_dtype(array.dtype)
+    return tf.TensorSpec([None] * array.ndim, dtype)
+
+
+def _to_numpy(value):
+    if isinstance(value, dict):
+        return {k: _to_numpy(v) for k, v in value.items()}
+    return value.numpy()
+
+
+def process_inputs_in_dataset(task, examples, load_targets=True):
+    """Runs ``task.process_inputs`` inside ``tf.data.Dataset.map`` over
+    ``examples = [(raw_inputs, metadata_dict)]`` with fully dynamic shapes (from_generator);
+    returns [(input_dict, target_dict)] as numpy."""
+    import tensorflow as tf
+
+    from rskeras.train.model_context import metadata_signature
+
+    raw_spec = _spec_of(examples[0][0])
+    signature = (raw_spec, metadata_signature())
+
+    def gen():
+        for raw, md in examples:
+            yield raw, md
+
+    ds = tf.data.Dataset.from_generator(gen, output_signature=signature)
+    ds = ds.map(lambda raw, md: task.process_inputs(raw, md, load_targets))
+    return [(_to_numpy(i), _to_numpy(t)) for i, t in ds]
