@@ -125,6 +125,12 @@ class MultiTaskOutput(keras.layers.Layer):
         super().__init__(**kwargs)
         self.task_layers = dict(layers)
 
+    def build(self, input_shape):
+        for name, layer in self.task_layers.items():
+            if isinstance(input_shape, dict) and name in input_shape and not layer.built:
+                layer.build(input_shape[name])
+        self.built = True
+
     def call(self, outputs):
         named = {}
         for name, layer in self.task_layers.items():
