@@ -251,6 +251,7 @@ class ClassificationTask(BasicTask):
         return metrics
 
 
+@keras.saving.register_keras_serializable(package="rskeras")
 class ClassificationOutput(keras.layers.Layer):
     """Export post-processing: probabilities ``[B, C]`` -> ``{"probabilities": [B, C],
     "class_ids": int32 [B]}``.
@@ -304,6 +305,7 @@ class ClassificationMetric(keras.metrics.Metric):
         self.metric.reset_state()
 
 
+@keras.saving.register_keras_serializable(package="rskeras")
 class ClassificationHead(Predictor):
     """Softmax classifier head with cross-entropy loss ``cls``.
 

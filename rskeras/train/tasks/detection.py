@@ -250,6 +250,7 @@ def example_detections(raw_output: dict[str, Any]) -> tuple[np.ndarray, np.ndarr
     return boxes, scores, labels
 
 
+@keras.saving.register_keras_serializable(package="rskeras")
 class DetectionOutput(keras.layers.Layer):
     """Export post-processing: passes the padded detections through as
     ``{"boxes": [B, K, 4], "scores": [B, K], "labels": int32 [B, K],

@@ -40,6 +40,7 @@ class EmbeddingTask(Task):
         raise NotImplementedError("EmbeddingTask does not support visualize (it is set up for `model predict`)")
 
 
+@keras.saving.register_keras_serializable(package="rskeras")
 class EmbeddingOutput(keras.layers.Layer):
     """Export post-processing: ``[B, H, W, C]`` -> ``{"embeddings": [B, H, W, C]}``."""
 
@@ -47,6 +48,7 @@ class EmbeddingOutput(keras.layers.Layer):
         return {"embeddings": outputs}
 
 
+@keras.saving.register_keras_serializable(package="rskeras")
 class EmbeddingHead(Predictor):
     """Passes one feature map through with a dummy loss ``{"loss": 0}``.
 

@@ -113,6 +113,7 @@ class MultiTask(Task):
         return metrics
 
 
+@keras.saving.register_keras_serializable(package="rskeras")
 class MultiTaskOutput(keras.layers.Layer):
     """Export post-processing of MultiTaskModel outputs ``{task: outputs}``: applies each
     task's output layer and names the results ``<task>_<output>``.

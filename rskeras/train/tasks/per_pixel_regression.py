@@ -126,6 +126,7 @@ class PerPixelRegressionTask(BasicTask):
         return {name: PerPixelRegressionMetricWrapper(RegressionSums(name), self.scale_factor, name=name) for name in self.metrics}
 
 
+@keras.saving.register_keras_serializable(package="rskeras")
 class PerPixelRegressionOutput(keras.layers.Layer):
     """Export post-processing: ``[B, H, W]`` scaled predictions -> ``{"values": [B, H, W]}``
     unscaled.
@@ -176,6 +177,7 @@ class PerPixelRegressionMetricWrapper(keras.metrics.Metric):
         self.metric.reset_state()
 
 
+@keras.saving.register_keras_serializable(package="rskeras")
 class PerPixelRegressionHead(Predictor):
     """Per-pixel regression head with loss ``regress``.
 

@@ -177,6 +177,7 @@ class RegressionTask(BasicTask):
         return metrics
 
 
+@keras.saving.register_keras_serializable(package="rskeras")
 class RegressionOutput(keras.layers.Layer):
     """Export post-processing: scaled predictions ``[B]`` -> ``{"value": [B]}`` unscaled
     (divided by ``scale_factor``).
@@ -222,6 +223,7 @@ class RegressionMetricWrapper(keras.metrics.Metric):
         self.metric.reset_state()
 
 
+@keras.saving.register_keras_serializable(package="rskeras")
 class RegressionHead(Predictor):
     """Window-level regression head with loss ``regress``.
 

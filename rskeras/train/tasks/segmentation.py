@@ -255,6 +255,7 @@ class SegmentationTask(BasicTask):
         return metrics
 
 
+@keras.saving.register_keras_serializable(package="rskeras")
 class SegmentationOutput(keras.layers.Layer):
     """Export post-processing of probabilities ``[B, H, W, C]``:
     ``{"class_ids": int32 [B, H, W], "probabilities": [B, H, W, C]}`` where both use the
@@ -520,6 +521,7 @@ class DiceLoss:
         return 1.0 - tf.reduce_mean(dice)
 
 
+@keras.saving.register_keras_serializable(package="rskeras")
 class SegmentationHead(Predictor):
     """Softmax segmentation head with cross-entropy loss ``cls`` (+ ``dice``).
 
