@@ -395,18 +395,20 @@ class SegmentationF1Metric(keras.metrics.Metric):
         if valid is None:
             valid = tf.ones_like(labels, tf.float32)
         keep = tf.reshape(tf.cast(valid, tf.float32) > 0, [-1])
-        thresholds = tf.constant(self.score_thresholds, tf.float32)
-        pred = probs[:, :, None] > thresholds[None, None, :]  # [N, C, T]
-        gt = (labels[:, None] == tf.range(self.num_classes)[None, :])[:, :, None]  # [N, C, 1]
-        keep = keep[:, None, None]
+        gt = labels[:, None] == tf.range(self.num_classes)[None, :]  # [N, C]
+        keep = keep[:, None]
+        gt_kept = gt & keep
 
         def count(mask):
-            return tf.reduce_sum(tf.cast(mask & keep, tf.float64), axis=0)
+            return tf.reduce_sum(tf.cast(mask, tf.float64), axis=0)
 
-        tp = count(pred & gt)
-        fp = count(pred & ~gt)
-        fn = count(~pred & gt)
-        self.counts.assign_add(tf.stack([tp, fp, fn], axis=-1))
+        per_threshold = []
+        # One [N, C] comparison per threshold keeps memory at the size of the input.
+        for t in self.score_thresholds:
+            pred = (probs > t) & keep
+            per_threshold.append(tf.stack([count(pred & gt), count(pred & ~gt), count(~pred & gt_kept)], axis=-1))
+        tp_fp_fn = tf.stack(per_threshold, axis=1)  # [C, T, 3]
+        self.counts.assign_add(tp_fp_fn)
 
     def result(self):
         scores = best_threshold_scores(tf.convert_to_tensor(self.counts), self.metric_mode)
