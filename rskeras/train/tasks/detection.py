@@ -412,6 +412,8 @@ class DetectionF1Metric(keras.metrics.Metric):
         metric_mode: "f1" (default), "precision" or "recall".
     """
 
+    host_side = True  # update_state runs tf.py_function (not XLA-compilable)
+
     def __init__(
         self,
         num_classes: int,

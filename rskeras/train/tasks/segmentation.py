@@ -315,6 +315,7 @@ class SegmentationMetric(keras.metrics.Metric):
         self.class_metric_name = class_metric_name
         self.class_idx = class_idx
         self.non_scalar = getattr(metric, "non_scalar", False)
+        self.host_side = getattr(metric, "host_side", False)
 
     def update_state(self, outputs, targets, sample_weight=None):
         probs = tf.convert_to_tensor(outputs)
