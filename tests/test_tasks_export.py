@@ -63,3 +63,28 @@ def test_save_visualizations(tmp_path):
     assert sorted(p.rsplit("/", 1)[1] for p in paths) == ["win_0_0_gt.png", "win_0_0_pred.png"]
     decoded = tf.io.decode_png(tf.io.read_file(paths[1])).numpy()
     assert decoded.shape == (4, 5, 1) and decoded[0, 0, 0] == 200
+
+
+def test_building_tasks_creates_no_tf_state():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    script = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "import tensorflow as tf\n"
+        "from tensorflow.python.eager import context\n"
+        "from rskeras.train.tasks.classification import ClassificationTask\n"
+        "from rskeras.train.tasks.segmentation import SegmentationTask\n"
+        "from rskeras.train.tasks.detection import DetectionTask\n"
+        "ClassificationTask(property_name='c', classes=['a', 'b'], enable_f1_metric=True, enable_auroc=True)\n"
+        "SegmentationTask(num_classes=3, enable_miou_metric=True, enable_f1_metric=True)\n"
+        "DetectionTask(property_name='c', classes=['bg', 'a'], enable_f1_metric=True)\n"
+        "assert not context.context()._initialized, 'TF runtime initialized'\n"
+        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+        "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+        "print('OK')\n"
+    ) % str(ROOT)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert "OK" in proc.stdout, proc.stderr[-2000:]

@@ -114,6 +114,16 @@ def check_stat_kwargs(kwargs: dict[str, Any], metric: str) -> dict[str, Any]:
     return kwargs
 
 
+def check_kwargs(kwargs: dict[str, Any], allowed: set[str], owner: str) -> None:
+    """Raises ValueError naming the arguments of ``kwargs`` not in ``allowed``."""
+    unknown = set(kwargs) - set(allowed)
+    if unknown:
+        raise ValueError(f"{owner}: unsupported arguments {sorted(unknown)} (supported: {sorted(allowed)})")
+
+
+RANKING_KWARGS = {"num_classes", "average", "ignore_index", "thresholds", "validate_args"}
+
+
 class ConfusionMatrix(keras.metrics.Metric):
     """Accumulates a ``[num_classes, num_classes]`` confusion matrix (rows = label,
     columns = prediction) over valid items.

@@ -11,9 +11,12 @@ import tensorflow as tf
 
 from rskeras.models.component import Predictor, require_feature_vector
 from rskeras.train.metrics import (
+    RANKING_KWARGS,
     ConfusionMatrixMetric,
     MulticlassAccuracy,
     MulticlassRankingMetric,
+    check_kwargs,
+    check_stat_kwargs,
     torchmetrics_stat,
 )
 from rskeras.train.model_context import SampleMetadata, model_output
@@ -129,8 +132,12 @@ class ClassificationTask(BasicTask):
                 raise ValueError("ClassificationTask: set positive_class when using positive_class_threshold")
             if positive_class not in self.classes:
                 raise ValueError(f"ClassificationTask: positive_class {positive_class!r} not found in classes {self.classes}")
-        # Fail at construction, not in the middle of validation.
-        self.get_metrics()
+        # Fail at construction, not in the middle of validation (without creating any
+        # TF state: tasks may be built before the TF runtime is configured).
+        check_stat_kwargs(self.metric_kwargs, "ClassificationTask metric_kwargs")
+        check_stat_kwargs(self.f1_metric_kwargs, "ClassificationTask f1_metric_kwargs")
+        check_kwargs(self.auroc_metric_kwargs, RANKING_KWARGS, "ClassificationTask auroc_metric_kwargs")
+        check_kwargs(self.prauc_metric_kwargs, RANKING_KWARGS, "ClassificationTask prauc_metric_kwargs")
 
     def vector_property_names(self) -> list[str]:
         return [self.property_name]

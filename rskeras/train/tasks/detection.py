@@ -11,7 +11,7 @@ import shapely
 import tensorflow as tf
 
 from rskeras.train.mean_ap import DetectionImage, coco_map
-from rskeras.train.metrics import HostMetric
+from rskeras.train.metrics import HostMetric, check_kwargs
 from rskeras.train.model_context import SampleMetadata
 from rskeras.train.tasks.classification import class_ids_from_text
 from rskeras.train.tasks.segmentation import DEFAULT_COLORS, best_threshold_scores, threshold_suffix
@@ -105,7 +105,12 @@ class DetectionTask(BasicTask):
         self.enable_precision_recall = enable_precision_recall
         self.f1_metric_thresholds = [list(t) for t in (f1_metric_thresholds or DEFAULT_F1_THRESHOLDS)]
         self.f1_metric_kwargs = dict(f1_metric_kwargs or {})
-        self.get_metrics()  # validate metric arguments now
+        # Validate metric arguments now, without creating TF state.
+        check_kwargs(
+            self.f1_metric_kwargs, {"num_classes", "cmp_mode", "cmp_threshold", "flatten_classes"}, "DetectionTask f1_metric_kwargs"
+        )
+        if self.f1_metric_kwargs.get("cmp_mode", "iou") not in ("iou", "distance"):
+            raise ValueError(f"DetectionTask: cmp_mode must be 'iou' or 'distance', got {self.f1_metric_kwargs['cmp_mode']!r}")
 
     def vector_property_names(self) -> list[str]:
         return [self.property_name]

@@ -15,6 +15,8 @@ from rskeras.train.metrics import (
     ConfusionMatrix,
     ConfusionMatrixMetric,
     MulticlassAccuracy,
+    check_kwargs,
+    check_stat_kwargs,
     torchmetrics_stat,
 )
 from rskeras.train.model_context import SampleMetadata, model_output
@@ -156,7 +158,14 @@ class SegmentationTask(BasicTask):
         self.output_class_idx = output_class_idx
         self.enable_confusion_matrix = enable_confusion_matrix
         self.class_names = list(class_names) if class_names is not None else None
-        self.get_metrics()  # validate metric arguments now
+        # Validate metric arguments now, without creating TF state.
+        check_stat_kwargs(self.metric_kwargs, "SegmentationTask metric_kwargs")
+        check_stat_kwargs(self.multiclass_metric_kwargs, "SegmentationTask multiclass_metric_kwargs")
+        check_kwargs(
+            self.miou_metric_kwargs,
+            {"num_classes", "nodata_value", "ignore_missing_classes", "report_per_class", "class_names"},
+            "SegmentationTask miou_metric_kwargs",
+        )
 
     # ---- targets ---------------------------------------------------------------------
 
