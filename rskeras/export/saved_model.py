@@ -1,43 +1,125 @@
-"""SavedModel export with a ``serving_default`` signature returning named outputs."""
+"""SavedModel export for TF Serving.
+
+``export_for_serving(exportable, path)`` writes a SavedModel whose
+
+* ``serving_default`` signature takes the RAW input bands, one named tensor per raw input
+  (``[B, H, W, C]`` NHWC, or ``[B, T, H, W, C]`` for multi-timestep inputs; float32 raw
+  values, int32 for INT32 DataInputs; channels in the DataInput's ``bands`` order;
+  dynamic batch, and dynamic height/width unless a fixed size is given), applies the
+  pre-processing inside, and returns the task's named outputs (``probabilities`` /
+  ``class_ids``, ``value``, ``values``, ``class_ids`` maps, padded ``boxes`` / ``scores`` /
+  ``labels`` / ``num_detections``, ``embeddings``; ``<task>_<output>`` for multi-task);
+* ``raw_outputs`` signature takes the same inputs and returns the predictor's outputs
+  before the task's post-processing (flattened names, see ``flatten_outputs``).
+
+``assets.extra/rskeras_export.json`` describes inputs, pre-processing and outputs.
+Writes are atomic (a temporary directory renamed into place). For TF Serving, write to a
+numeric version folder: ``models/<name>/1``.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
+from typing import Any, Callable
 
 import keras
 import tensorflow as tf
 
+from rskeras.export.inference import METADATA_FILE, Exportable
 
-def export_saved_model(inference_model: keras.Model, input_specs: dict[str, tf.TensorSpec], path: str) -> str:
-    """Writes ``inference_model`` as a SavedModel at ``path`` (atomically: a temporary
-    directory renamed into place).
+SERVING_SIGNATURE = "serving_default"
+RAW_OUTPUTS_SIGNATURE = "raw_outputs"
 
-    The ``serving_default`` signature takes the model-input dict (one named tensor per
-    input, dynamic batch size) and returns the model's dict of named outputs.
+
+def _replace_dir(tmp: str, path: str) -> None:
+    if os.path.exists(path):
+        old = tmp + ".old"
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+def write_saved_model(
+    endpoints: dict[str, tuple[keras.Model, dict[str, tf.TensorSpec]]],
+    path: str,
+    extra_files: dict[str, str] | None = None,
+) -> str:
+    """Writes a SavedModel with one signature per endpoint ``name -> (model, input specs)``
+    (each model called with its input dict, ``training=False``), atomically.
+
+    ``extra_files``: relative path -> text, written inside the SavedModel directory.
     """
-    signature = {k: tf.TensorSpec([None] + list(s.shape[1:]), s.dtype, name=k) for k, s in input_specs.items()}
     archive = keras.export.ExportArchive()
-    archive.track(inference_model)
-
-    def serve(inputs):
-        return inference_model(inputs, training=False)
-
-    archive.add_endpoint("serving_default", serve, input_signature=[signature])
+    for i, (name, (model, specs)) in enumerate(endpoints.items()):
+        archive.track(model)
+        signature = {k: tf.TensorSpec(s.shape, s.dtype, name=k) for k, s in specs.items()}
+        archive.add_endpoint(name, _caller(model), input_signature=[signature])
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".saved_model-", dir=parent)
     try:
         archive.write_out(tmp, verbose=False)
-        if os.path.exists(path):
-            old = tmp + ".old"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        for rel, text in (extra_files or {}).items():
+            full = os.path.join(tmp, rel)
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            with open(full, "w") as f:
+                f.write(text)
+        _replace_dir(tmp, path)
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _caller(model: keras.Model) -> Callable[[dict[str, tf.Tensor]], Any]:
+    def serve(inputs):
+        return model(inputs, training=False)
+
+    return serve
+
+
+def export_saved_model(inference_model: keras.Model, input_specs: dict[str, tf.TensorSpec], path: str) -> str:
+    """Writes ``inference_model`` (input dict -> dict of named outputs) with a
+    ``serving_default`` signature of ``input_specs`` (batch made dynamic)."""
+    specs = {k: tf.TensorSpec([None] + list(s.shape[1:]), s.dtype) for k, s in input_specs.items()}
+    return write_saved_model({SERVING_SIGNATURE: (inference_model, specs)}, path)
+
+
+def export_for_serving(
+    exportable: Exportable,
+    path: str,
+    input_size: tuple[int, int] | None = None,
+    raw_outputs: bool = True,
+) -> str:
+    """Writes the serving SavedModel of ``exportable`` at ``path`` (see module docstring).
+
+    Args:
+        exportable: the model to export.
+        path: output directory (for TF Serving: ``<base>/<name>/<version number>``).
+        input_size: fixed ``(height, width)``; None keeps them dynamic.
+        raw_outputs: add the ``raw_outputs`` signature.
+    """
+    h, w = input_size if input_size else (None, None)
+    specs = exportable.input_specs(h, w)
+    endpoints = {SERVING_SIGNATURE: (exportable.keras_model(h, w), specs)}
+    if raw_outputs:
+        endpoints[RAW_OUTPUTS_SIGNATURE] = (exportable.keras_model(h, w, raw_outputs=True), specs)
+    description = exportable.description()
+    description["format"] = "saved_model"
+    description["signatures"] = list(endpoints)
+    description["input_size"] = list(input_size) if input_size else None
+    return write_saved_model(endpoints, path, {os.path.join("assets.extra", METADATA_FILE): json.dumps(description, indent=2)})
+
+
+def export_run_saved_model(run: Any, path: str) -> str:
+    """Exports the model of a ``rskeras.lightning_cli.Run`` for serving (raw bands in,
+    pre-processing inside); used by ``train.py`` after ``fit``."""
+    from rskeras.export.inference import exportable_from_run
+
+    name = os.path.basename(os.path.normpath(run.root)) or "model"
+    return export_for_serving(exportable_from_run(run, name=name), path)

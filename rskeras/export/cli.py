@@ -1,0 +1,199 @@
+"""The ``tools/export.py`` command line: export a trained model for serving or the edge.
+
+Usage::
+
+    python tools/export.py --config cfg.yaml --checkpoint CKPT --format saved_model|tflite
+        [--quantize none|float16|dynamic|int8] [--output PATH] [--input-size H W]
+        [--check N] [--check-split val] [--name NAME] [--a.b.c VALUE ...]
+
+The model is built from the config exactly as ``train.py`` builds it (``Run``), the
+checkpoint (``.weights.h5``) is loaded, and the predict split's deterministic transforms
+are compiled into the exported graph (see ``rskeras.export.preprocessing``). With
+``--check N`` the Keras model, the SavedModel and every TFLite variant run on N examples
+and a parity table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from typing import Any, Iterator
+
+from rskeras.export.errors import ExportError
+
+logger = logging.getLogger("rskeras.export")
+
+FORMATS = ("saved_model", "tflite")
+SPLIT_SUBCOMMAND = {"predict": "predict", "val": "validate", "test": "test", "train": "fit"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rskeras.export.tflite import QUANTIZATIONS
+
+    parser = argparse.ArgumentParser(
+        prog="export.py",
+        description="Export a trained rskeras model to a SavedModel (TF Serving) or a TFLite model (LiteRT), with the "
+        "pre-processing inside, and optionally check that the export computes what the Keras model computes.",
+        epilog="Any other --a.b.c VALUE overrides that config key (as in train.py), e.g. --data.init_args.path /data/x. "
+        "Inputs of the exported model are the raw bands of each passthrough raster DataInput (float32 raw values, "
+        "channels in the DataInput's bands order, NHWC). See docs/deployment.md.",
+    )
+    parser.add_argument("--config", "-c", action="append", required=True, help="YAML config file (repeatable)")
+    parser.add_argument("--checkpoint", required=True, help="trained weights (.weights.h5, or a checkpoint train.py can load)")
+    parser.add_argument("--format", choices=FORMATS, default="saved_model", help="saved_model (default) or tflite")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, default="none", help="TFLite quantization (default none = float32)")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="output path (default: <root>/export/saved_model/<name>/1 or <root>/export/<name>[_<quantize>].tflite, "
+        "root = trainer.default_root_dir)",
+    )
+    parser.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), default=None, help="fixed input height and width "
+                        "(TFLite: default the predict crop size or the first predict example's size; SavedModel: default dynamic)")
+    parser.add_argument("--name", default=None, help="model name (default: the last config file's stem)")
+    parser.add_argument("--split", default="predict", choices=sorted(SPLIT_SUBCOMMAND), help="split whose transforms and inputs define the export (default predict)")
+    parser.add_argument("--check", type=int, default=0, metavar="N", help="run N examples through Keras, SavedModel and TFLite variants and print a parity table")
+    parser.add_argument("--check-split", default="val", choices=sorted(SPLIT_SUBCOMMAND), help="split of the --check examples (default val)")
+    parser.add_argument("--check-variants", nargs="+", choices=QUANTIZATIONS, default=list(QUANTIZATIONS), help="TFLite variants in the --check report (default all)")
+    parser.add_argument("--calibration-examples", type=int, default=100, help="train examples for int8 calibration (default 100)")
+    parser.add_argument("--report-json", default=None, help="also write the --check results as JSON here")
+    return parser
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
+    from rskeras.lightning_cli import split_overrides
+
+    rest, overrides = split_overrides(argv)
+    return build_parser().parse_args(rest), overrides
+
+
+def load_run(config_paths: list[str], overrides: list[tuple[str, str]], checkpoint: str, split: str = "predict") -> Any:
+    """Builds the model and data module from the config and loads ``checkpoint``."""
+    from rskeras.config.loader import load_config
+    from rskeras.export.inference import load_weights_quietly
+    from rskeras.lightning_cli import Run
+
+    if not os.path.exists(checkpoint):
+        raise ExportError(f"--checkpoint {checkpoint}: no such file")
+    config = load_config(config_paths, overrides)
+    run = Run(config, config_paths, SPLIT_SUBCOMMAND[split])
+    if checkpoint.endswith(".weights.h5"):
+        load_weights_quietly(run.lm, checkpoint)
+    else:
+        run.load_checkpoint(checkpoint)
+    return run
+
+
+def transforms_where(config: dict[str, Any], split: str) -> str:
+    """The config key the split's transforms come from."""
+    data_args = (config.get("data") or {}).get("init_args") or {}
+    if ((data_args.get(f"{split}_config") or {}).get("transforms")):
+        return f"data.init_args.{split}_config.transforms"
+    return "data.init_args.default_config.transforms"
+
+
+def representative_dataset(data: Any, exportable: Any, size: tuple[int, int], num_examples: int, max_tiles: int = 300):
+    """A generator factory of calibration inputs: raw train examples cut into tiles of the
+    TFLite input size (raw bands: the pre-processing is inside the model)."""
+    from rskeras.export.examples import raw_examples, signature_batch, tiles
+
+    def gen() -> Iterator[dict[str, Any]]:
+        count = 0
+        for example in raw_examples(data, "train", exportable.raw_inputs, limit=num_examples):
+            for tile in tiles(example, *size):
+                yield signature_batch(tile, exportable.raw_inputs)
+                count += 1
+                if count >= max_tiles:
+                    return
+
+    return gen
+
+
+def default_output(run: Any, name: str, fmt: str, quantize: str) -> str:
+    root = os.path.join(run.root, "export")
+    if fmt == "saved_model":
+        return os.path.join(root, "saved_model", name, "1")
+    return os.path.join(root, f"{name}.tflite" if quantize == "none" else f"{name}_{quantize}.tflite")
+
+
+def describe_signature(exportable: Any, size: tuple[int, int] | None, batch: str) -> str:
+    lines = ["inputs:"]
+    for r in exportable.raw_inputs:
+        shape = [batch] + (["T=%d" % r.num_timesteps] if r.num_timesteps > 1 else []) + [
+            str(size[0]) if size else "H",
+            str(size[1]) if size else "W",
+            str(r.num_channels),
+        ]
+        lines.append(f"  {r.name}: {r.dtype} [{', '.join(shape)}] bands {', '.join(r.bands)}")
+    lines.append("pre-processing:")
+    for p in exportable.planned or []:
+        lines.append(f"  {p.describe()}")
+    if not exportable.planned:
+        lines.append("  (none)")
+    return "\n".join(lines)
+
+
+def run(argv: list[str] | None = None) -> int:
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from rskeras.export.inference import exportable_from_run
+    from rskeras.export.saved_model import export_for_serving
+    from rskeras.export.tflite import convert_tflite, write_tflite
+
+    name = args.name or os.path.splitext(os.path.basename(args.config[-1]))[0]
+    r = load_run(args.config, overrides, args.checkpoint, args.split)
+    exportable = exportable_from_run(r, args.split, name=name, where=transforms_where(r.config, args.split))
+    fixed = tuple(args.input_size) if args.input_size else None
+    tflite_size = fixed or exportable.default_size
+    output = args.output or default_output(r, name, args.format, args.quantize)
+    calibration = representative_dataset(r.data, exportable, tflite_size, args.calibration_examples)
+    saved_model_path = None
+    tflite_models: dict[str, bytes] = {}
+    if args.format == "saved_model":
+        saved_model_path = export_for_serving(exportable, output, fixed)
+        print(f"SavedModel written to {saved_model_path} (signatures: serving_default, raw_outputs)")
+        print(describe_signature(exportable, fixed, "B"))
+    else:
+        content = convert_tflite(exportable, tflite_size, args.quantize, calibration if args.quantize == "int8" else None)
+        write_tflite(exportable, content, output, tflite_size, args.quantize)
+        tflite_models[args.quantize] = content
+        print(f"TFLite model written to {output} ({len(content) / 1024:.0f} KiB, {args.quantize}, builtin ops only)")
+        print(describe_signature(exportable, tflite_size, "1"))
+    if args.check <= 0:
+        return 0
+    from rskeras.export.examples import fit_example, raw_examples
+    from rskeras.export.report import format_table, parity_report
+
+    examples = [fit_example(e, *tflite_size) for e in raw_examples(r.data, args.check_split, exportable.raw_inputs, limit=args.check)]
+    with tempfile.TemporaryDirectory(prefix="rskeras-check-") as tmp:
+        if saved_model_path is None:
+            saved_model_path = export_for_serving(exportable, os.path.join(tmp, "saved_model"), None, raw_outputs=False)
+        for quantize in args.check_variants:
+            if quantize not in tflite_models:
+                tflite_models[quantize] = convert_tflite(exportable, tflite_size, quantize, calibration if quantize == "int8" else None)
+        ordered = {q: tflite_models[q] for q in args.check_variants}
+        results = parity_report(exportable, examples, saved_model_path, ordered)
+    title = f"{name}: {args.check_split} split, input size {tflite_size[0]}x{tflite_size[1]}"
+    print()
+    print(format_table(results, len(examples), title))
+    if args.report_json:
+        from dataclasses import asdict
+
+        from rskeras.utils.fileio import atomic_write_text
+
+        atomic_write_text(args.report_json, json.dumps({"title": title, "num_examples": len(examples), "results": [asdict(x) for x in results]}, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rskeras.config.errors import ConfigError
+
+    try:
+        return run(argv)
+    except (ConfigError, ExportError) as e:
+        print(f"export error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,138 @@
+"""TFLite export with TFLite builtin ops only (LiteRT interpreter on phones, drones, satellites).
+
+``convert_tflite(exportable, input_size, quantize)`` converts the same raw-bands ->
+pre-processing -> model -> named-outputs graph as the SavedModel, at a fixed input size
+and batch 1, with ``tf.lite.TFLiteConverter`` and ``supported_ops = [TFLITE_BUILTINS]``
+(plus ``TFLITE_BUILTINS_INT8`` for full-integer models). Flex (TF Select) and custom ops
+are refused: when the graph needs them, ``UnsupportedOpsError`` names the ops and the
+layers that use them. (Keras' ``model.export(format="litert")`` silently enables Flex;
+rskeras does not use it.)
+
+Quantization (``quantize``):
+
+* ``none`` — float32;
+* ``float16`` — float16 weights (dequantized at load; ~half size);
+* ``dynamic`` — dynamic-range: int8 weights, float activations (~quarter size);
+* ``int8`` — full-integer ops calibrated on a representative dataset of raw inputs (the
+  dataset's train split); inputs and outputs stay float32 / int32 so that the signature
+  is the same as the float model's.
+
+The signature (``serving_default``) keeps the input names (one per raw input, ``[1, H, W,
+C]``) and output names of the SavedModel; run it with ``rskeras.export.litert``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from typing import Any, Callable, Iterable
+
+import tensorflow as tf
+
+from rskeras.export.errors import ExportError, UnsupportedOpsError
+from rskeras.export.inference import Exportable
+from rskeras.export.saved_model import SERVING_SIGNATURE, write_saved_model
+from rskeras.utils.fileio import atomic_write_bytes, atomic_write_text
+
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+
+_SELECT_OPS = re.compile(r"(?:TF Select ops|Flex ops|Custom ops): ([^\n]+)")
+_OP_LOCATION = re.compile(r'fused\["(\w+):", callsite\("([^"@]+)@')
+
+
+def unsupported_ops_from_message(message: str) -> tuple[list[str], dict[str, list[str]]]:
+    """(op names, op -> name scopes) from a TFLite converter error message."""
+    ops: list[str] = []
+    for match in _SELECT_OPS.finditer(message):
+        for op in match.group(1).split(","):
+            op = op.strip()
+            if op and op not in ops:
+                ops.append(op)
+    scopes: dict[str, list[str]] = {}
+    for op, scope in _OP_LOCATION.findall(message):
+        if op in ops:
+            scope = scope.rsplit("/", 1)[0] if "/" in scope else scope
+            if scope not in scopes.setdefault(op, []):
+                scopes[op].append(scope)
+    return ops, scopes
+
+
+def _converter(saved_model_dir: str, quantize: str, representative: Callable[[], Iterable[dict[str, Any]]] | None) -> tf.lite.TFLiteConverter:
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=[SERVING_SIGNATURE])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.allow_custom_ops = False
+    if quantize == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quantize == "int8":
+        if representative is None:
+            raise ExportError("quantize=int8 needs a representative dataset (raw input examples)")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    return converter
+
+
+def convert_keras_tflite(
+    model: Any,
+    input_specs: dict[str, tf.TensorSpec],
+    quantize: str = "none",
+    representative: Callable[[], Iterable[dict[str, Any]]] | None = None,
+) -> bytes:
+    """Converts a Keras model taking an input dict (fixed-shape ``input_specs``) to a
+    TFLite flatbuffer with builtin ops only; raises ``UnsupportedOpsError`` naming the
+    ops that would need Flex / custom ops.
+
+    The model goes through a temporary SavedModel (``serving_default`` signature), which
+    keeps the input and output names in the TFLite signature.
+    """
+    if quantize not in QUANTIZATIONS:
+        raise ExportError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
+    for name, spec in input_specs.items():
+        if any(d is None for d in spec.shape):
+            raise ExportError(f"TFLite export needs a fixed input shape; input {name!r} has shape {spec.shape} (give --input-size)")
+    with tempfile.TemporaryDirectory(prefix="rskeras-tflite-") as tmp:
+        saved = write_saved_model({SERVING_SIGNATURE: (model, input_specs)}, os.path.join(tmp, "saved_model"))
+        converter = _converter(saved, quantize, representative)
+        try:
+            return converter.convert()
+        except Exception as e:  # ConverterError lives in a private module
+            message = str(e)
+            ops, scopes = unsupported_ops_from_message(message)
+            if not ops:
+                raise
+    where = "; ".join(f"{op} in {', '.join(scopes[op])}" for op in ops if scopes.get(op))
+    raise UnsupportedOpsError(
+        f"TFLite conversion needs ops outside the TFLite builtin set: {', '.join(ops)}"
+        + (f" ({where})" if where else "")
+        + ". rskeras exports builtin ops only (no Flex / TF Select, no custom ops): replace these ops in the model "
+        "(e.g. keras.ops.argmax -> tf.argmax, tf.image.crop_and_resize -> gather-based RoIAlign)",
+        ops,
+        scopes,
+    )
+
+
+def convert_tflite(
+    exportable: Exportable,
+    input_size: tuple[int, int],
+    quantize: str = "none",
+    representative: Callable[[], Iterable[dict[str, Any]]] | None = None,
+) -> bytes:
+    """The TFLite flatbuffer of ``exportable`` at ``input_size`` (height, width), batch 1."""
+    h, w = input_size
+    model = exportable.keras_model(h, w, batch=1)
+    return convert_keras_tflite(model, exportable.input_specs(h, w, 1), quantize, representative)
+
+
+def write_tflite(exportable: Exportable, content: bytes, path: str, input_size: tuple[int, int], quantize: str) -> str:
+    """Writes the flatbuffer and its ``<path>.json`` description (inputs, outputs,
+    pre-processing, input size, quantization), atomically."""
+    atomic_write_bytes(path, content)
+    description = exportable.description()
+    description.update(format="tflite", input_size=list(input_size), batch_size=1, quantize=quantize)
+    atomic_write_text(path + ".json", json.dumps(description, indent=2))
+    return path
