@@ -76,10 +76,10 @@ class FasterRCNN(Predictor):
 
     def __init__(
         self,
-        downsample_factors: list,
+        downsample_factors: list[int],
         num_channels: int,
         num_classes: int,
-        anchor_sizes: list,
+        anchor_sizes: list[list[int]],
         instance_segmentation: bool = False,
         box_score_thresh: float = 0.05,
         max_detections: int = 100,
@@ -187,14 +187,18 @@ class FasterRCNN(Predictor):
 
     @staticmethod
     def _ground_truth(targets: dict):
-        """Padded ground truth with one extra padding slot, so that a batch without any
-        box (N = 0) still has a ground-truth axis."""
+        """Padded ground truth ``(boxes [B, G, 4], labels [B, G], valid [B, G])`` with one
+        extra padding slot, so that a batch without any box (N = 0) still has a
+        ground-truth axis."""
         boxes = tf.cast(targets["boxes"], tf.float32)
         labels = tf.cast(targets["labels"], tf.int32)
         batch = tf.shape(boxes)[0]
         boxes = tf.concat([tf.reshape(boxes, tf.stack([batch, -1, 4])), tf.zeros(tf.stack([batch, 1, 4]))], axis=1)
         labels = tf.concat([tf.reshape(labels, tf.stack([batch, -1])), -tf.ones(tf.stack([batch, 1]), tf.int32)], axis=1)
-        return boxes, labels, labels >= 0
+        # Boxes without area cannot be regressed to (log 0); torchvision would return
+        # non-finite losses, rskeras ignores them like padding.
+        has_area = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+        return boxes, labels, (labels >= 0) & has_area
 
     def _empty_detections(self, batch) -> dict:
         k = self.max_detections

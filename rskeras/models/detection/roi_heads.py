@@ -244,7 +244,12 @@ class RoIHeads(keras.layers.Layer):
         slot_labels = tf.where(slot_valid, tf.gather(labels, slot, batch_dims=1), 0)
         slot_matched = tf.gather(gt_boxes, tf.gather(matched_idx, slot, batch_dims=1), batch_dims=1)
         positive = slot_valid & (slot_labels > 0)
-        targets = self.box_coder.encode(tf.where(positive[..., None], slot_matched, slot_boxes), slot_boxes)
+        # Encode only positives (the others may be empty padding boxes: 0/0 would put
+        # NaN into the gradient of the masked loss).
+        unit = tf.constant([0.0, 0.0, 1.0, 1.0])
+        targets = self.box_coder.encode(
+            tf.where(positive[..., None], slot_matched, unit), tf.where(positive[..., None], slot_boxes, unit)
+        )
         return {"boxes": slot_boxes, "labels": slot_labels, "valid": slot_valid, "regression_targets": targets}
 
     def losses(self, features, proposals, proposal_valid, gt_boxes, gt_labels, gt_valid, image_size, seed=None) -> dict:
