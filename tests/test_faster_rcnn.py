@@ -184,6 +184,12 @@ def test_detections(model, inputs, golden):
     for i in range(2):
         box_err, score_err = assert_same_detections(det, golden, i)
         assert box_err <= 1e-4 and score_err <= 1e-5
+    # rslearn pads images to a multiple of 32 and uses the padded size (strides, clipping):
+    # a 60x60 image behaves as 64x64.
+    assert padded_image_size(tf.zeros([2, 1, 60, 33, 3])) == (64, 64)
+    padded = model(feats, context={"image": image[:, :, :60, :60]}, training=False)["outputs"]
+    for key in det:
+        np.testing.assert_array_equal(padded[key].numpy(), det[key].numpy())
 
 
 # ---- losses --------------------------------------------------------------------------------

@@ -7,21 +7,17 @@ the model runs in graph mode, under tf.distribute, and exports to TFLite builtin
 
 from __future__ import annotations
 
-import keras
 import tensorflow as tf
 
 from rskeras.models.component import Predictor, require_feature_maps
 from rskeras.models.detection.roi_heads import RoIHeads
 from rskeras.models.detection.rpn import RegionProposalNetwork
+from rskeras.models.detection.shapes import dim
 from rskeras.models.torch_weights import TorchParam, join
 from rskeras.train.model_context import model_output
 
 LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
 
-
-def _dim(x: tf.Tensor, axis: int):
-    static = x.shape[axis]
-    return static if static is not None else tf.shape(x)[axis]
 
 
 def padded_image_size(image: tf.Tensor, size_divisible: int = 32) -> tuple:
@@ -34,7 +30,7 @@ def padded_image_size(image: tf.Tensor, size_divisible: int = 32) -> tuple:
     axis = len(image.shape) - 3
     sizes = []
     for a in (axis, axis + 1):
-        s = _dim(image, a)
+        s = dim(image, a)
         sizes.append((s + size_divisible - 1) // size_divisible * size_divisible)
     return tuple(sizes)
 

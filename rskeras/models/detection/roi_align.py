@@ -16,16 +16,12 @@ import numpy as np
 import tensorflow as tf
 
 from rskeras.models.detection.box_ops import box_area
+from rskeras.models.detection.shapes import dim
 
 CANONICAL_SCALE = 224.0
 CANONICAL_LEVEL = 4.0
 LEVEL_EPS = 1e-6
 
-
-def _dim(x: tf.Tensor, axis: int):
-    """Static size of ``axis`` if known, else a scalar tensor."""
-    static = x.shape[axis]
-    return static if static is not None else tf.shape(x)[axis]
 
 
 def infer_scale(feature_height, image_height):
@@ -118,8 +114,8 @@ def multi_scale_roi_align(
     if sampling_ratio <= 0:
         raise ValueError(f"multi_scale_roi_align: sampling_ratio must be > 0 (adaptive sampling is not supported), got {sampling_ratio}")
     num_levels = len(features)
-    heights = [_dim(f, 1) for f in features]
-    widths = [_dim(f, 2) for f in features]
+    heights = [dim(f, 1) for f in features]
+    widths = [dim(f, 2) for f in features]
     scales = [infer_scale(h, image_size[0]) for h in heights]
 
     batch = tf.shape(boxes)[0]

@@ -12,12 +12,8 @@ from rskeras.models.detection.losses import smooth_l1
 from rskeras.models.detection.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, Matcher
 from rskeras.models.detection.nms import batched_nms
 from rskeras.models.detection.sampler import BalancedPositiveNegativeSampler
+from rskeras.models.detection.shapes import dim
 from rskeras.models.torch_weights import TorchParam, conv_params, join
-
-
-def _dim(x: tf.Tensor, axis: int):
-    static = x.shape[axis]
-    return static if static is not None else tf.shape(x)[axis]
 
 
 class RPNHead(keras.layers.Layer):
@@ -150,7 +146,7 @@ class RegionProposalNetwork(keras.layers.Layer):
         """
         objectness, deltas = self.head(features)
         batch = tf.shape(features[0])[0]
-        sizes = [(_dim(f, 1), _dim(f, 2)) for f in features]
+        sizes = [(dim(f, 1), dim(f, 2)) for f in features]
         anchors = self.anchor_generator(sizes, image_size)
         return {
             "objectness": [tf.reshape(tf.cast(o, tf.float32), tf.stack([batch, -1])) for o in objectness],
