@@ -321,3 +321,29 @@ def test_tflite_builtins_match_keras(model, inputs, golden):
     assert max_abs(lite["boxes"], keras_out["boxes"]) <= 1e-4
     assert max_abs(lite["scores"], keras_out["scores"]) <= 1e-5
     assert_same_detections(lite, golden, 0)
+
+
+def test_saved_model_with_dynamic_batch_and_its_tflite_conversion(model, inputs, golden, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    feats, image = inputs
+    f0 = keras.Input((16, 16, 16), name="f0")
+    f1 = keras.Input((8, 8, 16), name="f1")
+    img = keras.Input((1, 64, 64, 3), name="image")
+    export = keras.Model([f0, f1, img], model([f0, f1], context={"image": img})["outputs"])
+    export.export(str(tmp_path / "saved"), format="tf_saved_model", verbose=False)
+    loaded = tf.saved_model.load(str(tmp_path / "saved"))
+    served = loaded.serve([feats[0], feats[1], image])
+    for i in range(2):
+        assert_same_detections({k: v.numpy() for k, v in served.items()}, golden, i)
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "saved"))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    interpreter = Interpreter(model_content=converter.convert())
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert "WHILE" in ops  # the per-image NMS loop of a dynamic batch
+    runner = interpreter.get_signature_runner()
+    lite = runner(f0=feats[0][1:].numpy(), f1=feats[1][1:].numpy(), image=image[1:].numpy())
+    assert max_abs(lite["boxes"][0], served["boxes"][1]) <= 1e-4
+    assert max_abs(lite["scores"][0], served["scores"][1]) <= 1e-5
+    np.testing.assert_array_equal(lite["labels"][0], served["labels"][1].numpy())
