@@ -195,9 +195,9 @@ def run(argv: list[str] | None = None) -> int:
             print(f"\nloaded best checkpoint {best}")
         metrics = r.trainer.evaluate(r.lm, r.data, "val")
         print_metrics(f"validation metrics ({'best' if best else 'last'} weights, fit took {elapsed:.1f}s):", metrics)
-        from rskeras.export.saved_model import export_saved_model
+        from rskeras.export.saved_model import export_run_saved_model
 
-        path = export_saved_model(r.lm.inference_model(r.input_specs), r.input_specs, os.path.join(r.root, "saved_model"))
+        path = export_run_saved_model(r, os.path.join(r.root, "saved_model"))
         print(f"SavedModel written to {path}")
         return 0
     if ckpt_path:

@@ -85,7 +85,12 @@ def test_saved_model_matches_keras(trained_run, sample_dataset):
     inputs, _ = next(iter(run.data.tf_dataset("test")))
     keras_out = run.lm.inference_model(run.input_specs)(inputs)
     served = tf.saved_model.load(str(root / "saved_model")).signatures["serving_default"]
-    out = served(image=inputs["image"])
+    # The exported model takes the raw bands (NHWC) and normalizes them itself.
+    from rskeras.export.examples import raw_examples
+    from rskeras.export.preprocessing import RawInput
+
+    raw = [e["image"][0] for e in raw_examples(run.data, "test", [RawInput("image", ())], limit=len(inputs["image"]))]
+    out = served(image=tf.constant(np.stack(raw)))
     assert set(out) == {"probabilities", "class_ids"}
     np.testing.assert_allclose(out["probabilities"].numpy(), keras_out["probabilities"].numpy(), atol=1e-6)
     np.testing.assert_array_equal(out["class_ids"].numpy(), np.argmax(keras_out["probabilities"].numpy(), -1))

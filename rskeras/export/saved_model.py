@@ -118,8 +118,12 @@ def export_for_serving(
 
 def export_run_saved_model(run: Any, path: str) -> str:
     """Exports the model of a ``rskeras.lightning_cli.Run`` for serving (raw bands in,
-    pre-processing inside); used by ``train.py`` after ``fit``."""
+    pre-processing inside, as ``tools/export.py``); used by ``train.py`` after ``fit``.
+
+    The predict split defines inputs and transforms; when it has no examples, the val split.
+    """
     from rskeras.export.inference import exportable_from_run
 
+    stage = "predict" if len(run.data.model_dataset("predict")) else "val"
     name = os.path.basename(os.path.normpath(run.root)) or "model"
-    return export_for_serving(exportable_from_run(run, name=name), path)
+    return export_for_serving(exportable_from_run(run, stage, name=name), path)
