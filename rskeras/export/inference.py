@@ -22,59 +22,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from rskeras.export.description import EXPORT_FORMAT_VERSION, describe_task
 from rskeras.export.errors import ExportError
 from rskeras.export.preprocessing import PlannedTransform, Preprocessing, RawInput, plan_transforms
 
 logger = logging.getLogger(__name__)
-
-EXPORT_FORMAT_VERSION = 1
-METADATA_FILE = "rskeras_export.json"
-
-
-def describe_task(task: Any, prefix: str = "") -> dict[str, Any]:
-    """JSON description of a task's exported outputs (kind, output names, class names)."""
-    kind = type(task).__name__
-    p = prefix
-    if kind == "MultiTask":
-        return {"kind": "multi_task", "tasks": {name: describe_task(t, f"{name}_") for name, t in task.tasks.items()}}
-    if kind == "ClassificationTask":
-        return {
-            "kind": "classification",
-            "outputs": {"probabilities": f"{p}probabilities", "class_ids": f"{p}class_ids"},
-            "property_name": task.property_name,
-            "classes": list(task.classes),
-            "prob_property": task.prob_property,
-        }
-    if kind == "RegressionTask":
-        return {"kind": "regression", "outputs": {"value": f"{p}value"}, "property_name": task.property_name}
-    if kind == "PerPixelRegressionTask":
-        return {"kind": "per_pixel_regression", "outputs": {"values": f"{p}values"}}
-    if kind == "SegmentationTask":
-        return {
-            "kind": "segmentation",
-            "outputs": {"class_ids": f"{p}class_ids", "probabilities": f"{p}probabilities"},
-            "num_classes": task.num_classes,
-            "class_names": task.class_names,
-        }
-    if kind == "DetectionTask":
-        return {
-            "kind": "detection",
-            "outputs": {k: f"{p}{k}" for k in ("boxes", "scores", "labels", "num_detections")},
-            "property_name": task.property_name,
-            "classes": list(task.classes),
-            "score_threshold": task.score_threshold,
-        }
-    if kind == "EmbeddingTask":
-        return {"kind": "embedding", "outputs": {"embeddings": f"{p}embeddings"}}
-    raise ExportError(f"task {kind} has no export description (known: classification, regression, per-pixel regression, segmentation, detection, embedding, multi-task)")
-
-
-def single_tasks(description: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{task name or "": description}`` of every single task in a description."""
-    if description["kind"] == "multi_task":
-        return dict(description["tasks"])
-    return {"": description}
-
 
 def flatten_outputs(outputs: Any, prefix: str = "") -> dict[str, Any]:
     """Nested predictor outputs -> flat ``{name: tensor}`` (names joined with ``_``;

@@ -111,7 +111,7 @@ class Comparison:
     """Accumulates agreement statistics of one variant against the reference."""
 
     def __init__(self, description: dict[str, Any]):
-        from rskeras.export.inference import single_tasks
+        from rskeras.export.description import single_tasks
 
         self.tasks = single_tasks(description["task"])
         self.diffs: dict[str, float] = {}

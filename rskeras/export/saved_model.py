@@ -28,7 +28,8 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
-from rskeras.export.inference import METADATA_FILE, Exportable
+from rskeras.export.description import METADATA_FILE
+from rskeras.export.inference import Exportable
 
 SERVING_SIGNATURE = "serving_default"
 RAW_OUTPUTS_SIGNATURE = "raw_outputs"
