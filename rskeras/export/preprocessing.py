@@ -283,6 +283,10 @@ class Preprocessing(keras.layers.Layer):
             value = inputs[raw.name]
             x[raw.name] = tf.expand_dims(value, 1) if raw.num_timesteps == 1 else value
         for step in self.planned:
-            with tf.name_scope(step.name):
-                x = step.fn(x)
+            try:
+                # The scope names the transform in TFLite "unsupported op" errors.
+                with tf.name_scope(step.name):
+                    x = step.fn(x)
+            except KeyError as e:
+                raise ExportError(f"{step.where} ({step.name}): {e.args[0] if e.args else e}; the exported model's items are {sorted(x)}") from None
         return x

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from typing import Any, Callable, Iterable
 
 import tensorflow as tf
@@ -39,7 +40,7 @@ from rskeras.utils.fileio import atomic_write_bytes, atomic_write_text
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 
 _SELECT_OPS = re.compile(r"(?:TF Select ops|Flex ops|Custom ops): ([^\n]+)")
-_OP_LOCATION = re.compile(r'fused\["(\w+):", callsite\("([^"@]+)@')
+_OP_LOCATION = re.compile(r'fused\["(\w+):", (?:callsite\()?"([^"@]+)@')
 
 
 def unsupported_ops_from_message(message: str) -> tuple[list[str], dict[str, list[str]]]:
@@ -99,7 +100,10 @@ def convert_keras_tflite(
         saved = write_saved_model({SERVING_SIGNATURE: (model, input_specs)}, os.path.join(tmp, "saved_model"))
         converter = _converter(saved, quantize, representative)
         try:
-            return converter.convert()
+            with warnings.catch_warnings():
+                # int8 calibration runs TF's deprecated tf.lite.Interpreter internally.
+                warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+                return converter.convert()
         except Exception as e:  # ConverterError lives in a private module
             message = str(e)
             ops, scopes = unsupported_ops_from_message(message)

@@ -1,0 +1,121 @@
+"""tools/export.py end to end on the sample dataset: SavedModel (checked with
+saved_model_cli), int8 TFLite calibrated on the train split, and the --check report."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import ROOT
+from rskeras.config.loader import load_config
+from rskeras.export import cli
+from rskeras.lightning_cli import Run
+
+CONFIG = """
+model:
+  class_path: rslearn.train.lightning_module.RslearnLightningModule
+  init_args:
+    model:
+      class_path: rslearn.models.singletask.SingleTaskModel
+      init_args:
+        encoder:
+          - class_path: rskeras.models.simple_cnn.SimpleCNN
+            init_args: {in_channels: 12, channels: [8, 16], convs_per_stage: 1}
+        decoder:
+          - class_path: rslearn.models.unet.UNetDecoder
+            init_args: {in_channels: [[2, 8], [4, 16]], out_channels: 4}
+          - class_path: rslearn.train.tasks.segmentation.SegmentationHead
+data:
+  class_path: rslearn.train.data_module.RslearnDataModule
+  init_args:
+    path: PATH
+    batch_size: 4
+    inputs:
+      image:
+        data_type: raster
+        layers: [sentinel2]
+        bands: [B01, B02, B03, B04, B05, B06, B07, B08, B8A, B09, B11, B12]
+        passthrough: true
+      targets: {data_type: raster, layers: [landcover], bands: [class], dtype: INT32, is_target: true}
+    task:
+      class_path: rslearn.train.tasks.segmentation.SegmentationTask
+      init_args: {num_classes: 4, nodata_value: 255, class_names: [water, vegetation, bare, urban]}
+    default_config:
+      transforms:
+        - class_path: rslearn.train.transforms.normalize.Normalize
+          init_args: {mean: 0, std: 3000, valid_range: [0, 2]}
+    train_config: {groups: [default], tags: {split: train}}
+    val_config: {groups: [default], tags: {split: val}}
+    test_config: {groups: [default], tags: {split: test}}
+    predict_config: {groups: [predict], skip_targets: true, load_all_crops: true, crop_size: 32, overlap_pixels: 8}
+trainer:
+  logger: false
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(sample_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("export_cli")
+    cfg = root / "seg.yaml"
+    cfg.write_text(CONFIG.replace("PATH", sample_dataset))
+    run = Run(load_config([str(cfg)], [("trainer.default_root_dir", str(root / "run"))]), [str(cfg)], "predict")
+    ckpt = root / "seg.weights.h5"
+    run.lm.save_weights(str(ckpt))
+    return root, cfg, ckpt
+
+
+def test_help():
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--help"])
+    assert info.value.code == 0
+
+
+def test_saved_model_export_and_saved_model_cli(setup, capsys):
+    root, cfg, ckpt = setup
+    out = root / "models" / "seg" / "1"
+    args = ["--config", str(cfg), "--checkpoint", str(ckpt), "--format", "saved_model", "--output", str(out), "--trainer.default_root_dir", str(root / "run")]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "image: float32 [B, H, W, 12] bands B01, B02" in printed and "Normalize (data.init_args.default_config.transforms[0])" in printed
+    shown = subprocess.run(["saved_model_cli", "show", "--dir", str(out), "--all"], capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout
+    assert "signature_def['serving_default']" in text and "signature_def['raw_outputs']" in text
+    for expected in ("inputs['image']", "shape: (-1, -1, -1, 12)", "outputs['class_ids']", "outputs['probabilities']", "DT_INT32"):
+        assert expected in text, expected
+    with open(out / "assets.extra" / "rskeras_export.json") as f:
+        description = json.load(f)
+    assert description["task"]["class_names"] == ["water", "vegetation", "bare", "urban"]
+    assert description["inputs"][0]["bands"][0] == "B01"
+
+
+def test_int8_tflite_export_with_parity_report(setup, capsys):
+    root, cfg, ckpt = setup
+    out = root / "seg_int8.tflite"
+    report = root / "report.json"
+    args = [
+        "--config", str(cfg), "--checkpoint", str(ckpt), "--format", "tflite", "--quantize", "int8", "--output", str(out),
+        "--check", "3", "--check-variants", "none", "int8", "--calibration-examples", "4", "--report-json", str(report),
+    ]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "TFLite model written to" in printed and "[1, 32, 32, 12]" in printed  # the predict crop size
+    assert "parity on 3 examples" in printed and "tflite_int8" in printed
+    rows = {r["name"]: r for r in json.loads(report.read_text())["results"]}
+    assert list(rows) == ["keras", "saved_model", "tflite_none", "tflite_int8"]
+    assert rows["saved_model"]["max_abs_diff"] <= 1e-5 and rows["saved_model"]["ok"]
+    assert rows["tflite_none"]["max_abs_diff"] <= 1e-4 and rows["tflite_none"]["ok"]
+    assert rows["tflite_int8"]["size_bytes"] == os.path.getsize(out)
+    assert rows["tflite_int8"]["size_ratio"] < 1  # tiny model: flatbuffer overhead dominates
+    description = json.loads((root / "seg_int8.tflite.json").read_text())
+    assert description["quantize"] == "int8" and description["input_size"] == [32, 32]
+
+
+def test_errors_exit_with_a_message(setup, capsys):
+    root, cfg, ckpt = setup
+    assert cli.main(["--config", str(cfg), "--checkpoint", str(root / "missing.weights.h5")]) == 2
+    assert "--checkpoint" in capsys.readouterr().err

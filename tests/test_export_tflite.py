@@ -1,0 +1,106 @@
+"""TFLite export: quantization variants, the parity report, and the refusal of Flex /
+custom ops with the offending ops named."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from export_helpers import SIZE, examples, raw_image, tiny_exportable
+from rskeras.export.errors import ExportError, UnsupportedOpsError
+from rskeras.export.examples import signature_batch, tiles
+from rskeras.export.litert import LiteRTModel
+from rskeras.export.report import format_table, parity_report
+from rskeras.export.tflite import convert_keras_tflite, convert_tflite, unsupported_ops_from_message, write_tflite
+
+
+def tensor_dtypes(content: bytes) -> set[str]:
+    lite = LiteRTModel(content=content)
+    return {np.dtype(t["dtype"]).name for t in lite.interpreter.get_tensor_details()}
+
+
+def test_quantized_variants_and_parity_report(tmp_path):
+    exportable = tiny_exportable("segmentation")
+    calibration = [{"image": raw_image(100 + i, size=2 * SIZE)} for i in range(4)]
+
+    def representative():
+        for example in calibration:
+            for tile in tiles(example, SIZE, SIZE):
+                yield signature_batch(tile, exportable.raw_inputs)
+
+    variants = {q: convert_tflite(exportable, (SIZE, SIZE), q, representative if q == "int8" else None) for q in ("none", "float16", "dynamic", "int8")}
+    assert "float16" in tensor_dtypes(variants["float16"])
+    assert "int8" in tensor_dtypes(variants["dynamic"])
+    int8_lite = LiteRTModel(content=variants["int8"])
+    # Full-integer ops inside; the signature keeps float32 raw inputs and the output names.
+    assert int8_lite.input_details["image"][1] == np.float32
+    assert {"int8"} <= tensor_dtypes(variants["int8"])
+    assert set(int8_lite.output_details) == {"class_ids", "probabilities"}
+    assert len(variants["int8"]) < len(variants["none"]) and len(variants["dynamic"]) < len(variants["none"])
+
+    results = parity_report(exportable, examples(6), None, variants)
+    rows = {r.name: r for r in results}
+    assert list(rows) == ["keras", "tflite_none", "tflite_float16", "tflite_dynamic", "tflite_int8"]
+    assert rows["tflite_none"].max_abs_diff <= 1e-4 and rows["tflite_none"].ok
+    assert rows["tflite_float16"].agreement >= 0.99 and rows["tflite_float16"].max_abs_diff <= 1e-2
+    assert rows["tflite_int8"].agreement >= 0.8 and rows["tflite_int8"].miou is not None
+    assert all(r.latency_ms > 0 for r in results)
+    table = format_table(results, 6)
+    assert "tflite_int8" in table and "mIoU" in table
+
+    path = write_tflite(exportable, variants["int8"], str(tmp_path / "seg_int8.tflite"), (SIZE, SIZE), "int8")
+    with open(path + ".json") as f:
+        description = json.load(f)
+    assert description["quantize"] == "int8" and description["input_size"] == [SIZE, SIZE]
+    assert description["task"]["kind"] == "segmentation" and description["task"]["class_names"] == ["w", "v", "u"]
+    assert LiteRTModel(path).description == description
+
+
+def test_int8_needs_a_representative_dataset():
+    with pytest.raises(ExportError, match="representative dataset"):
+        convert_tflite(tiny_exportable("regression"), (SIZE, SIZE), "int8")
+
+
+def test_tflite_needs_a_fixed_size():
+    model = tiny_exportable("regression").keras_model()
+    with pytest.raises(ExportError, match="fixed input shape.*--input-size"):
+        convert_keras_tflite(model, {"image": tf.TensorSpec([1, None, None, 4])})
+
+
+class KerasArgmax(keras.layers.Layer):
+    """keras.ops.argmax lowers to a BitwiseAnd (sign handling of -0.0) that TFLite lacks."""
+
+    def call(self, x):
+        return keras.ops.argmax(x, axis=-1)
+
+
+class CumulativeProduct(keras.layers.Layer):
+    def call(self, x):
+        return tf.math.cumprod(x, axis=-1)
+
+
+@pytest.mark.parametrize("layer, op", [(KerasArgmax(name="bad_argmax"), "BitwiseAnd"), (CumulativeProduct(name="bad_cumprod"), "Cumprod")])
+def test_flex_ops_are_refused_with_the_op_named(layer, op):
+    inputs = {"image": keras.Input((8, 8, 3), batch_size=1, name="image")}
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs["image"])
+    model = keras.Model(inputs, {"out": layer(pooled)})
+    with pytest.raises(UnsupportedOpsError) as info:
+        convert_keras_tflite(model, {"image": tf.TensorSpec([1, 8, 8, 3])})
+    assert info.value.ops == [op]
+    message = str(info.value)
+    assert op in message and "builtin" in message and "Flex" in message
+    assert any(layer.name in scope for scope in info.value.scopes[op]), info.value.scopes
+
+
+def test_unsupported_ops_message_parsing():
+    message = (
+        'loc(callsite(fused["Svd:", callsite("model/head/Svd@__inference_serve_7"("a.py":1:1) at "b.py":2:1)) error\n'
+        "Some ops in the model are custom ops, See instructions to implement custom ops\n"
+        "Custom ops: Svd\nDetails:\n\ttf.Svd(tensor<8x8xf32>) -> ...\n"
+        "TF Select ops: Cumprod, MatrixInverse\nDetails:\n"
+    )
+    ops, scopes = unsupported_ops_from_message(message)
+    assert ops == ["Svd", "Cumprod", "MatrixInverse"]
+    assert scopes == {"Svd": ["model/head"]}
