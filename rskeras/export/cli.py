@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default=None, help="model name (default: the last config file's stem)")
     parser.add_argument("--split", default="predict", choices=sorted(SPLIT_SUBCOMMAND), help="split whose transforms and inputs define the export (default predict)")
     parser.add_argument("--check", type=int, default=0, metavar="N", help="run N examples through Keras, SavedModel and TFLite variants and print a parity table")
-    parser.add_argument("--check-split", default="val", choices=sorted(SPLIT_SUBCOMMAND), help="split of the --check examples (default val)")
+    parser.add_argument("--check-split", nargs="+", default=["val"], choices=sorted(SPLIT_SUBCOMMAND), help="split(s) of the --check examples, taken in order (default val)")
     parser.add_argument("--check-variants", nargs="+", choices=QUANTIZATIONS, default=list(QUANTIZATIONS), help="TFLite variants in the --check report (default all)")
     parser.add_argument("--calibration-examples", type=int, default=100, help="train examples for int8 calibration (default 100)")
     parser.add_argument("--report-json", default=None, help="also write the --check results as JSON here")
@@ -140,6 +140,7 @@ def describe_signature(exportable: Any, size: tuple[int, int] | None, batch: str
 def run(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)  # "Assets written to ..." per temporary SavedModel
     from rskeras.export.inference import exportable_from_run
     from rskeras.export.saved_model import export_for_serving
     from rskeras.export.tflite import convert_tflite, write_tflite
@@ -168,7 +169,10 @@ def run(argv: list[str] | None = None) -> int:
     from rskeras.export.examples import fit_example, raw_examples
     from rskeras.export.report import format_table, parity_report
 
-    examples = [fit_example(e, *tflite_size) for e in raw_examples(r.data, args.check_split, exportable.raw_inputs, limit=args.check)]
+    examples = []
+    for split in args.check_split:
+        if len(examples) < args.check:
+            examples += [fit_example(e, *tflite_size) for e in raw_examples(r.data, split, exportable.raw_inputs, limit=args.check - len(examples))]
     with tempfile.TemporaryDirectory(prefix="rskeras-check-") as tmp:
         if saved_model_path is None:
             saved_model_path = export_for_serving(exportable, os.path.join(tmp, "saved_model"), None, raw_outputs=False)
@@ -177,7 +181,7 @@ def run(argv: list[str] | None = None) -> int:
                 tflite_models[quantize] = convert_tflite(exportable, tflite_size, quantize, calibration if quantize == "int8" else None)
         ordered = {q: tflite_models[q] for q in args.check_variants}
         results = parity_report(exportable, examples, saved_model_path, ordered)
-    title = f"{name}: {args.check_split} split, input size {tflite_size[0]}x{tflite_size[1]}"
+    title = f"{name}: {' + '.join(args.check_split)} split, input size {tflite_size[0]}x{tflite_size[1]}"
     print()
     print(format_table(results, len(examples), title))
     if args.report_json:

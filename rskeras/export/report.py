@@ -9,13 +9,17 @@
 
 and compares every variant's named outputs with the reference:
 
-* ``max_abs_diff`` — over float outputs (probabilities, values, embeddings, boxes, scores);
+* ``max_abs_diff`` — over float outputs (probabilities, values, embeddings; detection boxes
+  and scores over matched detection pairs, all scores);
 * ``agreement`` — class agreement: fraction of equal ``class_ids`` (classification:
   per example; segmentation: per pixel), or the box-match rate for detection (2·matches /
   (reference boxes + variant boxes), a match = same label and IoU >= 0.5, boxes with
-  score >= the task's score threshold);
+  score >= the task's score threshold); multi-task models report their worst task;
+* ``decisive_agreement`` — the same over items whose reference top-1 / top-2 probability
+  margin is >= 0.05: near-ties flip under quantization (an int8 softmax has steps of
+  1/256), decisive predictions should not;
 * ``miou`` — segmentation: mean IoU of the variant's class map against the reference's
-  (classes present in either);
+  (classes present in either; the worst task);
 * file size and median latency per example (batch 1).
 
 Targets (checked in the ``ok`` column, not asserted): SavedModel max diff <= 1e-5, TFLite
@@ -49,6 +53,7 @@ class VariantResult:
     latency_ms: float | None = None
     max_abs_diff: float | None = None
     agreement: float | None = None
+    decisive_agreement: float | None = None
     miou: float | None = None
     size_ratio: float | None = None
     per_output_diff: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -84,79 +89,122 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def detections(out: dict[str, np.ndarray], names: dict[str, str], threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(boxes ``[n, 4]``, labels ``[n]``) of the first example with score >= threshold."""
+def detections(out: dict[str, np.ndarray], names: dict[str, str], threshold: float, with_scores: bool = False) -> tuple[np.ndarray, ...]:
+    """(boxes ``[n, 4]``, labels ``[n]``[, scores ``[n]``]) of the first example with
+    score >= threshold."""
     n = int(np.asarray(out[names["num_detections"]]).reshape(-1)[0])
     boxes = np.asarray(out[names["boxes"]])[0, :n]
     scores = np.asarray(out[names["scores"]])[0, :n]
     labels = np.asarray(out[names["labels"]])[0, :n]
     keep = scores >= threshold
+    if with_scores:
+        return boxes[keep], labels[keep], scores[keep]
     return boxes[keep], labels[keep]
 
 
-def box_matches(ref: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray], iou: float = 0.5) -> int:
+def matched_pairs(ref: tuple[np.ndarray, ...], other: tuple[np.ndarray, ...], iou: float = 0.5) -> list[tuple[int, int]]:
     """Greedy one-to-one matches (same label, IoU >= ``iou``), highest IoU first."""
     ious = box_iou(ref[0], other[0])
     ious = np.where(ref[1][:, None] == other[1][None, :], ious, 0.0)
-    matches = 0
+    pairs = []
     while ious.size and ious.max() >= iou:
         i, j = np.unravel_index(np.argmax(ious), ious.shape)
-        matches += 1
+        pairs.append((int(i), int(j)))
         ious[i, :] = 0
         ious[:, j] = 0
-    return matches
+    return pairs
+
+
+def box_matches(ref: tuple[np.ndarray, ...], other: tuple[np.ndarray, ...], iou: float = 0.5) -> int:
+    """Number of ``matched_pairs``."""
+    return len(matched_pairs(ref, other, iou))
+
+
+DECISIVE_MARGIN = 0.05
+
+
+def top2_margin(probabilities: np.ndarray) -> np.ndarray | None:
+    """Top-1 minus top-2 probability over the last axis (None with one channel)."""
+    p = np.asarray(probabilities, np.float64)
+    if p.shape[-1] < 2:
+        return None
+    top = np.sort(p, axis=-1)
+    return top[..., -1] - top[..., -2]
 
 
 class Comparison:
-    """Accumulates agreement statistics of one variant against the reference."""
+    """Accumulates agreement statistics of one variant against the reference, per task
+    (multi-task models report the worst task)."""
 
     def __init__(self, description: dict[str, Any]):
         from rskeras.export.description import single_tasks
 
         self.tasks = single_tasks(description["task"])
         self.diffs: dict[str, float] = {}
-        self.class_equal = 0
-        self.class_total = 0
-        self.box_matched = 0
-        self.box_total = 0
+        # task -> [agreeing, total, agreeing decisive, total decisive]
+        self.counts: dict[str, list[int]] = {}
         self.confusion: dict[str, np.ndarray] = {}
 
+    def _count(self, task: str, equal: np.ndarray, margin: np.ndarray | None) -> None:
+        c = self.counts.setdefault(task, [0, 0, 0, 0])
+        c[0] += int(np.sum(equal))
+        c[1] += int(equal.size)
+        decisive = np.ones_like(equal, bool) if margin is None else margin.reshape(equal.shape) >= DECISIVE_MARGIN
+        c[2] += int(np.sum(equal & decisive))
+        c[3] += int(np.sum(decisive))
+
+    def _diff(self, name: str, r: np.ndarray, o: np.ndarray) -> None:
+        d = float(np.max(np.abs(r.astype(np.float64) - o.astype(np.float64)))) if r.size else 0.0
+        self.diffs[name] = max(self.diffs.get(name, 0.0), d)
+
     def add(self, ref: dict[str, np.ndarray], out: dict[str, np.ndarray]) -> None:
+        # Detection slots are compared as matched pairs (a reordering is not an error).
+        detection_outputs = {n for t in self.tasks.values() if t["kind"] == "detection" for n in t["outputs"].values()}
         for name, r in ref.items():
             if name not in out:
                 raise KeyError(f"output {name!r} missing from the variant (has {sorted(out)})")
+            if name in detection_outputs:
+                continue
             r = np.asarray(r)
             o = np.asarray(out[name]).reshape(r.shape)
             if np.issubdtype(r.dtype, np.floating):
-                d = float(np.max(np.abs(r.astype(np.float64) - o.astype(np.float64)))) if r.size else 0.0
-                self.diffs[name] = max(self.diffs.get(name, 0.0), d)
-        for task in self.tasks.values():
+                self._diff(name, r, o)
+        for task_name, task in self.tasks.items():
             names = task["outputs"]
-            if task["kind"] == "classification":
-                self.class_equal += int(np.sum(np.asarray(ref[names["class_ids"]]) == np.asarray(out[names["class_ids"]]).reshape(-1)))
-                self.class_total += int(np.asarray(ref[names["class_ids"]]).size)
-            elif task["kind"] == "segmentation":
+            if task["kind"] in ("classification", "segmentation"):
                 r = np.asarray(ref[names["class_ids"]]).astype(np.int64)
                 o = np.asarray(out[names["class_ids"]]).reshape(r.shape).astype(np.int64)
-                self.class_equal += int(np.sum(r == o))
-                self.class_total += int(r.size)
-                n = int(task["num_classes"])
-                cm = np.bincount((r * n + o).reshape(-1), minlength=n * n).reshape(n, n)
-                key = names["class_ids"]
-                self.confusion[key] = self.confusion.get(key, 0) + cm
+                self._count(task_name, r == o, top2_margin(ref[names["probabilities"]]))
+                if task["kind"] == "segmentation":
+                    n = int(task["num_classes"])
+                    cm = np.bincount((r * n + o).reshape(-1), minlength=n * n).reshape(n, n)
+                    self.confusion[task_name] = self.confusion.get(task_name, 0) + cm
             elif task["kind"] == "detection":
+                every_a = detections(ref, names, 0.0, with_scores=True)
+                every_b = detections(out, names, 0.0, with_scores=True)
+                pairs = matched_pairs(every_a, every_b)
+                if pairs:
+                    i, j = np.asarray(pairs).T
+                    self._diff(names["boxes"], every_a[0][i], every_b[0][j])
+                    self._diff(names["scores"], every_a[2][i], every_b[2][j])
                 thr = float(task.get("score_threshold") or 0.5)
                 a = detections(ref, names, thr)
                 b = detections(out, names, thr)
-                self.box_matched += 2 * box_matches(a, b)
-                self.box_total += len(a[0]) + len(b[0])
+                c = self.counts.setdefault(task_name, [0, 0, 0, 0])
+                matched, total = 2 * box_matches(a, b), len(a[0]) + len(b[0])
+                c[0] += matched
+                c[1] += total
+                c[2] += matched
+                c[3] += total
 
-    def agreement(self) -> float | None:
-        kinds = {t["kind"] for t in self.tasks.values()}
-        if not kinds & {"classification", "segmentation", "detection"}:
+    def agreement(self, decisive: bool = False) -> float | None:
+        """Class agreement / box-match rate of the worst task (None without class or
+        detection outputs); ``decisive``: only items whose reference top-2 probability
+        margin is >= DECISIVE_MARGIN."""
+        if not self.counts:
             return None
-        total = self.class_total + self.box_total
-        return 1.0 if total == 0 else (self.class_equal + self.box_matched) / total
+        i = 2 if decisive else 0
+        return min(1.0 if c[i + 1] == 0 else c[i] / c[i + 1] for c in self.counts.values())
 
     def miou(self) -> float | None:
         if not self.confusion:
@@ -167,7 +215,7 @@ class Comparison:
             union = cm.sum(0) + cm.sum(1) - inter
             present = union > 0
             values.append(float(np.mean(inter[present] / union[present])) if present.any() else 1.0)
-        return float(np.mean(values))
+        return float(min(values))
 
 
 def run_variant(
@@ -191,13 +239,14 @@ def run_variant(
     result.per_output_diff = dict(comparison.diffs)
     result.max_abs_diff = max(comparison.diffs.values()) if comparison.diffs else None
     result.agreement = comparison.agreement()
+    result.decisive_agreement = comparison.agreement(decisive=True)
     result.miou = comparison.miou()
     return result
 
 
 def format_table(results: list[VariantResult], num_examples: int, title: str = "") -> str:
     """A fixed-width text table of the results."""
-    header = ["variant", "size", "ms/example", "max abs diff", "agreement", "mIoU", "ok"]
+    header = ["variant", "size", "ms/example", "max abs diff", "agreement", f"agree|m>={DECISIVE_MARGIN:g}", "mIoU", "ok"]
     rows = []
     for r in results:
         size = "" if r.size_bytes is None else f"{r.size_bytes / 1024:.0f} KiB" + (f" ({r.size_ratio:.2f}x)" if r.size_ratio is not None else "")
@@ -208,6 +257,7 @@ def format_table(results: list[VariantResult], num_examples: int, title: str = "
                 "" if r.latency_ms is None else f"{r.latency_ms:.2f}",
                 "" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}",
                 "" if r.agreement is None else f"{100 * r.agreement:.2f}%",
+                "" if r.decisive_agreement is None else f"{100 * r.decisive_agreement:.2f}%",
                 "" if r.miou is None else f"{r.miou:.4f}",
                 "" if r.ok is None else ("yes" if r.ok else "NO: " + "; ".join(r.failures)),
             ]
