@@ -183,6 +183,16 @@ class RslearnLightningModule(keras.Model):
         else:
             optimizer.build(self.trainable_variables)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # The weights are created eagerly by build_from_batch. Keras' symbolic build would
+        # first reduce a distributed batch across replicas, which fails for dict inputs
+        # under MultiWorkerMirroredStrategy; only the optimizer may still need building.
+        if not self.built:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.build_optimizer()
+
     def trainability_changed(self) -> None:
         """Re-traces the training step after variables were frozen or unfrozen."""
         if getattr(self, "train_function", None) is not None:
@@ -212,41 +222,60 @@ class RslearnLightningModule(keras.Model):
 
     def train_step(self, data):
         inputs, targets = data[0], data[1]
+        weight = self.batch_size_of(inputs)
+        # Under tf.distribute the last global batch can leave a replica with no example;
+        # its (NaN) mean losses are zeroed and the others share the step.
+        nonempty = weight > 0
+        replica = tf.distribute.get_replica_context()
+        num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replica is not None and num_replicas > 1:
+            active = replica.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(nonempty, tf.float32))
+        else:
+            active = tf.constant(float(num_replicas))
         with tf.GradientTape() as tape:
             out = self.model(inputs, targets=targets, training=True)
-            loss = self.total_loss(out["loss_dict"])
-            scaled = loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
+            loss = tf.where(nonempty, self.total_loss(out["loss_dict"]), 0.0)
+            scaled = loss / tf.maximum(active, 1.0)
             if hasattr(self.optimizer, "scale_loss"):
                 scaled = self.optimizer.scale_loss(scaled)
         variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
-        replica = tf.distribute.get_replica_context()
         if getattr(unwrap_optimizer(self.optimizer), "expects_reduced_gradients", False) and replica is not None:
             # Sum over replicas here, so that loss-scale checks, clipping and the update
             # see the global gradient (rskeras' TorchAdamW does not all-reduce again).
-            if replica.num_replicas_in_sync > 1:
+            if num_replicas > 1:
                 present = [i for i, g in enumerate(grads) if g is not None]
                 reduced = replica.all_reduce(tf.distribute.ReduceOp.SUM, [grads[i] for i in present])
                 grads = list(grads)
                 for i, g in zip(present, reduced):
                     grads[i] = g
         self.optimizer.apply(grads, variables)
-        weight = self.batch_size_of(inputs)
         self.train_trackers["train_loss"].update_state(loss, sample_weight=weight)
         for key, value in out["loss_dict"].items():
-            self.train_trackers[f"train_{key}"].update_state(value, sample_weight=weight)
-        return {name: tracker.result() for name, tracker in self.train_trackers.items()}
+            self.train_trackers[f"train_{key}"].update_state(tf.where(nonempty, tf.cast(value, tf.float32), 0.0), sample_weight=weight)
+        return self._step_logs(self.train_trackers)
 
     def test_step(self, data):
         inputs, targets = data[0], data[1]
         out = self.model(inputs, targets=targets, training=False)
         weight = self.batch_size_of(inputs)
-        self.eval_trackers["loss"].update_state(self.total_loss(out["loss_dict"]), sample_weight=weight)
+        nonempty = weight > 0
+        self.eval_trackers["loss"].update_state(tf.where(nonempty, self.total_loss(out["loss_dict"]), 0.0), sample_weight=weight)
         for key, value in out["loss_dict"].items():
-            self.eval_trackers[key].update_state(value, sample_weight=weight)
+            self.eval_trackers[key].update_state(tf.where(nonempty, tf.cast(value, tf.float32), 0.0), sample_weight=weight)
         for metric in self.task_metrics.values():
             metric.update_state(out["outputs"], targets)
-        return {name: tracker.result() for name, tracker in self.eval_trackers.items()}
+        return self._step_logs(self.eval_trackers)
+
+    @staticmethod
+    def _step_logs(trackers) -> dict[str, tf.Tensor]:
+        logs = {name: tracker.result() for name, tracker in trackers.items()}
+        strategy = tf.distribute.get_strategy()
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode():
+            # Keras reduces multi-worker step outputs with reduce(MEAN, axis=0), which
+            # needs at least one dimension (epoch values are read from the metrics).
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
 
     def predict_step(self, data):
         inputs = data[0] if isinstance(data, (tuple, list)) else data

@@ -42,6 +42,7 @@ from rskeras.train.callbacks.checkpointing import (
 from rskeras.train.callbacks.lightning import ModelCheckpoint, TQDMProgressBar
 from rskeras.train.distribute import worker_info
 from rskeras.train.optimizer import TorchAdamW, unwrap_optimizer
+from rskeras.config.errors import ConfigError
 from rskeras.utils.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -56,26 +57,6 @@ PRECISIONS = {
     "16": "mixed_float16",
     "16-mixed": "mixed_float16",
 }
-
-# Lightning Trainer arguments that rskeras does not implement (clear error when set).
-LIGHTNING_UNSUPPORTED = {
-    "val_check_interval",
-    "fast_dev_run",
-    "overfit_batches",
-    "min_steps",
-    "max_time",
-    "profiler",
-    "plugins",
-    "detect_anomaly",
-    "barebones",
-    "reload_dataloaders_every_n_epochs",
-    "sync_batchnorm",
-    "model_registry",
-    "move_metrics_to_cpu",
-}
-# Lightning arguments accepted with no effect in rskeras (documented).
-LIGHTNING_NO_EFFECT = {"benchmark", "inference_mode", "use_distributed_sampler"}
-
 
 class NonFiniteLossError(RuntimeError):
     """A training loss became NaN or infinite; the message names the step and the loss term."""
@@ -243,6 +224,11 @@ class Trainer:
         num_sanity_val_steps: validation batches run (and discarded) before training
             (default 2; -1 all).
         log_every_n_steps: accepted (rskeras logs epoch values, as rslearn does).
+        use_distributed_sampler, benchmark, inference_mode: accepted, no effect.
+        val_check_interval, fast_dev_run, overfit_batches, min_steps, max_time, profiler,
+            plugins, detect_anomaly, barebones, reload_dataloaders_every_n_epochs,
+            sync_batchnorm, model_registry: not supported (error unless left at
+            Lightning's default).
         backup_and_restore: (rskeras) keep ``<root>/backup`` to resume killed runs.
         stop_on_nonfinite_loss: (rskeras) stop with an error on a NaN/inf training loss.
     """
@@ -276,28 +262,59 @@ class Trainer:
         log_every_n_steps: int | None = None,
         backup_and_restore: bool = True,
         stop_on_nonfinite_loss: bool = True,
-        **kwargs: Any,
+        use_distributed_sampler: bool | None = None,
+        benchmark: bool | None = None,
+        inference_mode: bool | None = None,
+        val_check_interval: Any = None,
+        fast_dev_run: Any = None,
+        overfit_batches: Any = None,
+        min_steps: Any = None,
+        max_time: Any = None,
+        profiler: Any = None,
+        plugins: Any = None,
+        detect_anomaly: Any = None,
+        barebones: Any = None,
+        reload_dataloaders_every_n_epochs: Any = None,
+        sync_batchnorm: Any = None,
+        model_registry: Any = None,
     ):
-        self._check_extra_kwargs(kwargs)
+        unsupported = {
+            "val_check_interval": val_check_interval,
+            "fast_dev_run": fast_dev_run,
+            "overfit_batches": overfit_batches,
+            "min_steps": min_steps,
+            "max_time": max_time,
+            "profiler": profiler,
+            "plugins": plugins,
+            "detect_anomaly": detect_anomaly,
+            "barebones": barebones,
+            "reload_dataloaders_every_n_epochs": reload_dataloaders_every_n_epochs,
+            "sync_batchnorm": sync_batchnorm,
+            "model_registry": model_registry,
+        }
+        for key, value in unsupported.items():
+            # Lightning's own defaults (off) are accepted.
+            if value not in (None, False, 0, 0.0, 1.0) or (key == "val_check_interval" and value not in (None, 1.0)):
+                raise ConfigError(f"trainer.{key}: this Lightning Trainer argument is not supported by rskeras (got {value!r})")
         if max_epochs is not None and max_epochs < -1:
-            raise ValueError(f"trainer.max_epochs must be >= -1, got {max_epochs}")
+            raise ConfigError(f"trainer.max_epochs must be >= -1, got {max_epochs}")
         if max_steps < -1:
-            raise ValueError(f"trainer.max_steps must be >= -1, got {max_steps}")
+            raise ConfigError(f"trainer.max_steps must be >= -1, got {max_steps}")
         if accumulate_grad_batches < 1:
-            raise ValueError(f"trainer.accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
+            raise ConfigError(f"trainer.accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
         if check_val_every_n_epoch is None or check_val_every_n_epoch < 1:
             raise ValueError(
                 f"trainer.check_val_every_n_epoch must be an int >= 1, got {check_val_every_n_epoch} "
                 "(step-based validation, val_check_interval, is not supported)"
             )
         if gradient_clip_algorithm not in (None, "norm", "value"):
-            raise ValueError(f"trainer.gradient_clip_algorithm must be 'norm' or 'value', got {gradient_clip_algorithm!r}")
+            raise ConfigError(f"trainer.gradient_clip_algorithm must be 'norm' or 'value', got {gradient_clip_algorithm!r}")
         if gradient_clip_val is not None and gradient_clip_val < 0:
-            raise ValueError(f"trainer.gradient_clip_val must be >= 0, got {gradient_clip_val}")
+            raise ConfigError(f"trainer.gradient_clip_val must be >= 0, got {gradient_clip_val}")
         if str(precision) not in PRECISIONS and precision is not None:
-            raise ValueError(f"trainer.precision={precision!r} is not supported (use one of {sorted(PRECISIONS)})")
+            raise ConfigError(f"trainer.precision={precision!r} is not supported (use one of {sorted(PRECISIONS)})")
         if deterministic not in (None, True, False, "warn"):
-            raise ValueError(f"trainer.deterministic must be a bool or 'warn', got {deterministic!r}")
+            raise ConfigError(f"trainer.deterministic must be a bool or 'warn', got {deterministic!r}")
         for stage, limit in (
             ("train", limit_train_batches),
             ("val", limit_val_batches),
@@ -305,9 +322,15 @@ class Trainer:
             ("predict", limit_predict_batches),
         ):
             if isinstance(limit, float) and not 0.0 <= limit <= 1.0:
-                raise ValueError(f"{_limit_key(stage)}: a float must be a fraction in [0, 1], got {limit}")
+                raise ConfigError(f"{_limit_key(stage)}: a float must be a fraction in [0, 1], got {limit}")
             if isinstance(limit, int) and limit < 0:
-                raise ValueError(f"{_limit_key(stage)} must be >= 0, got {limit}")
+                raise ConfigError(f"{_limit_key(stage)} must be >= 0, got {limit}")
+        from rskeras.train.distribute import strategy_name
+
+        try:
+            strategy_name(strategy)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if max_epochs is None or max_epochs == -1:
             max_epochs = 1000 if max_steps == -1 else None
         self.max_epochs = max_epochs
@@ -350,22 +373,6 @@ class Trainer:
         self.resumed_from: str | None = None
         self._worker_dirs_applied = False
 
-    @staticmethod
-    def _check_extra_kwargs(kwargs: dict[str, Any]) -> None:
-        for key, value in kwargs.items():
-            if key in LIGHTNING_NO_EFFECT:
-                logger.info("trainer.%s=%r has no effect in rskeras", key, value)
-            elif key in LIGHTNING_UNSUPPORTED:
-                raise ValueError(f"trainer.{key}: this Lightning Trainer argument is not supported by rskeras")
-            else:
-                import difflib
-                import inspect
-
-                known = [p for p in inspect.signature(Trainer.__init__).parameters if p not in ("self", "kwargs")]
-                close = difflib.get_close_matches(key, known + sorted(LIGHTNING_NO_EFFECT), n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise ValueError(f"trainer.{key}: unknown Trainer argument{hint}")
-
     # ---- environment ------------------------------------------------------------------
 
     def setup_environment(self) -> None:
@@ -394,6 +401,11 @@ class Trainer:
         if self.is_chief or not self.worker_name:
             return directory
         return os.path.join(directory, self.worker_name)
+
+    def limited(self, dataset: tf.data.Dataset, dm, stage: str) -> tf.data.Dataset:
+        """``dataset`` cut to ``limit_<stage>_batches``."""
+        steps = self.steps(dm, stage)
+        return dataset if steps is None else dataset.take(steps)
 
     def steps(self, dm, stage: str) -> int | None:
         """Batches per epoch of ``stage`` allowed by ``limit_<stage>_batches`` (None: all)."""
@@ -565,26 +577,27 @@ class Trainer:
         for c in self.callbacks:
             if isinstance(c, Callback):
                 c.setup(self, lm)
-        self.configure_optimizer(lm.optimizer)
-        lm.build_optimizer()
-        factory = getattr(lm, "scheduler_factory", None)
-        lm.lr_scheduler = factory.build(unwrap_optimizer(lm.optimizer)) if factory is not None else None
-
-        initial_epoch = 0
-        resume = self.backup_path if self.backup_and_restore and os.path.exists(self.backup_path) else ckpt_path
-        if resume:
-            initial_epoch = self.resume(lm, resume)
-        elif getattr(lm, "restore_config", None) is not None:
-            apply_restore_config(lm, lm.restore_config)
+        with lm.distribute_strategy.scope():
+            self.configure_optimizer(lm.optimizer)
+            lm.build_optimizer()
+            factory = getattr(lm, "scheduler_factory", None)
+            lm.lr_scheduler = factory.build(unwrap_optimizer(lm.optimizer)) if factory is not None else None
+            initial_epoch = 0
+            resume = self.backup_path if self.backup_and_restore and os.path.exists(self.backup_path) else ckpt_path
+            if resume:
+                initial_epoch = self.resume(lm, resume)
+            elif getattr(lm, "restore_config", None) is not None:
+                apply_restore_config(lm, lm.restore_config)
         self._print_summary(lm)
 
-        train = dm.tf_dataset("train")
-        val = dm.tf_dataset("val") if self._has_validation(dm) else None
-        validation_steps = self.steps(dm, "val") if val is not None else None
+        # Like Lightning's limit_*_batches, every epoch takes the first batches of a fresh
+        # (re-shuffled) pass: Keras' steps_per_epoch would continue the previous pass.
+        train = self.limited(dm.tf_dataset("train"), dm, "train")
+        val = self.limited(dm.tf_dataset("val"), dm, "val") if self._has_validation(dm) else None
         if val is not None and self.num_sanity_val_steps != 0:
-            available = validation_steps or dm.num_batches("val")
+            available = self.steps(dm, "val") or dm.num_batches("val")
             sanity = available if self.num_sanity_val_steps < 0 else min(self.num_sanity_val_steps, available)
-            lm.evaluate(val, steps=sanity, verbose=0)
+            lm.evaluate(val.take(sanity), verbose=0)
         epochs = self._num_epochs(dm)
         start = time.time()
         history = lm.fit(
@@ -592,8 +605,6 @@ class Trainer:
             validation_data=val,
             epochs=epochs,
             initial_epoch=initial_epoch,
-            steps_per_epoch=self.steps(dm, "train"),
-            validation_steps=validation_steps,
             validation_freq=self.check_val_every_n_epoch,
             callbacks=self._fit_callbacks(),
             shuffle=False,  # tf.data shuffles the train split itself
@@ -638,8 +649,7 @@ class Trainer:
                 c.dirpath = self.root
         prefix = "val" if stage == "val" else "test"
         logs = lm.evaluate(
-            dm.tf_dataset(stage),
-            steps=self.steps(dm, stage),
+            self.limited(dm.tf_dataset(stage), dm, stage),
             return_dict=True,
             verbose=(1 if self.enable_progress_bar else 0) if self.is_chief else 0,
         )
