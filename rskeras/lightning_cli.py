@@ -423,5 +423,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:
-        print(f"training stopped: {e}", file=sys.stderr)
+        print(f"\ntraining stopped: {e}", file=sys.stderr)
         return 3

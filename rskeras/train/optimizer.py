@@ -20,6 +20,7 @@ import math
 from typing import Iterable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,11 @@ logger = logging.getLogger(__name__)
 # Parameter groups beyond group 0 that one optimizer can hold (fine-tuning callbacks add
 # one group per unfreezing stage).
 MAX_EXTRA_GROUPS = 15
+
+
+def to_numpy(value) -> np.ndarray:
+    """A variable's or tensor's value on the host."""
+    return np.asarray(value.numpy() if hasattr(value, "numpy") else value)
 
 
 def unwrap_optimizer(optimizer):
@@ -146,9 +152,9 @@ class TorchAdamW(keras.optimizers.Optimizer):
 
     def param_group_lrs(self) -> list[float]:
         """Learning rate of every parameter group, group 0 first."""
-        lrs = [float(keras.ops.convert_to_numpy(self.learning_rate))]
+        lrs = [float(to_numpy(self.learning_rate))]
         if self.built:
-            extra = keras.ops.convert_to_numpy(self._extra_group_lrs)
+            extra = to_numpy(self._extra_group_lrs)
             lrs += [float(x) for x in extra[: self.num_param_groups - 1]]
         return lrs
 
@@ -160,14 +166,14 @@ class TorchAdamW(keras.optimizers.Optimizer):
         self._require_built("set_param_group_lr")
         if not 0 < index < self.num_param_groups:
             raise IndexError(f"TorchAdamW: no parameter group {index} (there are {self.num_param_groups})")
-        values = keras.ops.convert_to_numpy(self._extra_group_lrs).copy()
+        values = to_numpy(self._extra_group_lrs).copy()
         values[index - 1] = lr
         self._extra_group_lrs.assign(values)
 
     def group_of(self, variable) -> int:
         """The parameter group of a model variable (-1: not in the optimizer)."""
         self._require_built("group_of")
-        return int(keras.ops.convert_to_numpy(self._groups[self._get_variable_index(variable)]))
+        return int(to_numpy(self._groups[self._get_variable_index(variable)]))
 
     def knows(self, variable) -> bool:
         return self.built and self._var_key(variable) in self._trainable_variables_indices
@@ -183,7 +189,7 @@ class TorchAdamW(keras.optimizers.Optimizer):
             if not self.knows(variable):
                 raise ValueError(f"TorchAdamW.add_param_group: variable {variable.path} is not known to the optimizer")
             slot = self._groups[self._get_variable_index(variable)]
-            if int(keras.ops.convert_to_numpy(slot)) >= 0:
+            if int(to_numpy(slot)) >= 0:
                 raise ValueError(f"TorchAdamW.add_param_group: variable {variable.path} is already in a parameter group")
             slot.assign(index)
         self._num_groups.assign(index + 1)

@@ -41,7 +41,7 @@ from rskeras.train.callbacks.checkpointing import (
 )
 from rskeras.train.callbacks.lightning import ModelCheckpoint, TQDMProgressBar
 from rskeras.train.distribute import worker_info
-from rskeras.train.optimizer import TorchAdamW, unwrap_optimizer
+from rskeras.train.optimizer import TorchAdamW, to_numpy, unwrap_optimizer
 from rskeras.config.errors import ConfigError
 from rskeras.utils.fileio import atomic_write_text
 
@@ -75,6 +75,10 @@ class MetricsFileLogger(keras.callbacks.Callback):
         self.rows: list[dict[str, Any]] = []
 
     def on_train_begin(self, logs=None):
+        if os.path.isdir(self.directory):  # temporary files of a killed run
+            for name in os.listdir(self.directory):
+                if name.startswith((".metrics.json.", ".metrics.csv.")) and ".tmp" in name:
+                    os.remove(os.path.join(self.directory, name))
         path = os.path.join(self.directory, "metrics.json")
         if os.path.exists(path):
             with open(path) as f:
@@ -126,7 +130,7 @@ class _EpochController(Callback):
         if hasattr(optimizer, "param_group_lrs"):
             lrs = optimizer.param_group_lrs()
         else:
-            lrs = [float(keras.ops.convert_to_numpy(optimizer.learning_rate))]
+            lrs = [float(to_numpy(optimizer.learning_rate))]
         trainer.epoch_lrs = lrs
         if logs is not None:
             logs["lr"] = lrs[0]
@@ -487,7 +491,7 @@ class Trainer:
         """Optimizer steps so far (Lightning's ``global_step``)."""
         if self.lm is None or self.lm.optimizer is None:
             return 0
-        return int(keras.ops.convert_to_numpy(unwrap_optimizer(self.lm.optimizer).iterations))
+        return int(to_numpy(unwrap_optimizer(self.lm.optimizer).iterations))
 
     def training_state(self, epoch: int) -> dict[str, Any]:
         """Everything besides variables that a resume needs, after epoch ``epoch``."""
@@ -535,10 +539,16 @@ class Trainer:
                     inner.clip_grad_norm = float(self.gradient_clip_val)
                 else:
                     inner.clip_grad_value = float(self.gradient_clip_val)
-            elif self.gradient_clip_algorithm == "norm":
-                inner.global_clipnorm = float(self.gradient_clip_val)
             else:
-                inner.clipvalue = float(self.gradient_clip_val)
+                if tf.distribute.get_strategy().num_replicas_in_sync > 1 or self.lm is not None and self.lm.distribute_strategy.num_replicas_in_sync > 1:
+                    logger.warning(
+                        "%s clips each replica's gradient before the all-reduce; rskeras' AdamW clips the global gradient",
+                        type(inner).__name__,
+                    )
+                if self.gradient_clip_algorithm == "norm":
+                    inner.global_clipnorm = float(self.gradient_clip_val)
+                else:
+                    inner.clipvalue = float(self.gradient_clip_val)
 
     def _num_epochs(self, dm) -> int:
         if self.max_epochs is not None:

@@ -1,0 +1,63 @@
+"""Run as a script: MirroredStrategy over 2 logical CPU devices vs one replica.
+
+Both train the same tiny classifier from the same weights for 2 steps of the same
+global batches (gradient clipping active, so clipping must see the all-reduced
+gradient) and print JSON: the max weight difference, both epoch train losses and the
+number of replicas. Logical devices must be configured before any TF op, hence a
+separate process.
+"""
+
+import json
+import os
+import sys
+
+import tensorflow as tf
+
+cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+from rskeras.config.instantiate import instantiate  # noqa: E402
+from tests.training_scripts.tiny_config import CONFIG  # noqa: E402
+
+GLOBAL_BATCH = 8
+config = yaml.safe_load(CONFIG.replace("DATASET", "unused"))
+rng = np.random.default_rng(0)
+images = rng.uniform(0, 1, size=(2 * GLOBAL_BATCH, 1, 16, 16, 12)).astype(np.float32)
+classes = rng.integers(0, 4, size=(2 * GLOBAL_BATCH,)).astype(np.int32)
+valid = np.ones(2 * GLOBAL_BATCH, np.float32)
+valid[3] = 0.0
+
+
+def dataset():
+    ds = tf.data.Dataset.from_tensor_slices(({"image": images}, {"class": classes, "valid": valid}))
+    return ds.batch(GLOBAL_BATCH)
+
+
+def train(strategy, weights=None):
+    task = instantiate(config["data"]["init_args"]["task"], "data.init_args.task")
+    with strategy.scope():
+        lm = instantiate(config["model"], "model", extra={"task": task})
+        lm.build_from_batch({"image": images[:2]})
+        if weights is not None:
+            lm.model.set_weights(weights)
+        start = lm.model.get_weights()
+        optimizer = lm.make_optimizer()
+        optimizer.clip_grad_norm = 0.05
+        lm.compile(optimizer=optimizer, jit_compile=False)
+        lm.build_optimizer()
+    history = lm.fit(dataset(), epochs=1, verbose=0, shuffle=False)
+    return start, lm.model.get_weights(), float(history.history["train_loss"][0]), strategy.num_replicas_in_sync
+
+
+start, single, loss_single, _ = train(tf.distribute.OneDeviceStrategy("/cpu:0"))
+_, mirrored, loss_mirrored, replicas = train(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), weights=start)
+diff = max(float(np.abs(a - b).max()) for a, b in zip(single, mirrored))
+moved = max(float(np.abs(a - b).max()) for a, b in zip(start, single))
+print(json.dumps({"max_weight_diff": diff, "max_update": moved, "loss_single": loss_single, "loss_mirrored": loss_mirrored, "replicas": replicas}))
+keras.backend.clear_session()
