@@ -29,7 +29,6 @@ import sys
 import time
 from typing import Any
 
-import tensorflow as tf
 import yaml
 
 from rskeras.config.errors import ConfigError
@@ -298,13 +297,17 @@ class Run:
                 raise ConfigError(f"{section}: section is required")
         self.config = config
         self.subcommand = subcommand
-        seed_everything(config.get("seed_everything"))
+        seed = seed_everything(config.get("seed_everything"))
         from rskeras.train.trainer import Trainer
 
         trainer_cfg = dict(config.get("trainer") or {})
         if not trainer_cfg.get("default_root_dir"):
             trainer_cfg["default_root_dir"] = default_root_dir(config_paths)
         self.trainer = build(Trainer, trainer_cfg, "trainer")
+        if self.trainer.deterministic and seed is None:
+            # TF's op determinism refuses unseeded random ops.
+            logger.info("trainer.deterministic without seed_everything: seeding with 0")
+            seed_everything(0)
         self.trainer.setup_environment()
         try:
             self.strategy = self.trainer.make_strategy()
@@ -415,13 +418,15 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rskeras.train.trainer import NonFiniteLossError
-
     try:
         return run(argv)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as e:
+    except RuntimeError as e:
+        from rskeras.train.trainer import NonFiniteLossError
+
+        if not isinstance(e, NonFiniteLossError):
+            raise
         print(f"\ntraining stopped: {e}", file=sys.stderr)
         return 3

@@ -53,7 +53,7 @@ def callbacks(root):
 
 
 def test_resume_from_checkpoint_matches_continuous_training(sample_dataset, tmp_path):
-    changes = {"model.init_args.scheduler": SCHEDULER, "trainer.max_epochs": 3}
+    changes = {"model.init_args.scheduler": SCHEDULER, "trainer.max_epochs": 3, "trainer.limit_train_batches": 1}
     full = make_run(sample_dataset, tmp_path / "full", True, **changes, **{"trainer.callbacks": callbacks(tmp_path / "full")})
     full.trainer.fit(full.lm, full.data)
     first = make_run(sample_dataset, tmp_path / "first", True, **{**changes, "trainer.max_epochs": 1}, **{"trainer.callbacks": callbacks(tmp_path / "first")})

@@ -620,7 +620,10 @@ class Trainer:
             shuffle=False,  # tf.data shuffles the train split itself
             verbose=(1 if self.enable_progress_bar else 2) if self.is_chief else 0,
         )
-        logger.info("fit: epochs %d..%d in %.1fs", initial_epoch, initial_epoch + len(history.epoch) - 1, time.time() - start)
+        if history.epoch:
+            logger.info("fit: epochs %d..%d in %.1fs", history.epoch[0], history.epoch[-1], time.time() - start)
+        else:
+            logger.info("fit: nothing to train (resumed at epoch %d of max_epochs=%d)", initial_epoch, epochs)
         if self.backup_and_restore and os.path.exists(os.path.dirname(self.backup_path)):
             shutil.rmtree(os.path.dirname(self.backup_path), ignore_errors=True)
         return history

@@ -2,8 +2,9 @@
 
 Both train the same tiny classifier from the same weights for 2 steps of the same
 global batches (gradient clipping active, so clipping must see the all-reduced
-gradient) and print JSON: the max weight difference, both epoch train losses and the
-number of replicas. Logical devices must be configured before any TF op, hence a
+gradient), in float32 and in mixed_float16 (dynamic loss scaling), and print JSON per
+precision: the max weight difference, the largest update, both epoch train losses, the
+loss scales and the number of replicas. Logical devices must be configured before any TF op, hence a
 separate process.
 """
 
@@ -52,12 +53,22 @@ def train(strategy, weights=None):
         lm.compile(optimizer=optimizer, jit_compile=False)
         lm.build_optimizer()
     history = lm.fit(dataset(), epochs=1, verbose=0, shuffle=False)
-    return start, lm.model.get_weights(), float(history.history["train_loss"][0]), strategy.num_replicas_in_sync
+    scale = float(lm.optimizer.dynamic_scale.numpy()) if hasattr(lm.optimizer, "dynamic_scale") else None
+    return start, lm.model.get_weights(), float(history.history["train_loss"][0]), strategy.num_replicas_in_sync, scale
 
 
-start, single, loss_single, _ = train(tf.distribute.OneDeviceStrategy("/cpu:0"))
-_, mirrored, loss_mirrored, replicas = train(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), weights=start)
-diff = max(float(np.abs(a - b).max()) for a, b in zip(single, mirrored))
-moved = max(float(np.abs(a - b).max()) for a, b in zip(start, single))
-print(json.dumps({"max_weight_diff": diff, "max_update": moved, "loss_single": loss_single, "loss_mirrored": loss_mirrored, "replicas": replicas}))
-keras.backend.clear_session()
+results = {}
+for policy in ("float32", "mixed_float16"):
+    keras.mixed_precision.set_dtype_policy(policy)
+    start, single, loss_single, _, scale_single = train(tf.distribute.OneDeviceStrategy("/cpu:0"))
+    _, mirrored, loss_mirrored, replicas, scale_mirrored = train(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), weights=start)
+    results[policy] = {
+        "max_weight_diff": max(float(np.abs(a - b).max()) for a, b in zip(single, mirrored)),
+        "max_update": max(float(np.abs(a - b).max()) for a, b in zip(start, single)),
+        "loss_single": loss_single,
+        "loss_mirrored": loss_mirrored,
+        "loss_scale_single": scale_single,
+        "loss_scale_mirrored": scale_mirrored,
+        "replicas": replicas,
+    }
+print(json.dumps(results))
