@@ -54,6 +54,15 @@ class Logger:
         raise NotImplementedError
 
 
+class _TensorBoard(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard callback without its ``learning_rate`` entry: read after the
+    epoch-end scheduler step it would show the next epoch's rate; rskeras logs ``lr``, the
+    rate used during the epoch."""
+
+    def _collect_learning_rate(self, logs):
+        return logs
+
+
 class TensorBoardLogger(Logger):
     """TensorBoard event files (Lightning ``TensorBoardLogger``).
 
@@ -90,7 +99,7 @@ class TensorBoardLogger(Logger):
         return os.path.join(base, self.sub_dir) if self.sub_dir else base
 
     def callbacks(self, trainer) -> list[keras.callbacks.Callback]:
-        return [keras.callbacks.TensorBoard(log_dir=trainer.worker_path(self.log_dir), write_graph=self.log_graph)]
+        return [_TensorBoard(log_dir=trainer.worker_path(self.log_dir), write_graph=self.log_graph)]
 
 
 class CSVLogger(Logger):

@@ -200,6 +200,8 @@ class FreezeUnfreeze(Callback):
         return [v for v in variables if id(v) not in bn]
 
     def setup(self, trainer, lm) -> None:
+        if self.unfreeze_at_epoch is not None and getattr(lm, "optimizer", None) is not None:
+            _optimizer_and_plateau(lm)  # fail before training if groups are unavailable
         variables = self._target_variables(lm)
         logger.info("freezing %d variables at %s", len(variables), self.module_selector)
         set_trainable(variables, False)
@@ -315,6 +317,10 @@ class MultiStageFineTuning(Callback):
             sum(int(v.numpy().size) for v in everything) - trainable,
         )
         lm.trainability_changed()
+
+    def setup(self, trainer, lm) -> None:
+        if getattr(lm, "optimizer", None) is not None:
+            _optimizer_and_plateau(lm)  # fail before training if groups are unavailable
 
     def on_epoch_begin(self, epoch, logs=None):
         for stage in self.stages:
