@@ -564,6 +564,11 @@ def candidate_groups(window: Window, data_input: DataInput, completed: set[tuple
     return options
 
 
+def _to_posix(text: str) -> float:
+    """ISO-8601 time (UTC when no offset is given) -> POSIX seconds."""
+    return parse_time(text).timestamp()
+
+
 def read_raster_group(
     dataset: Dataset,
     window: Window,

@@ -87,7 +87,11 @@ def read_geotiff(path: str, projection: Projection, bounds: PixelBounds, band_in
             ) as vrt:
                 return vrt.read(indexes)
     except RASTER_ERRORS as e:
-        raise RasterReadError(f"cannot read raster {path}: {e}") from None
+        detail = str(e)
+        cause = e.__cause__ or e.__context__
+        if cause is not None and str(cause) and str(cause) not in detail:
+            detail += f" ({cause})"
+        raise RasterReadError(f"cannot read raster {path}: {detail}") from None
 
 
 def read_timestep_metadata(raster_dir: str) -> dict[str, Any] | None:
