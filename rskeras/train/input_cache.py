@@ -4,9 +4,10 @@ The first time a split is iterated with ``cache_dir`` set, every window's *unit*
 candidate item groups of every input over the window's full read region, already warped
 to the window grid and cast to the DataInput dtype; see ``rskeras.train.dataset``) is
 decoded once and written to ``<cache_dir>/<config key>/<window key>.unit``. Later epochs
-and later runs read these files with ``tf.io.read_file`` + ``tf.io.parse_tensor`` inside
-the ``tf.data`` graph (no Python, no GIL, no GDAL), then pick the random crop and item
-group per example in the graph, so random crops stay random every epoch.
+and later runs read these files with ``tf.io.read_file`` + ``tf.io.decode_raw`` inside
+the ``tf.data`` graph (no Python, no GIL, no GDAL, no protobuf parsing of pixel data),
+then pick the random crop and item group per example in the graph, so random crops stay
+random every epoch.
 
 Why per-window files of serialized tensors and not ``Dataset.cache``/``snapshot``, one
 TFRecord or a TFDS builder: the cache must be read in a *different random order every
@@ -43,32 +44,59 @@ from rskeras.utils.fileio import atomic_write_bytes, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+
+
+MAX_RANK = 5
+FIELDS = 3 + MAX_RANK  # offset, nbytes, rank, dims...
+
+
+def header_size(num_components: int) -> int:
+    return 8 * (1 + FIELDS * num_components)
 
 
 def serialize_unit(unit: Any) -> bytes:
-    """Flattens a unit (nested dict of numpy arrays) into one serialized string TensorProto
-    whose items are serialized TensorProtos (``tf.io.parse_tensor`` reads both levels)."""
-    parts = []
-    for value in tf.nest.flatten(unit):
-        array = np.asarray(value)
+    """Packs a unit (nested dict of numpy arrays) into one byte string.
+
+    Layout: an int64 header ``[n, (offset, nbytes, rank, dim0..dim4) * n]`` then every
+    flattened component: numeric arrays as raw little-endian C-order bytes (read back
+    with ``tf.io.decode_raw``, no protobuf parsing), string arrays as a serialized
+    TensorProto. The header size is fixed by the number of components, which the graph
+    knows from the unit signature.
+    """
+    flat = [np.asarray(v) for v in tf.nest.flatten(unit)]
+    blobs = []
+    for array in flat:
         if array.dtype.kind in ("S", "U", "O"):
-            array = array.astype(object)
-            proto = tf.make_tensor_proto(array, dtype=tf.string, shape=array.shape)
+            blobs.append(tf.make_tensor_proto(array.astype(object), dtype=tf.string, shape=array.shape).SerializeToString())
         else:
-            proto = tf.make_tensor_proto(array)
-        parts.append(proto.SerializeToString())
-    outer = tf.make_tensor_proto(np.asarray(parts, dtype=object), dtype=tf.string, shape=[len(parts)])
-    return outer.SerializeToString()
+            if array.ndim > MAX_RANK:
+                raise ValueError(f"input cache: arrays of rank > {MAX_RANK} are not supported, got shape {array.shape}")
+            blobs.append(np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+    header = np.zeros((1 + FIELDS * len(flat),), np.int64)
+    header[0] = len(flat)
+    offset = header_size(len(flat))
+    for i, (array, blob) in enumerate(zip(flat, blobs)):
+        row = 1 + FIELDS * i
+        header[row : row + 3] = (offset, len(blob), array.ndim)
+        header[row + 3 : row + 3 + array.ndim] = array.shape
+        offset += len(blob)
+    return header.astype("<i8").tobytes() + b"".join(blobs)
 
 
 def parse_unit(data: tf.Tensor, signature: Any) -> Any:
     """Graph inverse of :func:`serialize_unit` for a unit with the given TensorSpecs."""
     specs = tf.nest.flatten(signature)
-    parts = tf.io.parse_tensor(data, tf.string)
+    header = tf.io.decode_raw(tf.strings.substr(data, 0, header_size(len(specs))), tf.int64, little_endian=True)
     flat = []
     for i, spec in enumerate(specs):
-        t = tf.io.parse_tensor(parts[i], spec.dtype)
+        row = 1 + FIELDS * i
+        blob = tf.strings.substr(data, header[row], header[row + 1])
+        if spec.dtype == tf.string:
+            t = tf.io.parse_tensor(blob, tf.string)
+        else:
+            rank = spec.shape.rank
+            t = tf.reshape(tf.io.decode_raw(blob, spec.dtype, little_endian=True), header[row + 3 : row + 3 + rank])
         t.set_shape(spec.shape)
         flat.append(t)
     return tf.nest.pack_sequence_as(signature, flat)
