@@ -480,7 +480,9 @@ class RslearnDataModule:
                     return unit, crop, choice, i
 
             ds = index_ds.map(unit_fn, num_parallel_calls=parallel, deterministic=deterministic)
-            ds = ds.filter(lambda unit, *rest: unit["ok"])
+            if self.skip_bad_windows and paths is None:  # the memory cache decodes lazily
+                ds = ds.filter(lambda unit, *rest: unit["ok"])
+            kept = ids if per_window else np.asarray([examples[i][0] for i in ids], np.int64)
         else:
             if per_window:
                 n = len(md.windows)
@@ -516,7 +518,9 @@ class RslearnDataModule:
                     return unit, unit["crop_bounds"], unit["choice"], i
 
             ds = index_ds.map(unit_fn, num_parallel_calls=parallel, deterministic=deterministic)
-            ds = ds.filter(lambda unit, *rest: unit["ok"])
+            if self.skip_bad_windows:
+                ds = ds.filter(lambda unit, *rest: unit["ok"])
+            kept = np.arange(len(md.windows), dtype=np.int64) if per_window else ex_window
 
         # 2. Examples.
         ex_crop_idx_t, ex_num_t = tf.constant(ex_crop_idx), tf.constant(ex_num)
@@ -544,6 +548,17 @@ class RslearnDataModule:
                 )
 
             ds = ds.map(example, num_parallel_calls=parallel, deterministic=deterministic)
+        # Tell Keras the epoch length when it is known up front (no lazy bad-window
+        # filtering): progress bars and steps work from the first epoch.
+        lazily_filtered = self.skip_bad_windows and (not cached or not self.cache_dir)
+        if not lazily_filtered:
+            if per_window:
+                count = int(sum(len(md.window_crops[w]) for w in kept))
+            elif md.split.sampler is not None:
+                count = md.split.sampler.num_samples or len(kept)
+            else:
+                count = len(kept)
+            ds = ds.apply(tf.data.experimental.assert_cardinality(count))
         return ds
 
     def _random_crop(self, md: ModelDataset, unit) -> tf.Tensor:

@@ -350,10 +350,6 @@ class RandomSamplerFactory:
     def __init__(self, replacement: bool = False, num_samples: int | None = None):
         if num_samples is not None and num_samples <= 0:
             raise ValueError(f"num_samples must be positive, got {num_samples}")
-        if num_samples is not None and not replacement:
-            # torch's RandomSampler draws num_samples without replacement in chunks of
-            # permutations, so any positive count is valid.
-            pass
         self.replacement = replacement
         self.num_samples = num_samples
 
