@@ -210,7 +210,7 @@ class RslearnDataModule:
         if stage not in self._cache_files:
             md = self.model_dataset(stage)
             cache = InputCache(self.cache_dir, self.cache_description(stage))
-            self._cache_files[stage] = cache.build(md, self.num_workers, progress)
+            self._cache_files[stage] = cache.build(md, self.num_workers, progress, read=lambda i: self._host_read(md.cache_unit, i))
         return self._cache_files[stage]
 
     def _host_read(self, fn, *args):
@@ -458,7 +458,7 @@ class RslearnDataModule:
 
             else:
                 memory = self._memory.setdefault(stage, MemoryCache())
-                load = self._py_unit(md, lambda wi: memory.get(md, wi))
+                load = self._py_unit(md, lambda wi: memory.get(md, wi, read=lambda i: self._host_read(md.cache_unit, i)))
             det_bounds_t, det_choice_t = tf.constant(det_bounds), tf.constant(det_choice)
             if per_window:
                 first_t = tf.constant(first_example)

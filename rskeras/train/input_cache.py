@@ -130,12 +130,20 @@ class InputCache:
     def bad_path(self, window_key: str) -> str:
         return os.path.join(self.directory, window_key + ".bad")
 
-    def build(self, md, num_workers: int = 0, progress: bool = True) -> tuple[list[str], list[int]]:
+    def build(self, md, num_workers: int = 0, progress: bool = True, read=None) -> tuple[list[str], list[int]]:
         """Makes sure every window of ``md`` (a ModelDataset) is cached.
+
+        Args:
+            md: the ModelDataset of the split.
+            num_workers: decoding threads (0: one per CPU).
+            progress: show a progress bar.
+            read: ``read(window_idx) -> unit`` (default ``md.cache_unit``; the data module
+                passes one with its retries).
 
         Returns (unit file path per window, indexes of windows skipped as bad). Raises
         the read error of a bad window unless ``md.skip_bad_windows``.
         """
+        read = read or md.cache_unit
         os.makedirs(self.directory, exist_ok=True)
         atomic_write_text(os.path.join(self.directory, "config.json"), json.dumps(self.description, indent=1, default=str))
         keys = [self.window_key(w.label, w.bounds, md.window_file_fingerprint(i)) for i, w in enumerate(md.windows)]
@@ -164,7 +172,7 @@ class InputCache:
                     bar = None
 
             def work(i: int) -> tuple[int, str | None]:
-                unit = md.guarded(i, lambda: md.cache_unit(i))
+                unit = md.guarded(i, lambda: read(i))
                 if not bool(unit["ok"]):
                     atomic_write_text(self.bad_path(keys[i]), md.bad_windows[-1][1] if md.bad_windows else "bad window")
                     return i, "bad"
@@ -200,9 +208,10 @@ class MemoryCache:
     def __init__(self):
         self.units: dict[int, Any] = {}
 
-    def get(self, md, window_idx: int) -> Any:
+    def get(self, md, window_idx: int, read=None) -> Any:
         unit = self.units.get(window_idx)
         if unit is None:
-            unit = md.guarded(window_idx, lambda: md.cache_unit(window_idx))
+            read = read or md.cache_unit
+            unit = md.guarded(window_idx, lambda: read(window_idx))
             self.units[window_idx] = unit
         return unit
