@@ -64,28 +64,32 @@ def data_module(dataset: str, batch_size: int, num_workers: int, **kwargs):
     return instantiate(cfg["data"], "data")
 
 
-def time_epochs(dm, epochs: int) -> list[tuple[int, float]]:
-    """(examples, seconds) of each epoch over one train pipeline (includes the cache
-    build in the first epoch's time when a cache is being filled)."""
-    out = []
-    start = time.perf_counter()
-    ds = dm.tf_dataset("train")
-    setup = time.perf_counter() - start
-    for e in range(epochs):
-        t0 = time.perf_counter()
+def time_epochs(dm, min_later_examples: int, max_epochs: int = 50) -> tuple[tuple[int, float], tuple[int, float]]:
+    """((examples, seconds) of epoch 1, (examples, seconds) of the later epochs) over one
+    train pipeline. Epoch 1 includes building the pipeline (and filling a cache); later
+    epochs run until ``min_later_examples`` examples were seen (at least one epoch)."""
+
+    def one_epoch(ds) -> int:
         n = 0
         for inputs, _ in ds:
             n += int(inputs["image"].shape[0])
-        dt = time.perf_counter() - t0 + (setup if e == 0 else 0.0)
-        out.append((n, dt))
-    return out
+        return n
+
+    start = time.perf_counter()
+    ds = dm.tf_dataset("train")
+    first = (one_epoch(ds), time.perf_counter() - start)
+    n, t0, epochs = 0, time.perf_counter(), 0
+    while (n < min_later_examples or epochs == 0) and epochs < max_epochs:
+        n += one_epoch(ds)
+        epochs += 1
+    return first, (n, time.perf_counter() - t0)
 
 
 def add_input_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample", help="64x64 sample dataset to use/create (default: a temp dir)")
     p.add_argument("--large", help="256x256 sample dataset to use/create (default: a temp dir)")
     p.add_argument("--num-windows-large", type=int, default=60, help="windows of the 256x256 dataset (default 60)")
-    p.add_argument("--epochs", type=int, default=3, help="epochs per measurement (default 3)")
+    p.add_argument("--min-examples", type=int, default=600, help="examples timed after the first epoch (default 600)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--num-workers", type=int, default=0, help="parallel reads (0 = autotune)")
 
@@ -104,11 +108,10 @@ def run_input(args: argparse.Namespace) -> dict[str, Any]:
                 shutil.rmtree(cache, ignore_errors=True)
                 kwargs = {"cache_dir": cache} if mode == "disk cache" else {"use_in_memory_dataset": True} if mode == "memory cache" else {}
                 dm = data_module(path, args.batch_size, args.num_workers, **kwargs)
-                epochs = time_epochs(dm, args.epochs)
-                first = epochs[0][0] / epochs[0][1]
-                later = sum(n for n, _ in epochs[1:]) / max(sum(t for _, t in epochs[1:]), 1e-9) if len(epochs) > 1 else first
-                results[f"{label} {mode}"] = {"epoch1_examples_per_s": round(first, 1), "later_examples_per_s": round(later, 1), "examples": epochs[0][0]}
-                print(f"  input {label:>10} {mode:<12}: epoch 1 {first:8.1f} ex/s, epochs 2+ {later:8.1f} ex/s ({epochs[0][0]} examples/epoch)", flush=True)
+                (n1, t1), (n2, t2) = time_epochs(dm, args.min_examples)
+                first, later = n1 / t1, n2 / max(t2, 1e-9)
+                results[f"{label} {mode}"] = {"epoch1_examples_per_s": round(first, 1), "later_examples_per_s": round(later, 1), "examples_per_epoch": n1}
+                print(f"  input {label:>10} {mode:<12}: epoch 1 {first:8.1f} ex/s, epochs 2+ {later:8.1f} ex/s ({n1} examples/epoch)", flush=True)
                 shutil.rmtree(cache, ignore_errors=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
