@@ -308,3 +308,28 @@ def test_sampler_in_data_module(crops_dataset):
 
     dm = module(crops_dataset, INPUTS, train_config=SplitConfig(sampler=RandomSamplerFactory(replacement=True, num_samples=5)), batch_size=2)
     assert len(collect(dm, "train")) == 5 and dm.num_batches("train") == 3
+
+
+def test_resolution_factor_crops_identical_with_and_without_cache(tmp_path):
+    root = str(tmp_path / "ds")
+    make_config(root, {"img": {"type": "raster", "band_sets": [{"dtype": "int16", "bands": ["v"]}]}})
+    for i, origin in enumerate([(3, 5), (-9, 2)]):  # window origins not multiples of 2
+        b = [origin[0], origin[1], origin[0] + 16, origin[1] + 16]
+        w = add_window(root, f"w{i}", b)
+        add_raster(w, "img", ["v"], np.arange(256, dtype=np.int16).reshape(1, 16, 16) + 1000 * i, b)
+    inputs = {
+        "half": DataInput("raster", ["img"], bands=["v"], resolution_factor=ResolutionFactor(denominator=2)),
+        "double": DataInput("raster", ["img"], bands=["v"], resolution_factor=ResolutionFactor(numerator=2)),
+    }
+    results = [collect(module(root, inputs, val_config=SplitConfig(crop_size=8), **kw), "val") for kw in ({}, {"cache_dir": str(tmp_path / "c")})]
+    for (a, ma), (b, mb) in zip(*results):
+        assert a["half"].shape == (1, 4, 4, 1) and a["double"].shape == (1, 16, 16, 1)
+        np.testing.assert_array_equal(a["half"], b["half"])
+        np.testing.assert_array_equal(a["double"], b["double"])
+        np.testing.assert_array_equal(ma["crop_bounds"], mb["crop_bounds"])
+        # numerator 2: every window pixel becomes a 2x2 block of the crop.
+        wb = ma["window_bounds"]
+        cb = ma["crop_bounds"]
+        base = 1000 * (0 if wb[0] == 3 else 1)
+        crop = np.arange(256).reshape(16, 16)[cb[1] - wb[1] : cb[3] - wb[1], cb[0] - wb[0] : cb[2] - wb[0]] + base
+        np.testing.assert_array_equal(a["double"][0, :, :, 0], np.kron(crop, np.ones((2, 2))))
