@@ -236,7 +236,7 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
             array = _bfloat16_to_float32(np.frombuffer(data[start:end], "<u2"))
         else:
             array = np.frombuffer(data[start:end], np.dtype(dtype).newbyteorder("<")).astype(dtype)
-        out[key] = array.reshape(info["shape"])
+        out[key] = array.reshape(tuple(info["shape"]))
     return out
 
 
@@ -244,7 +244,7 @@ def write_safetensors(state_dict: Mapping[str, np.ndarray], f) -> None:
     """Writes arrays in the safetensors format to an open binary file."""
     header, chunks, offset = {}, [], 0
     for key, value in state_dict.items():
-        array = np.ascontiguousarray(value)
+        array = np.asarray(value)
         if array.dtype not in _NUMPY_TO_SAFETENSORS:
             raise CheckpointError(f"cannot store {key} of dtype {array.dtype} in safetensors")
         raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
