@@ -182,3 +182,15 @@ def test_tflite_builtins_conversion_with_shifted_windows(arch):
     outs = sorted((interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()), key=lambda o: -o.shape[1])
     for got, want in zip(outs, expected):
         assert_close(got, want, 1e-4, f"{arch} tflite")
+
+
+def test_mixed_precision_runs():
+    """Constants (masks, position bias) follow the compute dtype under mixed_bfloat16."""
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        for arch in ("swin_t", "swin_v2_t"):
+            model = Swin(arch=arch, output_layers=[1, 3], embed_dim=8, depths=[2, 2], num_heads=[1, 2], window_size=[4, 4])
+            outs = model({"image": np.random.RandomState(0).rand(1, 1, 40, 56, 3).astype(np.float32)})
+            assert all(o.dtype == tf.bfloat16 and np.isfinite(o.numpy().astype(np.float32)).all() for o in outs)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
