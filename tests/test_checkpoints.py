@@ -5,7 +5,6 @@ checkpoint_single / checkpoint_multi / rslearn_small: RslearnLightningModule sta
 ``model.decoders.<task>.<i>...``) loaded strictly into SingleTaskModel / MultiTaskModel.
 """
 
-import io
 import os
 import pickle
 import subprocess

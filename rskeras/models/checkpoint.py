@@ -31,11 +31,12 @@ import os
 import pickle
 import struct
 import zipfile
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from rskeras.models.torch_weights import LoadReport, load_torch_state_dict
+if TYPE_CHECKING:  # keep this module (and tools/convert_weights.py) free of TF imports
+    from rskeras.models.torch_weights import LoadReport
 
 logger = logging.getLogger(__name__)
 
@@ -362,6 +363,8 @@ def apply_restore_config(
 
 def load_state_dict_nonstrict(model: Any, state_dict: Mapping[str, np.ndarray], prefix: str = "") -> LoadReport:
     """Loads what fits, logs missing / unexpected keys by name; shape mismatches raise."""
+    from rskeras.models.torch_weights import load_torch_state_dict
+
     report = load_torch_state_dict(model, dict(state_dict), prefix=prefix, strict=False)
     if report.missing or report.unexpected:
         logger.warning("restore yielded missing_keys=%s and unexpected_keys=%s", report.missing, report.unexpected)
@@ -394,6 +397,8 @@ def restore_into(
 def load_lightning_checkpoint(model: Any, path: str, strict: bool = True, use_torch: bool | None = None) -> LoadReport:
     """Loads an rslearn Lightning ``.ckpt`` (``state_dict`` keys ``model.*``) into a model
     (SingleTaskModel / MultiTaskModel) whose ``torch_params`` use rslearn's module tree."""
+    from rskeras.models.torch_weights import load_torch_state_dict
+
     state = read_state_dict(path, selector=["state_dict"], use_torch=use_torch)
     return load_torch_state_dict(model, state, prefix="model", strict=strict)
 
