@@ -24,6 +24,7 @@ non-strictly (missing / unexpected keys reported by name, shape mismatches are e
 from __future__ import annotations
 
 import collections
+import importlib.util
 import io
 import json
 import logging
@@ -174,11 +175,7 @@ def read_torch_zip(path: str) -> Any:
 
 
 def _torch_available() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("torch") is not None
 
 
 def _to_numpy(obj: Any) -> Any:
