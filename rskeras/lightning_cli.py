@@ -49,8 +49,34 @@ TOP_LEVEL_KEYS = {
 }
 
 
+OWN_FLAGS = {"--config", "-c", "--ckpt_path", "--print_config", "-h", "--help"}
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Separates ``--a.b.c VALUE`` / ``--a.b.c=VALUE`` overrides from the CLI's own flags."""
+    rest: list[str] = []
+    overrides: list[tuple[str, str]] = []
+    i = 0
+    while i < len(argv):
+        item = argv[i]
+        key = item[2:].split("=", 1)[0] if item.startswith("--") else ""
+        if not key or item.split("=", 1)[0] in OWN_FLAGS or ("." not in key and key not in TOP_LEVEL_KEYS):
+            rest.append(item)
+            i += 1
+            continue
+        if "=" in item:
+            overrides.append((key, item.split("=", 1)[1]))
+            i += 1
+        else:
+            if i + 1 >= len(argv):
+                raise SystemExit(f"train.py: error: override {item} needs a value")
+            overrides.append((key, argv[i + 1]))
+            i += 2
+    return rest, overrides
+
+
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
-    """Parses the command line: (known args, dotted overrides)."""
+    """Parses the command line: (the CLI's own arguments, dotted config overrides)."""
     parser = argparse.ArgumentParser(
         prog="train.py",
         description="Train, evaluate and predict with rskeras models configured by rslearn-style YAML.",
@@ -63,26 +89,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
     parser.add_argument("--config", "-c", action="append", required=True, help="YAML config file (repeatable)")
     parser.add_argument("--ckpt_path", default=None, help="checkpoint to resume from / evaluate (.weights.h5, or a torch .ckpt)")
     parser.add_argument("--print_config", action="store_true", help="print the merged config and exit")
-    args, rest = parser.parse_known_args(argv)
-    overrides: list[tuple[str, str]] = []
-    i = 0
-    while i < len(rest):
-        item = rest[i]
-        if not item.startswith("--") or len(item) <= 2:
-            parser.error(f"unexpected argument {item!r}")
-        key = item[2:]
-        if "=" in key:
-            key, value = key.split("=", 1)
-            i += 1
-        else:
-            if i + 1 >= len(rest):
-                parser.error(f"override {item} needs a value")
-            value = rest[i + 1]
-            i += 2
-        if "." not in key and key not in TOP_LEVEL_KEYS:
-            parser.error(f"unknown option {item!r} (overrides look like --section.key value)")
-        overrides.append((key, value))
-    return args, overrides
+    rest, overrides = split_overrides(argv)
+    return parser.parse_args(rest), overrides
 
 
 def default_root_dir(config_paths: list[str]) -> str:
@@ -131,7 +139,6 @@ class Run:
             self.lm = instantiate(model_cfg, "model", extra=extra)
             stage = "predict" if subcommand == "predict" else "train" if subcommand == "fit" else "val" if subcommand == "validate" else "test"
             batch = next(iter(self.data.tf_dataset(stage, shuffle=False)))
-            self.input_specs = {k: tf.TensorSpec([None] + list(v.shape[1:]), v.dtype) for k, v in batch[0].items()}
             self.input_specs = self.data.input_specs(stage)
             self.lm.build_from_batch(batch[0])
             self.lm.compile(optimizer=self.lm.make_optimizer(), jit_compile=False)

@@ -18,12 +18,16 @@ import yaml
 
 from rskeras.config.errors import ConfigError
 
-_ENV_PATTERN = re.compile(r"\$\{([^}]+)\}")
+_ENV_PATTERN = re.compile(r"\$\{([^}:]+)(?::-([^}]*))?\}")
 
 
 def substitute_env(text: str) -> str:
-    """Replaces ``${VAR}`` with the environment value (empty string if unset)."""
-    return _ENV_PATTERN.sub(lambda m: os.environ.get(m.group(1), ""), text)
+    """Replaces ``${VAR}`` with the environment value (empty string if unset).
+
+    rskeras also accepts ``${VAR:-default}`` (the default applies when VAR is unset or
+    empty), a superset of rslearn's syntax used by the example configs.
+    """
+    return _ENV_PATTERN.sub(lambda m: os.environ.get(m.group(1)) or (m.group(2) or ""), text)
 
 
 def load_yaml_text(text: str, source: str = "<config>") -> dict[str, Any]:

@@ -163,3 +163,30 @@ def collect(items: Iterable[tuple[Any, str]]) -> list[TorchParam]:
     for layer, prefix in items:
         out.extend(layer.torch_params(prefix))
     return out
+
+
+# Layout conversions Keras -> torch (inverse of LAYOUTS), for exporting state dicts.
+INVERSE_LAYOUTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "identity": lambda a: a,
+    "linear": lambda a: a.T,
+    "conv2d": lambda a: a.transpose(3, 2, 0, 1),
+    "conv_transpose2d": lambda a: a.transpose(3, 2, 0, 1),
+    "conv3d": lambda a: a.transpose(4, 3, 0, 1, 2),
+    "conv1d": lambda a: a.transpose(2, 1, 0),
+}
+
+
+def torch_state_dict(layer: Any, prefix: str = "") -> dict[str, np.ndarray]:
+    """The torch state dict of ``layer``'s weights (variables mapped by ``torch_params``).
+
+    Buffers that rskeras does not store (``variable=None``) are left out; params with a
+    custom ``transform`` cannot be inverted and raise.
+    """
+    out: dict[str, np.ndarray] = {}
+    for p in layer.torch_params(prefix):
+        if p.variable is None:
+            continue
+        if p.transform is not None:
+            raise ValueError(f"torch key {p.key} uses a custom transform and cannot be exported")
+        out[p.key] = np.array(INVERSE_LAYOUTS[p.layout](np.asarray(p.variable.numpy())), order="C")
+    return out

@@ -324,7 +324,9 @@ class RslearnDataModule:
 
         def process(raw, metadata):
             input_dict, target_dict = task.process_inputs(raw, metadata, load_targets=not skip_targets)
-            input_dict = dict(input_dict)
+            # MultiTask nests per-task input dicts, which are empty for every rslearn task:
+            # they carry nothing, and empty structures cannot be model inputs.
+            input_dict = {k: v for k, v in input_dict.items() if not (isinstance(v, dict) and not v)}
             target_dict = dict(target_dict)
             for key in passthrough + stamps:
                 input_dict[key] = raw[key]

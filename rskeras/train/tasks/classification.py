@@ -1,4 +1,4 @@
-"""Window-level classification: ClassificationTask and ClassificationHead."""
+"""Window-level classification: ClassificationTask, ClassificationHead and their metric."""
 
 from __future__ import annotations
 
@@ -10,32 +10,75 @@ import shapely
 import tensorflow as tf
 
 from rskeras.models.component import Predictor, require_feature_vector
-from rskeras.train.metrics import MulticlassAccuracy
+from rskeras.train.metrics import (
+    RANKING_KWARGS,
+    ConfusionMatrixMetric,
+    MulticlassAccuracy,
+    MulticlassRankingMetric,
+    check_kwargs,
+    check_stat_kwargs,
+    torchmetrics_stat,
+)
 from rskeras.train.model_context import SampleMetadata, model_output
-from rskeras.train.tasks.task import BasicTask
+from rskeras.train.tasks.task import BasicTask, draw_label_text
 from rskeras.utils.feature import Feature
+
+
+def class_ids_from_text(values: tf.Tensor, classes: list[str], read_class_id: bool) -> tf.Tensor:
+    """Property texts ``[N]`` -> class ids int32 ``[N]`` (graph).
+
+    With ``read_class_id`` the text is parsed as a number and truncated toward zero
+    (Python ``int(v)``); otherwise the id is the index of the text in ``classes``, -1 when
+    absent.
+    """
+    if read_class_id:
+        return tf.cast(tf.strings.to_number(values, tf.float64), tf.int32)
+    names = tf.constant(list(classes), tf.string)
+    eq = tf.equal(values[:, None], names[None, :])
+    index = tf.argmax(tf.cast(eq, tf.int32), axis=1, output_type=tf.int32)
+    return tf.where(tf.reduce_any(eq, axis=1), index, -1)
+
+
+def first_true_index(mask: tf.Tensor) -> tf.Tensor:
+    """Index of the first True of a bool ``[N]`` vector, N when there is none (graph)."""
+    return tf.argmax(tf.cast(tf.concat([mask, [True]], 0), tf.int32), output_type=tf.int32)
 
 
 class ClassificationTask(BasicTask):
     """Classifies each window (or crop) from a vector label.
 
-    The class is read from the first vector feature of the ``targets`` input that has
-    ``property_name``.
+    The class is read from the first feature of the ``targets`` vector input that has
+    ``property_name`` (and, with ``skip_unknown_categories``, a known class).
 
     Args:
         property_name: property holding the class name (or id with ``read_class_id``).
         classes: class names; the class id is the index in this list.
-        filters: accepted for compatibility; ignored, as in rslearn (quirk).
+        filters: accepted for compatibility and ignored, as in rslearn (its filter loop
+            never skips a feature).
         read_class_id: read an integer class id instead of a class name.
         allow_invalid: a window without a labelled feature becomes an invalid example
             (``valid`` 0, excluded from loss and metrics) instead of an error.
         skip_unknown_categories: skip features whose class is not in ``classes``
-            instead of raising.
-        prob_property: when predicting, also write the class probabilities under this
-            property.
-        metric_kwargs: arguments of the accuracy metric (``average``: macro/micro).
-        positive_class, positive_class_threshold: for 2 classes, predict
-            ``positive_class`` iff its probability >= the threshold (prediction only).
+            instead of failing.
+        prob_property: when predicting, also write the class probabilities (list) under
+            this property.
+        metric_kwargs: torchmetrics MulticlassAccuracy arguments of ``accuracy``
+            (``average`` macro (default)/micro/weighted, ``ignore_index``).
+        enable_f1_metric: add F1, precision and recall: per class (``<class>_f1``,
+            ``<class>_precision``, ``<class>_recall``) when ``f1_metric_kwargs.average`` is
+            None/"none" (default), else averaged ``f1``, ``precision``, ``recall``.
+        f1_metric_kwargs: torchmetrics arguments of those metrics.
+        enable_auroc: add ``auroc`` (one-vs-rest multiclass AUROC, macro by default).
+        auroc_metric_kwargs: its torchmetrics arguments (``average``).
+        enable_prauc: add ``prauc`` (multiclass average precision, macro by default).
+        prauc_metric_kwargs: its torchmetrics arguments (``average``).
+        positive_class, positive_class_threshold: with 2 classes, predict
+            ``positive_class`` iff its probability >= the threshold (float32 compare).
+            Only prediction (``process_output``/``output_layer``) uses it; metrics use argmax.
+        enable_confusion_matrix: add ``confusion_matrix`` (non-scalar, logger only).
+        image_bands, remap_values: see BasicTask.
+
+    Targets (per example): ``{"class": int32 [], "valid": float32 []}``.
     """
 
     def __init__(
@@ -48,11 +91,20 @@ class ClassificationTask(BasicTask):
         skip_unknown_categories: bool = False,
         prob_property: str | None = None,
         metric_kwargs: dict[str, Any] | None = None,
+        enable_f1_metric: bool = False,
+        f1_metric_kwargs: dict[str, Any] | None = None,
+        enable_auroc: bool = False,
+        auroc_metric_kwargs: dict[str, Any] | None = None,
+        enable_prauc: bool = False,
+        prauc_metric_kwargs: dict[str, Any] | None = None,
         positive_class: str | None = None,
         positive_class_threshold: float = 0.5,
+        enable_confusion_matrix: bool = False,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        if not classes:
+            raise ValueError("ClassificationTask: classes must not be empty")
         self.property_name = property_name
         self.classes = list(classes)
         self.filters = list(filters or [])
@@ -61,70 +113,96 @@ class ClassificationTask(BasicTask):
         self.skip_unknown_categories = skip_unknown_categories
         self.prob_property = prob_property
         self.metric_kwargs = dict(metric_kwargs or {})
+        self.enable_f1_metric = enable_f1_metric
+        self.f1_metric_kwargs = dict(f1_metric_kwargs or {})
+        self.enable_auroc = enable_auroc
+        self.auroc_metric_kwargs = dict(auroc_metric_kwargs or {})
+        self.enable_prauc = enable_prauc
+        self.prauc_metric_kwargs = dict(prauc_metric_kwargs or {})
         self.positive_class = positive_class
         self.positive_class_threshold = positive_class_threshold
+        self.enable_confusion_matrix = enable_confusion_matrix
         if positive_class_threshold != 0.5:
             if len(self.classes) != 2:
                 raise ValueError(
-                    f"positive_class_threshold={positive_class_threshold} needs exactly 2 classes, got {len(self.classes)}"
+                    f"ClassificationTask: positive_class_threshold={positive_class_threshold} needs exactly 2 classes, "
+                    f"got {len(self.classes)}"
                 )
+            if positive_class is None:
+                raise ValueError("ClassificationTask: set positive_class when using positive_class_threshold")
             if positive_class not in self.classes:
-                raise ValueError(f"positive_class {positive_class!r} must be one of classes {self.classes}")
+                raise ValueError(f"ClassificationTask: positive_class {positive_class!r} not found in classes {self.classes}")
+        # Fail at construction, not in the middle of validation (without creating any
+        # TF state: tasks may be built before the TF runtime is configured).
+        check_stat_kwargs(self.metric_kwargs, "ClassificationTask metric_kwargs")
+        check_stat_kwargs(self.f1_metric_kwargs, "ClassificationTask f1_metric_kwargs")
+        check_kwargs(self.auroc_metric_kwargs, RANKING_KWARGS, "ClassificationTask auroc_metric_kwargs")
+        check_kwargs(self.prauc_metric_kwargs, RANKING_KWARGS, "ClassificationTask prauc_metric_kwargs")
 
     def vector_property_names(self) -> list[str]:
         return [self.property_name]
 
-    # ---- targets ---------------------------------------------------------------------
+    @property
+    def positive_index(self) -> int:
+        """Index of the thresholded positive class, -1 when argmax is used."""
+        if len(self.classes) == 2 and self.positive_class_threshold != 0.5:
+            return self.classes.index(self.positive_class)
+        return -1
 
-    def class_ids_of(self, values: tf.Tensor) -> tf.Tensor:
-        """Property strings [N] -> class ids [N] (-1 for an unknown class name)."""
-        if self.read_class_id:
-            return tf.cast(tf.strings.to_number(values, tf.float64), tf.int32)
-        classes = tf.constant(self.classes)
-        eq = tf.equal(values[:, None], classes[None, :])
-        return tf.where(tf.reduce_any(eq, axis=1), tf.cast(tf.argmax(tf.cast(eq, tf.int32), axis=1), tf.int32), -1)
+    # ---- targets ---------------------------------------------------------------------
 
     def process_inputs(self, raw_inputs, metadata, load_targets=True):
         if not load_targets:
             return {}, {}
+        if "targets" not in raw_inputs:
+            raise KeyError("ClassificationTask: raw inputs have no 'targets' vector input")
         vec = raw_inputs["targets"]
         has = vec["has_property"][self.property_name]
-        ids = self.class_ids_of(vec["properties"][self.property_name])
-        in_range = (ids >= 0) & (ids < len(self.classes))
-        acceptable = has & in_range if self.skip_unknown_categories else has
+        ids = class_ids_from_text(vec["properties"][self.property_name], self.classes, self.read_class_id)
+        known = (ids >= 0) & (ids < len(self.classes))
+        acceptable = has & known if self.skip_unknown_categories else has
         found = tf.reduce_any(acceptable)
-        # Index of the first acceptable feature; N (a padding slot) when there is none.
-        first = tf.argmax(tf.cast(tf.concat([acceptable, [True]], 0), tf.int32), output_type=tf.int32)
+        first = first_true_index(acceptable)
         checks = []
         if not self.skip_unknown_categories:
-            first_has = tf.argmax(tf.cast(tf.concat([has, [True]], 0), tf.int32), output_type=tf.int32)
+            # rslearn asserts on the first labelled feature with an unknown class.
             checks.append(
                 tf.debugging.Assert(
-                    tf.gather(tf.concat([in_range, [True]], 0), first_has),
-                    ["ClassificationTask: class not in classes, in window", metadata["window_name"]],
+                    tf.gather(tf.concat([known, [True]], 0), first),
+                    [
+                        f"ClassificationTask: value of '{self.property_name}' is not one of {self.classes} "
+                        "(set skip_unknown_categories to skip it), window",
+                        metadata["window_name"],
+                    ],
                 )
             )
         if not self.allow_invalid:
             checks.append(
                 tf.debugging.Assert(
                     found,
-                    [f"ClassificationTask: no feature with property '{self.property_name}' in window", metadata["window_name"]],
+                    [
+                        f"ClassificationTask: no feature with property '{self.property_name}' "
+                        "(set allow_invalid to mark such examples invalid), window",
+                        metadata["window_name"],
+                    ],
                 )
             )
         with tf.control_dependencies(checks):
             cls = tf.gather(tf.concat([ids, [0]], 0), first)
             valid = tf.where(found, 1.0, 0.0)
-        return {}, {"class": tf.cast(cls, tf.int32), "valid": tf.cast(valid, tf.float32)}
+        return {}, {"class": tf.identity(cls), "valid": tf.cast(valid, tf.float32)}
 
     # ---- outputs ---------------------------------------------------------------------
 
     def predicted_class(self, probs: np.ndarray) -> int:
-        if len(self.classes) == 2 and self.positive_class_threshold != 0.5:
-            pos = self.classes.index(self.positive_class)
+        """Class index for one probability vector (threshold rule or argmax)."""
+        pos = self.positive_index
+        if pos >= 0:
             return pos if np.float32(probs[pos]) >= np.float32(self.positive_class_threshold) else 1 - pos
         return int(np.argmax(probs))
 
     def process_output(self, raw_output, metadata: SampleMetadata) -> list[Feature]:
+        """Probabilities ``[C]`` -> one Point feature at the crop's top-left corner."""
         probs = np.asarray(raw_output)
         if probs.ndim != 1:
             raise ValueError(f"ClassificationTask output must be a 1-D probability vector, got shape {probs.shape}")
@@ -132,38 +210,72 @@ class ClassificationTask(BasicTask):
         value = cls if self.read_class_id else self.classes[cls]
         props: dict[str, Any] = {self.property_name: value}
         if self.prob_property:
-            props[self.prob_property] = [float(p) for p in probs]
+            props[self.prob_property] = probs.tolist()
         x0, y0 = metadata.crop_bounds[0], metadata.crop_bounds[1]
         return [Feature(shapely.Point(x0, y0), props)]
 
     def output_layer(self) -> keras.layers.Layer:
-        pos = self.classes.index(self.positive_class) if self.positive_class in self.classes else -1
-        return ClassificationOutput(
-            positive_index=pos if self.positive_class_threshold != 0.5 else -1,
-            threshold=self.positive_class_threshold,
-        )
+        return ClassificationOutput(positive_index=self.positive_index, threshold=self.positive_class_threshold)
 
-    def get_metrics(self):
-        kwargs = dict(self.metric_kwargs)
-        kwargs.pop("num_classes", None)
-        return {"accuracy": ClassificationMetric(MulticlassAccuracy(len(self.classes), **kwargs), name="accuracy")}
+    def visualize(self, input_dict, target_dict, output):
+        if target_dict is None:
+            raise ValueError("ClassificationTask.visualize needs the target dict")
+        image = self.visualize_image(input_dict["image"])
+        label = self.classes[int(np.asarray(target_dict["class"]))]
+        predicted = self.classes[int(np.argmax(np.asarray(output)))]
+        return {"image": draw_label_text(image, f"Label: {label}\nOutput: {predicted}")}
+
+    # ---- metrics ---------------------------------------------------------------------
+
+    def get_metrics(self) -> dict[str, keras.metrics.Metric]:
+        n = len(self.classes)
+        metrics: dict[str, keras.metrics.Metric] = {}
+        acc_kwargs = dict(self.metric_kwargs)
+        acc_kwargs.pop("num_classes", None)
+        metrics["accuracy"] = ClassificationMetric(MulticlassAccuracy(n, **acc_kwargs), name="accuracy")
+        if self.enable_f1_metric:
+            kwargs = {"average": None, **self.f1_metric_kwargs}
+            if kwargs["average"] in (None, "none"):
+                for i, class_name in enumerate(self.classes):
+                    for stat, suffix in (("recall", "recall"), ("precision", "precision"), ("f1", "f1")):
+                        name = f"{class_name}_{suffix}"
+                        metrics[name] = ClassificationMetric(torchmetrics_stat(stat, n, kwargs, name, class_idx=i), name=name)
+            else:
+                for stat in ("recall", "precision", "f1"):
+                    metrics[stat] = ClassificationMetric(torchmetrics_stat(stat, n, kwargs, stat), name=stat)
+        if self.enable_auroc:
+            kwargs = {k: v for k, v in self.auroc_metric_kwargs.items() if k != "num_classes"}
+            metrics["auroc"] = ClassificationMetric(MulticlassRankingMetric(n, kind="auroc", **kwargs), name="auroc")
+        if self.enable_prauc:
+            kwargs = {k: v for k, v in self.prauc_metric_kwargs.items() if k != "num_classes"}
+            metrics["prauc"] = ClassificationMetric(
+                MulticlassRankingMetric(n, kind="average_precision", **kwargs), name="prauc"
+            )
+        if self.enable_confusion_matrix:
+            metrics["confusion_matrix"] = ClassificationMetric(
+                ConfusionMatrixMetric(n, class_names=self.classes), name="confusion_matrix"
+            )
+        return metrics
 
 
+@keras.saving.register_keras_serializable(package="rskeras")
 class ClassificationOutput(keras.layers.Layer):
-    """Export post-processing: probabilities ``[B, C]`` -> ``{"probabilities", "class_ids"}``.
+    """Export post-processing: probabilities ``[B, C]`` -> ``{"probabilities": [B, C],
+    "class_ids": int32 [B]}``.
 
     Args:
         positive_index: with 2 classes, index of the positive class when a threshold
             other than 0.5 is used (-1: argmax).
-        threshold: probability threshold of the positive class.
+        threshold: probability threshold of the positive class (``>=``).
     """
 
     def __init__(self, positive_index: int = -1, threshold: float = 0.5, **kwargs):
         super().__init__(**kwargs)
-        self.positive_index = positive_index
-        self.threshold = threshold
+        self.positive_index = int(positive_index)
+        self.threshold = float(threshold)
 
     def call(self, probs):
+        probs = tf.cast(probs, tf.float32)
         if self.positive_index >= 0:
             pos = probs[:, self.positive_index] >= self.threshold
             ids = tf.where(pos, self.positive_index, 1 - self.positive_index)
@@ -176,15 +288,22 @@ class ClassificationOutput(keras.layers.Layer):
 
 
 class ClassificationMetric(keras.metrics.Metric):
-    """Adapts a confusion-matrix metric to (probabilities ``[B, C]``, targets dict)."""
+    """Feeds (probabilities ``[B, C]``, targets ``{"class", "valid"}``) to a flat metric
+    taking ``update_state(probs, labels, valid)``; only examples with ``valid > 0`` count.
 
-    def __init__(self, metric, name: str = "accuracy", **kwargs):
+    Args:
+        metric: the wrapped metric (a confusion-matrix statistic, a ranking metric or
+            a confusion matrix).
+    """
+
+    def __init__(self, metric: keras.metrics.Metric, name: str = "accuracy", **kwargs):
         super().__init__(name=name, **kwargs)
         self.metric = metric
+        self.non_scalar = getattr(metric, "non_scalar", False)
+        self.host_side = getattr(metric, "host_side", False)
 
     def update_state(self, outputs, targets, sample_weight=None):
-        pred = tf.argmax(outputs, axis=-1, output_type=tf.int32)
-        self.metric.update_state(pred, targets["class"], targets["valid"])
+        self.metric.update_state(outputs, targets["class"], targets["valid"])
 
     def result(self):
         return self.metric.result()
@@ -193,12 +312,13 @@ class ClassificationMetric(keras.metrics.Metric):
         self.metric.reset_state()
 
 
+@keras.saving.register_keras_serializable(package="rskeras")
 class ClassificationHead(Predictor):
     """Softmax classifier head with cross-entropy loss ``cls``.
 
     Input: FeatureVector ``[B, C]`` of logits. Output: softmax probabilities ``[B, C]``.
     Loss (with targets ``class`` [B] and ``valid`` [B]): mean over the batch of
-    ``CE(logits_i, class_i) * valid_i`` — the denominator counts invalid examples, as in
+    ``CE(logits_i, class_i) · valid_i`` — the denominator counts invalid examples, as in
     rslearn.
     """
 
@@ -208,8 +328,11 @@ class ClassificationHead(Predictor):
         probs = tf.nn.softmax(logits, axis=-1)
         losses = {}
         if targets is not None:
-            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(targets["class"], tf.int32), logits=logits)
-            losses["cls"] = tf.reduce_mean(ce * tf.cast(targets["valid"], tf.float32))
+            valid = tf.cast(targets["valid"], tf.float32)
+            # Invalid examples carry class 0 (in range), but keep any label safe anyway.
+            labels = tf.where(valid > 0, tf.cast(targets["class"], tf.int32), 0)
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+            losses["cls"] = tf.reduce_mean(ce * valid)
         return model_output(probs, losses)
 
     def loss_names(self):

@@ -73,6 +73,30 @@ class BasicTask(Task):
         self.image_bands = tuple(image_bands)
         self.remap_values = remap_values
 
+    @staticmethod
+    def window_valid_mask(height: Any, width: Any, metadata: dict[str, Any]) -> tf.Tensor:
+        """``[H, W]`` float32 mask, 1 where the crop pixel lies inside the window (graph).
+
+        rslearn ``BasicTask._get_window_valid_mask``: the intersection of
+        ``metadata["crop_bounds"]`` and ``metadata["window_bounds"]``, offset by the crop
+        origin, is valid; pixels of an overhanging crop outside the window are not.
+        """
+        crop = tf.cast(metadata["crop_bounds"], tf.int64)
+        window = tf.cast(metadata["window_bounds"], tf.int64)
+        x0 = tf.maximum(window[0], crop[0]) - crop[0]
+        y0 = tf.maximum(window[1], crop[1]) - crop[1]
+        x1 = tf.minimum(window[2], crop[2]) - crop[0]
+        y1 = tf.minimum(window[3], crop[3]) - crop[1]
+        cols = tf.range(tf.cast(width, tf.int64))
+        rows = tf.range(tf.cast(height, tf.int64))
+        in_x = (cols >= x0) & (cols < x1)
+        in_y = (rows >= y0) & (rows < y1)
+        return tf.cast(in_y[:, None] & in_x[None, :], tf.float32)
+
+    def visualize(self, input_dict: dict[str, Any], target_dict: dict[str, Any] | None, output: Any) -> dict[str, np.ndarray]:
+        """``{"image": H×W×3 uint8}`` of ``input_dict["image"]`` (see :meth:`visualize_image`)."""
+        return {"image": self.visualize_image(input_dict["image"])}
+
     def visualize_image(self, image: np.ndarray) -> np.ndarray:
         """``[T, H, W, C]`` (or ``[H, W, C]``) image -> H×W×3 uint8 of ``image_bands``."""
         image = np.asarray(image)
@@ -83,3 +107,39 @@ class BasicTask(Task):
             (lo, hi), (lo2, hi2) = self.remap_values
             array = (array - lo) * (hi2 - lo2) / (hi - lo) + lo2
         return np.clip(array, 0, 255).astype(np.uint8)
+
+
+def save_visualizations(images: dict[str, np.ndarray], directory: str, stem: str) -> list[str]:
+    """Writes ``visualize`` images as ``<directory>/<stem>_<name>.png`` (PNG via
+    ``tf.io.encode_png``); returns the paths. rslearn names the stem
+    ``<window_name>_<crop_x0>_<crop_y0>``. 2-D images are written as grayscale."""
+    import os
+
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    for name, image in images.items():
+        array = np.asarray(image)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        if array.dtype != np.uint8:
+            raise ValueError(f"visualization {name!r} must be uint8, got {array.dtype}")
+        path = os.path.join(directory, f"{stem}_{name}.png")
+        tf.io.write_file(path, tf.io.encode_png(array))
+        paths.append(path)
+    return paths
+
+
+def draw_label_text(image: np.ndarray, text: str) -> np.ndarray:
+    """Draws ``text`` (white on a black box) at the top-left of an H×W×3 uint8 image, as
+    rslearn's classification/regression ``visualize`` does. Pillow is optional in rskeras:
+    without it the image is returned unchanged."""
+    try:
+        from PIL import Image, ImageDraw
+    except ImportError:  # pragma: no cover - depends on the environment
+        return image
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    draw = ImageDraw.Draw(pil)
+    box = draw.textbbox(xy=(0, 0), text=text, font_size=12)
+    draw.rectangle(xy=box, fill=(0, 0, 0))
+    draw.text(xy=(0, 0), text=text, font_size=12, fill=(255, 255, 255))
+    return np.array(pil)

@@ -1,0 +1,211 @@
+"""Multi-scale RoIAlign (torchvision ``MultiScaleRoIAlign`` + ``roi_align``, aligned=False)
+written with gathers and bilinear weights, so that it converts to TFLite builtins
+(``tf.image.crop_and_resize`` does not).
+
+Each RoI is pooled from one level, chosen by the FPN heuristic
+``floor(4 + log2(sqrt(area) / 224) + 1e-6)`` clamped to the levels present; level
+scales are inferred as powers of two from feature height / image height. Every output
+bin averages ``sampling_ratio**2`` bilinear samples at regularly spaced points.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from rskeras.models.detection.box_ops import box_area
+from rskeras.models.detection.shapes import dim
+
+CANONICAL_SCALE = 224.0
+CANONICAL_LEVEL = 4.0
+LEVEL_EPS = 1e-6
+
+
+
+def infer_scale(feature_height, image_height):
+    """``2 ** round(log2(feature_height / image_height))`` (torchvision ``_infer_scale``,
+    which looks at the height only)."""
+    if isinstance(feature_height, int) and isinstance(image_height, int):
+        approx = np.float32(float(feature_height) / float(image_height))
+        return float(2.0 ** np.round(np.log2(approx)))
+    approx = tf.cast(feature_height, tf.float32) / tf.cast(image_height, tf.float32)
+    return tf.pow(2.0, tf.round(tf.math.log(approx) / math.log(2.0)))
+
+
+def _log2(x: tf.Tensor) -> tf.Tensor:
+    return tf.math.log(x) / math.log(2.0)
+
+
+def map_levels(boxes: tf.Tensor, scales: list, num_levels: int) -> tf.Tensor:
+    """Level index (0 = finest) of each box ``[..., 4]`` -> int32 ``[...]``.
+
+    ``floor(4 + log2(sqrt(area) / 224) + 1e-6)`` clamped to ``[k_min, k_max]`` with
+    ``k = -log2(scale)`` of the first and last level, minus ``k_min``. With one level
+    every box maps to it.
+    """
+    if num_levels == 1:
+        return tf.zeros(tf.shape(boxes)[:-1], tf.int32)
+    k_min = -_log2(tf.cast(scales[0], tf.float32))
+    k_max = -_log2(tf.cast(scales[-1], tf.float32))
+    k_min = tf.round(k_min)
+    k_max = tf.round(k_max)
+    s = tf.sqrt(box_area(boxes))
+    target = tf.floor(CANONICAL_LEVEL + _log2(s / CANONICAL_SCALE) + LEVEL_EPS)
+    target = tf.clip_by_value(target, k_min, k_max)
+    return tf.cast(target - k_min, tf.int32)
+
+
+def _axis_taps(start, bin_size, size, output_size: int, sampling_ratio: int):
+    """Row (or column) indices and weights of the bilinear taps along one axis.
+
+    Args:
+        start: ``[R]`` RoI start in feature coordinates.
+        bin_size: ``[R]``.
+        size: ``[R]`` feature size along this axis (float).
+
+    Returns:
+        ``low``, ``high`` int32 ``[R, P, S]`` and ``w_low``, ``w_high`` float32
+        ``[R, P, S]`` (P = output_size, S = sampling_ratio), weights already 0 for
+        samples outside ``[-1, size]``.
+    """
+    p = tf.range(output_size, dtype=tf.float32)[None, :, None]
+    i = tf.range(sampling_ratio, dtype=tf.float32)[None, None, :]
+    start = start[:, None, None]
+    bin_size = bin_size[:, None, None]
+    size = size[:, None, None]
+    coord = start + p * bin_size + (i + 0.5) * bin_size / float(sampling_ratio)
+    inside = (coord >= -1.0) & (coord <= size)
+    coord = tf.maximum(coord, 0.0)
+    low = tf.floor(coord)
+    at_edge = low >= size - 1.0
+    low = tf.where(at_edge, size - 1.0, low)
+    high = tf.where(at_edge, size - 1.0, low + 1.0)
+    coord = tf.where(at_edge, low, coord)
+    frac = coord - low
+    mask = tf.cast(inside, tf.float32)
+    w_high = frac * mask
+    w_low = (1.0 - frac) * mask
+    return tf.cast(low, tf.int32), tf.cast(high, tf.int32), w_low, w_high
+
+
+def multi_scale_roi_align(
+    features: list,
+    boxes: tf.Tensor,
+    image_size,
+    output_size: int = 7,
+    sampling_ratio: int = 2,
+) -> tf.Tensor:
+    """Pools ``output_size x output_size`` features for every box.
+
+    Args:
+        features: list of ``[B, H_l, W_l, C]`` maps, finest first.
+        boxes: ``[B, R, 4]`` xyxy boxes in image pixels.
+        image_size: ``(height, width)`` of the (padded) image, ints or scalar tensors.
+        output_size: int, pooled height and width (default 7).
+        sampling_ratio: int > 0, samples per bin along each axis (default 2).
+
+    Returns:
+        ``[B, R, output_size, output_size, C]``; RoIs mapped to a level beyond the maps
+        given (only possible when the maps are not consecutive powers of two) are 0,
+        as in torchvision.
+    """
+    if sampling_ratio <= 0:
+        raise ValueError(f"multi_scale_roi_align: sampling_ratio must be > 0 (adaptive sampling is not supported), got {sampling_ratio}")
+    num_levels = len(features)
+    heights = [dim(f, 1) for f in features]
+    widths = [dim(f, 2) for f in features]
+    scales = [infer_scale(h, image_size[0]) for h in heights]
+
+    batch = tf.shape(boxes)[0]
+    num_rois = tf.shape(boxes)[1]
+    flat_boxes = tf.reshape(boxes, [-1, 4])
+    roi_batch = tf.reshape(tf.broadcast_to(tf.range(batch)[:, None], tf.stack([batch, num_rois])), [-1])
+
+    level = map_levels(flat_boxes, scales, num_levels)
+    level_ok = level < num_levels
+    level = tf.minimum(level, num_levels - 1)
+
+    # One table of all levels' pixels: row offset + (b * H_l + y) * W_l + x.
+    table = tf.concat([tf.reshape(f, [-1, tf.shape(f)[-1]]) for f in features], axis=0)
+    sizes = [tf.cast(batch, tf.int32) * tf.cast(h, tf.int32) * tf.cast(w, tf.int32) for h, w in zip(heights, widths)]
+    offsets = tf.concat([[0], tf.cumsum(tf.stack(sizes))[:-1]], axis=0)
+    level_h = tf.gather(tf.stack([tf.cast(h, tf.int32) for h in heights]), level)
+    level_w = tf.gather(tf.stack([tf.cast(w, tf.int32) for w in widths]), level)
+    level_scale = tf.gather(tf.stack([tf.cast(s, tf.float32) for s in scales]), level)
+    base = tf.gather(offsets, level) + roi_batch * level_h * level_w
+
+    start_x = flat_boxes[:, 0] * level_scale
+    start_y = flat_boxes[:, 1] * level_scale
+    end_x = flat_boxes[:, 2] * level_scale
+    end_y = flat_boxes[:, 3] * level_scale
+    roi_w = tf.maximum(end_x - start_x, 1.0)
+    roi_h = tf.maximum(end_y - start_y, 1.0)
+    bin_w = roi_w / float(output_size)
+    bin_h = roi_h / float(output_size)
+
+    fh = tf.cast(level_h, tf.float32)
+    fw = tf.cast(level_w, tf.float32)
+    y_low, y_high, wy_low, wy_high = _axis_taps(start_y, bin_h, fh, output_size, sampling_ratio)
+    x_low, x_high, wx_low, wx_high = _axis_taps(start_x, bin_w, fw, output_size, sampling_ratio)
+    level_mask = tf.cast(level_ok, tf.float32)[:, None, None]
+    row_stride = level_w[:, None, None]
+    base = base[:, None, None]
+
+    taps = []
+    for iy in range(sampling_ratio):
+        for ix in range(sampling_ratio):
+            rows = (y_low[:, :, iy], y_high[:, :, iy])
+            cols = (x_low[:, :, ix], x_high[:, :, ix])
+            wys = (wy_low[:, :, iy], wy_high[:, :, iy])
+            wxs = (wx_low[:, :, ix], wx_high[:, :, ix])
+            # torch order of the four taps: (low, low), (low, high), (high, low), (high, high).
+            for a in range(2):
+                for c in range(2):
+                    idx = base + rows[a][:, :, None] * row_stride + cols[c][:, None, :]
+                    weight = wys[a][:, :, None] * wxs[c][:, None, :] * level_mask
+                    taps.append((idx, weight))
+    pooled = _weighted_gather(table, taps, sampling_ratio * sampling_ratio)
+    return tf.reshape(
+        pooled, tf.concat([tf.stack([batch, num_rois, output_size, output_size]), tf.shape(table)[1:]], axis=0)
+    )
+
+
+def _weighted_gather(table: tf.Tensor, taps: list, num_samples: int) -> tf.Tensor:
+    """``sum_k weight_k * table[idx_k] / num_samples`` (taps summed four at a time, one
+    sample after the other, as torchvision does).
+
+    The gradient w.r.t. ``table`` is written by hand (scatter-adds of the weighted
+    output gradient) so that training does not keep the 4 * num_samples gathered
+    ``[R, P, P, C]`` tensors alive; the boxes, hence indices and weights, get no
+    gradient (torchvision detaches proposals too).
+    """
+
+    @tf.custom_gradient
+    def pooled_from(table):
+        pooled = None
+        for s in range(num_samples):
+            sample = None
+            for idx, weight in taps[4 * s : 4 * s + 4]:
+                term = weight[..., None] * tf.gather(table, idx)
+                sample = term if sample is None else sample + term
+            pooled = sample if pooled is None else pooled + sample
+        pooled = pooled / float(num_samples)
+
+        def grad(upstream):
+            upstream = upstream / float(num_samples)
+            channels = tf.shape(table)[1]
+            total = None
+            for idx, weight in taps:
+                part = tf.math.unsorted_segment_sum(
+                    tf.reshape(weight[..., None] * upstream, tf.stack([-1, channels])),
+                    tf.reshape(idx, [-1]),
+                    num_segments=tf.shape(table)[0],
+                )
+                total = part if total is None else total + part
+            return total
+
+        return pooled, grad
+
+    return pooled_from(table)

@@ -1,0 +1,220 @@
+"""Keras layers with the semantics of the ``torch.nn`` building blocks that components share.
+
+Porting a torch module is mostly a matter of matching four details that Keras' defaults
+get wrong for our purpose:
+
+* padding: torch pads symmetrically (``padding=1`` puts one row on top *and* bottom),
+  whereas Keras ``"same"`` pads bottom/right first when the total is odd and, with
+  stride 2, pads differently altogether. :class:`Conv2d` always pads explicitly.
+* epsilons and momenta: ``LayerNorm`` eps 1e-5 (Keras 1e-3), ``BatchNorm2d`` eps 1e-5 and
+  momentum 0.1 (Keras: 0.99 as the *keep* fraction, i.e. torch momentum 0.1 is Keras 0.9).
+* default initialisation (kaiming-uniform with a=sqrt(5), bias U(+-1/sqrt(fan_in))),
+  reproduced by :func:`torch_kernel_initializer` / :class:`TorchBiasInitializer`, so that
+  a freshly built model trains like its torch counterpart.
+* weight names and layouts, handled by ``torch_params`` (``rskeras.models.torch_weights``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from rskeras.models.torch_weights import TorchParam, batch_norm_params, conv_params, dense_params, join, layer_norm_params
+
+TORCH_NORM_EPS = 1e-5
+
+
+def torch_kernel_initializer() -> keras.initializers.Initializer:
+    """torch's default Conv/Linear weight init: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in))."""
+    return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
+
+
+@keras.saving.register_keras_serializable(package="rskeras")
+class TorchBiasInitializer(keras.initializers.Initializer):
+    """torch's default Conv/Linear bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+    Args:
+        fan_in: int, number of inputs of one output unit (in_channels * kernel area).
+    """
+
+    def __init__(self, fan_in: int):
+        self.fan_in = int(fan_in)
+
+    def __call__(self, shape, dtype=None):
+        bound = 1.0 / math.sqrt(self.fan_in) if self.fan_in > 0 else 0.0
+        return keras.random.uniform(shape, -bound, bound, dtype=dtype)
+
+    def get_config(self):
+        return {"fan_in": self.fan_in}
+
+
+def _pair(value: Any, name: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return (int(value[0]), int(value[1]))
+    raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def torch_same_padding(kernel_size: int, dilation: int = 1) -> tuple[int, int]:
+    """(before, after) padding of torch's ``padding="same"`` for one axis (stride 1)."""
+    total = dilation * (kernel_size - 1)
+    return total // 2, total - total // 2
+
+
+@keras.saving.register_keras_serializable(package="rskeras")
+class Conv2d(keras.layers.Layer):
+    """``torch.nn.Conv2d`` on NHWC tensors, with torch's padding rules.
+
+    Args:
+        in_channels: int, input channels (used for the torch-style initialisation and
+            to validate the input).
+        out_channels: int, output channels.
+        kernel_size: int or (kh, kw).
+        stride: int or (sh, sw), default 1.
+        padding: int, (ph, pw), "same" (stride 1 only; torch splits an odd total
+            padding as before = total // 2) or "valid"; default 0. Padding is symmetric
+            zero padding applied explicitly, never Keras' asymmetric "same".
+        use_bias: bool, default True.
+        kernel_initializer: Keras initializer or None (torch default init).
+        bias_initializer: Keras initializer or None (torch default init).
+
+    Call: ``[B, H, W, in_channels]`` -> ``[B, H', W', out_channels]`` with
+    ``H' = floor((H + 2 ph - kh) / sh) + 1``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Any,
+        stride: Any = 1,
+        padding: Any = 0,
+        use_bias: bool = True,
+        kernel_initializer: Any = None,
+        bias_initializer: Any = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride")
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"Conv2d padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+            if padding == "same" and self.stride != (1, 1):
+                raise ValueError(f"Conv2d padding='same' requires stride 1 (as in torch), got stride {stride!r}")
+            self.padding = padding
+        else:
+            self.padding = _pair(padding, "padding")
+        self.use_bias = bool(use_bias)
+        if self.padding == "same":
+            self._pads = [torch_same_padding(k) for k in self.kernel_size]
+        elif self.padding == "valid":
+            self._pads = [(0, 0), (0, 0)]
+        else:
+            self._pads = [(p, p) for p in self.padding]
+        fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        self.conv = keras.layers.Conv2D(
+            self.out_channels,
+            self.kernel_size,
+            strides=self.stride,
+            padding="valid",
+            use_bias=self.use_bias,
+            kernel_initializer=kernel_initializer or torch_kernel_initializer(),
+            bias_initializer=bias_initializer or TorchBiasInitializer(fan_in),
+            name="conv",
+        )
+        self.build((None, None, None, self.in_channels))
+
+    def build(self, input_shape):
+        if input_shape[-1] is not None and input_shape[-1] != self.in_channels:
+            raise ValueError(f"{self.name}: expected {self.in_channels} input channels, got input shape {tuple(input_shape)}")
+        self.conv.build(tuple(input_shape[:-1]) + (self.in_channels,))
+
+    def call(self, x):
+        if any(p != (0, 0) for p in self._pads):
+            x = tf.pad(x, [[0, 0], list(self._pads[0]), list(self._pads[1]), [0, 0]])
+        return self.conv(x)
+
+    @property
+    def kernel(self):
+        return self.conv.kernel
+
+    @property
+    def bias(self):
+        return self.conv.bias
+
+    def torch_params(self, prefix: str) -> list[TorchParam]:
+        return conv_params(self.conv, prefix)
+
+    def get_config(self):
+        padding = self.padding if isinstance(self.padding, str) else list(self.padding)
+        return {
+            **super().get_config(),
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+            "padding": padding,
+            "use_bias": self.use_bias,
+        }
+
+
+def linear(in_features: int, out_features: int, use_bias: bool = True, kernel_initializer: Any = None, name: str | None = None) -> keras.layers.Dense:
+    """``torch.nn.Linear`` as a Keras Dense with torch's default initialisation."""
+    return keras.layers.Dense(
+        out_features,
+        use_bias=use_bias,
+        kernel_initializer=kernel_initializer or torch_kernel_initializer(),
+        bias_initializer=TorchBiasInitializer(in_features),
+        name=name,
+    )
+
+
+def layer_norm(name: str | None = None) -> keras.layers.LayerNormalization:
+    """``torch.nn.LayerNorm`` over the last axis (eps 1e-5)."""
+    return keras.layers.LayerNormalization(axis=-1, epsilon=TORCH_NORM_EPS, name=name)
+
+
+def batch_norm(name: str | None = None) -> keras.layers.BatchNormalization:
+    """``torch.nn.BatchNorm2d`` (eps 1e-5, torch momentum 0.1) on channels-last tensors.
+
+    Note: in training torch updates ``running_var`` with the unbiased batch variance,
+    Keras with the biased one; inference (running statistics) is identical.
+    """
+    return keras.layers.BatchNormalization(axis=-1, epsilon=TORCH_NORM_EPS, momentum=0.9, name=name)
+
+
+def params_of(layer: Any, prefix: str) -> list[TorchParam]:
+    """torch_params of a Dense / LayerNormalization / BatchNormalization / rskeras layer."""
+    if hasattr(layer, "torch_params"):
+        return layer.torch_params(prefix)
+    if isinstance(layer, keras.layers.Dense):
+        return dense_params(layer, prefix)
+    if isinstance(layer, keras.layers.LayerNormalization):
+        return layer_norm_params(layer, prefix)
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return batch_norm_params(layer, prefix)
+    if isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)):
+        layout = {1: "conv1d", 2: "conv2d", 3: "conv3d"}[len(layer.kernel_size)]
+        return conv_params(layer, prefix, layout)
+    if isinstance(layer, keras.layers.Conv2DTranspose):
+        return conv_params(layer, prefix, "conv_transpose2d")
+    raise TypeError(f"no torch parameter mapping for {type(layer).__name__} at {prefix!r}")
+
+
+def sequential_params(modules: list[tuple[int, Any]], prefix: str) -> list[TorchParam]:
+    """torch_params of the weighted entries of a torch ``Sequential``.
+
+    ``modules`` lists ``(index in the torch Sequential, keras layer)`` for the entries
+    that hold weights (activations and upsampling layers have no entry).
+    """
+    out: list[TorchParam] = []
+    for index, layer in modules:
+        out.extend(params_of(layer, join(prefix, str(index))))
+    return out
