@@ -124,7 +124,7 @@ def test_bad_layer_directory_name_and_missing_layer(tmp_path):
     (tmp_path / "windows/default/w/layers/img.1.2").rmdir()
     dm = RslearnDataModule({"x": DataInput("raster", ["img"], bands=["zz"])}, RawTask(), root)
     md = dm.model_dataset("val")
-    with pytest.raises(DataReadError, match=r"window default/w, input x, layer img: band\(s\) \['zz'\] are in no band set"):
+    with pytest.raises(DataReadError, match=r"window default/w, input x, layer img: band\(s\) \['zz'\] of layer 'img' are in no band set"):
         md.host_unit(0, 0)
     assert w
 

@@ -80,30 +80,30 @@ def tagged(tmp_path):
 @pytest.mark.parametrize("value", ["", 0, False, None])
 def test_tags_falsy_value_means_key_exists(tagged, value):
     ds = Dataset(tagged)
-    windows, _ = select_windows(ds, {}, SplitConfig(groups=["default"], tags={"split": value}))
+    windows = select_windows(ds, {}, SplitConfig(groups=["default"], tags={"split": value}))
     assert sorted(w.name for w in windows) == ["a", "b", "c", "e", "f"]
 
 
 def test_tags_truthy_value_must_match_and_groups_names(tagged):
     ds = Dataset(tagged)
-    windows, _ = select_windows(ds, {}, SplitConfig(tags={"split": "train"}))
+    windows = select_windows(ds, {}, SplitConfig(tags={"split": "train"}))
     assert sorted(w.label for w in windows) == ["default/a", "other/p"]
-    windows, _ = select_windows(ds, {}, SplitConfig(groups=["default"], names=["a", "b", "zz"]))
+    windows = select_windows(ds, {}, SplitConfig(groups=["default"], names=["a", "b", "zz"]))
     assert sorted(w.name for w in windows) == ["a", "b"]
 
 
 def test_missing_group_is_skipped_with_a_warning(tagged, caplog):
     with caplog.at_level(logging.WARNING):
-        windows, _ = select_windows(Dataset(tagged), {}, SplitConfig(groups=["default", "nope"]))
+        windows = select_windows(Dataset(tagged), {}, SplitConfig(groups=["default", "nope"]))
     assert len(windows) == 6 and "nope" in caplog.text
 
 
 def test_sha256_order_and_num_samples(tagged):
     ds = Dataset(tagged)
-    windows, _ = select_windows(ds, {}, SplitConfig(groups=["default"]))
+    windows = select_windows(ds, {}, SplitConfig(groups=["default"]))
     names = [w.name for w in windows]
     assert names == sorted(names, key=lambda n: hashlib.sha256(n.encode()).hexdigest())
-    first, _ = select_windows(ds, {}, SplitConfig(groups=["default"], num_samples=2))
+    first = select_windows(ds, {}, SplitConfig(groups=["default"], num_samples=2))
     assert [w.name for w in first] == names[:2]
 
 
@@ -120,7 +120,7 @@ def test_item_group_availability_rules(tmp_path):
     ds = Dataset(root)
 
     def names(di):
-        return sorted(w.name for w in select_windows(ds, {"x": di}, SplitConfig())[0])
+        return sorted(w.name for w in select_windows(ds, {"x": di}, SplitConfig()))
 
     # load_all_item_groups checks group 0 only, even though only_g1 has a completed group.
     assert names(DataInput("raster", ["s2"], bands=["B1"], load_all_item_groups=True)) == ["g0_g2"]
@@ -139,7 +139,7 @@ def test_output_layer_skip_inference_if_exists(tmp_path):
     for name in ("done", "todo"):
         add_raster(add_window(root, name, [0, 0, 4, 4]), "s2", ["B1"], np.zeros((1, 4, 4), np.uint16), [0, 0, 4, 4])
     mark_completed(str(tmp_path / "windows/default/done"), "out")
-    windows, _ = select_windows(Dataset(root), {}, SplitConfig(output_layer_name_skip_inference_if_exists="out"))
+    windows = select_windows(Dataset(root), {}, SplitConfig(output_layer_name_skip_inference_if_exists="out"))
     assert [w.name for w in windows] == ["todo"]
 
 
@@ -234,5 +234,5 @@ def test_vector_window_needs_completed_marker(tmp_path):
     w = add_window(root, "b", [0, 0, 4, 4])
     (tmp_path / "windows/default/b/layers/lbl").mkdir(parents=True)
     (tmp_path / "windows/default/b/layers/lbl/data.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": []}))
-    windows, _ = select_windows(Dataset(root), {"t": DataInput("vector", ["lbl"])}, SplitConfig())
+    windows = select_windows(Dataset(root), {"t": DataInput("vector", ["lbl"])}, SplitConfig())
     assert [x.name for x in windows] == ["a"] and w

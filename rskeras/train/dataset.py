@@ -41,6 +41,7 @@ import shapely
 from rskeras.config.dataset import DType, LayerConfig
 from rskeras.dataset.dataset import Dataset
 from rskeras.dataset.window import Window, WindowError, parse_layer_dir_name, parse_time
+from rskeras.train.model_context import SampleMetadata
 from rskeras.utils.feature import Feature, features_to_tensors
 from rskeras.utils.geometry import PixelBounds, ResolutionFactor
 from rskeras.utils.raster_format import RasterReadError, read_geotiff, read_timestep_metadata
@@ -440,15 +441,21 @@ def window_sort_key(window: Window) -> str:
     return hashlib.sha256(window.name.encode()).hexdigest()
 
 
-def select_windows(
+def select_windows(dataset: Dataset, inputs: dict[str, DataInput], split: SplitConfig) -> list[Window]:
+    """Windows of a split: groups/names, tags, availability, skip-if-output, SHA-256
+    order, num_samples (spec §7.2)."""
+    return select_windows_and_layers(dataset, inputs, split)[0]
+
+
+def select_windows_and_layers(
     dataset: Dataset,
     inputs: dict[str, DataInput],
     split: SplitConfig,
     skip_bad: bool = False,
     bad: list[tuple[str, str]] | None = None,
 ) -> tuple[list[Window], list[set[tuple[str, int]]]]:
-    """Windows of a split and their completed item groups: groups/names, tags,
-    availability, skip-if-output, SHA-256 order, num_samples (spec §7.2)."""
+    """:func:`select_windows` plus the completed item groups of every window; with
+    ``skip_bad`` malformed windows are left out (and appended to ``bad``)."""
     windows = [w for w in dataset.load_windows(split.groups, split.names, skip_bad=skip_bad, bad=bad) if matches_tags(w, split.tags)]
     skip_layer = split.get_output_layer_name_skip_inference_if_exists()
     out: list[tuple[Window, set[tuple[str, int]]]] = []
@@ -636,7 +643,7 @@ def read_raster_group(
             break
     if remaining:
         raise DataReadError(
-            f"{where}: band(s) {sorted(remaining)} are in no band set of the layer "
+            f"{where}: band(s) {sorted(remaining)} of layer {layer!r} are in no band set "
             f"(band sets: {[bs.bands for bs in layer_config.band_sets]})"
         )
     assert out is not None
@@ -708,7 +715,7 @@ class ModelDataset:
                 d = di.resolution_factor.denominator
                 if di.data_type == "raster" and d > 1 and (self.crop_size[0] % d or self.crop_size[1] % d):
                     raise ValueError(f"input {key}: crop_size {list(self.crop_size)} is not a multiple of its resolution factor denominator {d}")
-        self.windows, self.completed = select_windows(dataset, self.inputs, split, skip_bad_windows, self.bad_windows)
+        self.windows, self.completed = select_windows_and_layers(dataset, self.inputs, split, skip_bad_windows, self.bad_windows)
         # Examples: (window index, crop bounds or None, crop idx, num crops).
         self.examples: list[tuple[int, PixelBounds | None, int, int]] = []
         self.window_crops: list[list[PixelBounds]] = []
@@ -906,6 +913,41 @@ class ModelDataset:
         _, choices = self.draw(random.Random(seed), window_idx, crop=False)
         return self.read_unit(window_idx, crop, choices, crop)
 
+    def read_example(self, index: int, seed: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(raw inputs, metadata) of example ``index`` as numpy values, read on the host
+        (what the tf.data pipeline feeds to ``task.process_inputs``; all-crops examples are
+        read from disk over their crop, as rslearn's map-style dataset).
+
+        ``seed`` defaults to the example index for deterministic splits (val/test/predict)
+        and to fresh randomness for train.
+        """
+        window_idx, crop, crop_idx, num_crops = self.examples[index]
+        if seed is None and self.deterministic:
+            seed = window_idx if self.all_crops else index
+        unit = self.host_crop_unit(index, seed) if self.all_crops else self.host_unit(index, seed)
+        raw: dict[str, Any] = {}
+        for key, di in self.inputs.items():
+            u = unit["inputs"][key]
+            if di.data_type == "raster":
+                raw[key] = u["image"]
+                if di.load_timestamps:
+                    raw[key + "_timestamps"] = u["timestamps"]
+            else:
+                raw[key] = {k: v for k, v in u.items() if k not in ("group", "num_groups", "crop_mask")}
+        window = self.windows[window_idx]
+        bounds = tuple(int(b) for b in unit["crop_bounds"])
+        metadata = SampleMetadata(
+            window_group=window.group,
+            window_name=window.name,
+            window_bounds=window.bounds,
+            crop_bounds=bounds,
+            crop_idx=crop_idx,
+            num_crops_in_window=num_crops,
+            dataset_source=self.dataset_source,
+            window_index=window_idx,
+        ).to_tensors()
+        return raw, metadata
+
     def cache_unit(self, window_idx: int) -> dict[str, Any]:
         """The unit stored by the input cache: every candidate item group over the
         window's full region."""
@@ -1035,5 +1077,6 @@ __all__ = [
     "matches_tags",
     "random_crop_bounds",
     "select_windows",
+    "select_windows_and_layers",
     "window_sort_key",
 ]
