@@ -396,6 +396,10 @@ def run(argv: list[str] | None = None) -> int:
         stage = "val" if args.subcommand == "validate" else "test"
         metrics = r.trainer.evaluate(r.lm, r.data, stage)
         print_metrics(f"{stage} metrics:", metrics)
+        if stage == "test" and r.lm.visualize_dir:
+            from rskeras.train.visualize import write_visualizations
+
+            write_visualizations(r.lm, r.data, r.lm.visualize_dir, "test", r.trainer.steps(r.data, "test"))
         if stage == "test":
             path = r.lm.metrics_file
             if path is None and r.lm.write_test_metrics:
