@@ -23,7 +23,9 @@ def test_mirrored_two_replicas_match_one_replica():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads(out.stdout.strip().splitlines()[-1])
-    for policy, tolerance in (("float32", 1e-6), ("mixed_float16", 2e-4)):
+    # Reduction order differs (one batch of 8 vs two of 4), and Adam's first steps amplify
+    # rounding in near-zero gradients; clipping per replica instead would differ by ~3e-2.
+    for policy, tolerance in (("float32", 1e-4), ("mixed_float16", 5e-4)):
         result = results[policy]
         assert result["replicas"] == 2
         assert result["max_update"] > 1e-3  # the weights did move (and gradients were clipped)

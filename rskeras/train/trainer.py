@@ -32,6 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from rskeras.config.errors import ConfigError
 from rskeras.train.callbacks.base import Callback
 from rskeras.train.callbacks.checkpointing import (
     BestLastCheckpoint,
@@ -42,7 +43,6 @@ from rskeras.train.callbacks.checkpointing import (
 from rskeras.train.callbacks.lightning import ModelCheckpoint, TQDMProgressBar
 from rskeras.train.distribute import worker_info
 from rskeras.train.optimizer import TorchAdamW, to_numpy, unwrap_optimizer
-from rskeras.config.errors import ConfigError
 from rskeras.utils.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -631,7 +631,15 @@ class Trainer:
     def resume(self, lm, path: str) -> int:
         """Loads a checkpoint for fit; returns the first epoch to run."""
         if path.endswith(".weights.h5"):
-            state = load_training_checkpoint(lm, path, with_optimizer=True)
+            try:
+                state = load_training_checkpoint(lm, path, with_optimizer=True)
+            except ValueError as e:
+                if path == self.backup_path:
+                    raise ValueError(
+                        f"{e}\nThis is the backup of an interrupted run with another configuration; delete "
+                        f"{os.path.dirname(path)} to start afresh"
+                    ) from None
+                raise
             if state is None:
                 logger.warning("%s holds weights only: training starts at epoch 0 with these weights", path)
                 return 0

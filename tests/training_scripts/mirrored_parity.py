@@ -27,6 +27,7 @@ from rskeras.config.instantiate import instantiate  # noqa: E402
 from tests.training_scripts.tiny_config import CONFIG  # noqa: E402
 
 GLOBAL_BATCH = 8
+keras.utils.set_random_seed(0)
 config = yaml.safe_load(CONFIG.replace("DATASET", "unused"))
 rng = np.random.default_rng(0)
 images = rng.uniform(0, 1, size=(2 * GLOBAL_BATCH, 1, 16, 16, 12)).astype(np.float32)
