@@ -74,17 +74,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
 def load_run(config_paths: list[str], overrides: list[tuple[str, str]], checkpoint: str, split: str = "predict") -> Any:
     """Builds the model and data module from the config and loads ``checkpoint``."""
     from rskeras.config.loader import load_config
-    from rskeras.export.inference import load_weights_quietly
     from rskeras.lightning_cli import Run
 
     if not os.path.exists(checkpoint):
         raise ExportError(f"--checkpoint {checkpoint}: no such file")
     config = load_config(config_paths, overrides)
     run = Run(config, config_paths, SPLIT_SUBCOMMAND[split])
-    if checkpoint.endswith(".weights.h5"):
-        load_weights_quietly(run.lm, checkpoint)
-    else:
-        run.load_checkpoint(checkpoint)
+    run.load_checkpoint(checkpoint)  # weights only, as train.py test/predict
     return run
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import warnings
 from typing import Any
 
 import keras
@@ -163,10 +162,3 @@ def _model_input_keys(exportable: Exportable) -> list[str]:
     layer = Preprocessing(exportable.raw_inputs, exportable.planned)
     zeros = {r.name: tf.zeros(r.shape(h, w, 1), r.dtype) for r in exportable.raw_inputs}
     return list(layer(zeros))
-
-
-def load_weights_quietly(lm: keras.Model, path: str) -> None:
-    """Loads ``.weights.h5`` into a model without warning about optimizer state."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        lm.load_weights(path)
