@@ -54,6 +54,12 @@ data:
     predict_config: {groups: [predict], skip_targets: true, load_all_crops: true, crop_size: 32, overlap_pixels: 8}
 trainer:
   logger: false
+  callbacks:
+    - class_path: rslearn.train.prediction_writer.RslearnWriter
+      init_args:
+        output_layer: output_segmentation
+        output_path: OUT
+        merger: {class_path: rslearn.train.prediction_writer.RasterMerger, init_args: {overlap_pixels: 8}}
 """
 
 
@@ -61,7 +67,7 @@ trainer:
 def setup(sample_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("export_cli")
     cfg = root / "seg.yaml"
-    cfg.write_text(CONFIG.replace("PATH", sample_dataset))
+    cfg.write_text(CONFIG.replace("PATH", sample_dataset).replace("OUT", str(root / "predicted")))
     run = Run(load_config([str(cfg)], [("trainer.default_root_dir", str(root / "run"))]), [str(cfg)], "predict")
     ckpt = root / "seg.weights.h5"
     run.lm.save_weights(str(ckpt))
@@ -119,3 +125,31 @@ def test_errors_exit_with_a_message(setup, capsys):
     root, cfg, ckpt = setup
     assert cli.main(["--config", str(cfg), "--checkpoint", str(root / "missing.weights.h5")]) == 2
     assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_edge_prediction_equals_train_py_predict(setup, sample_dataset):
+    """tools/predict_tflite.py's path (fp32 TFLite, sliding windows, RasterMerger) writes the
+    class maps that train.py predict + RslearnWriter write, with the same georeference."""
+    import rasterio
+
+    from rskeras import lightning_cli
+    from rskeras.config.dataset import band_set_dir_name
+    from rskeras.export.litert import LiteRTModel
+    from rskeras.export.sliding_window import predict_scene, read_scene
+
+    root, cfg, ckpt = setup
+    assert lightning_cli.main(["predict", "--config", str(cfg), "--ckpt_path", str(ckpt), "--trainer.default_root_dir", str(root / "run")]) == 0
+    model_path = root / "seg.tflite"
+    args = ["--config", str(cfg), "--checkpoint", str(ckpt), "--format", "tflite", "--output", str(model_path), "--trainer.default_root_dir", str(root / "run")]
+    assert cli.main(args) == 0
+    model = LiteRTModel(str(model_path))
+    bands = band_set_dir_name(model.description["inputs"][0]["bands"])
+    windows = sorted(os.listdir(os.path.join(sample_dataset, "windows", "predict")))
+    assert windows
+    for name in windows:
+        scene = read_scene({"image": os.path.join(sample_dataset, "windows", "predict", name, "layers", "sentinel2", bands, "geotiff.tif")})
+        edge = predict_scene(model, scene, overlap_pixels=8)[""]
+        written = root / "predicted" / "windows" / "predict" / name / "layers" / "output_segmentation" / "class" / "geotiff.tif"
+        with rasterio.open(written) as src:
+            np.testing.assert_array_equal(edge.raster, src.read(), err_msg=name)
+            assert edge.transform == src.transform and scene.crs == src.crs
