@@ -104,3 +104,21 @@ def test_unsupported_ops_message_parsing():
     ops, scopes = unsupported_ops_from_message(message)
     assert ops == ["Svd", "Cumprod", "MatrixInverse"]
     assert scopes == {"Svd": ["model/head"]}
+
+
+def test_preprocessing_ops_outside_tflite_name_the_transform():
+    from rskeras.export.preprocessing import RawInput, plan_transforms
+    from rskeras.train.transforms.concatenate import Concatenate
+    from rskeras.train.transforms.terrain import ElevationToSlopeAspect
+
+    exportable = tiny_exportable("segmentation")
+    exportable.raw_inputs = [RawInput("dem", ("elevation",))]
+    exportable.planned = plan_transforms(
+        [ElevationToSlopeAspect(pixel_size_m=10.0, input_selector="dem", output_selector="terrain"), Concatenate({"terrain": [], "dem": []}, "image", concatenate_dim=0)],
+        "data.init_args.default_config.transforms",
+    )
+    with pytest.raises(UnsupportedOpsError) as info:
+        convert_tflite(exportable, (SIZE, SIZE))
+    assert info.value.ops == ["Atan"]
+    assert any("preprocessing" in scope and scope.endswith("/ElevationToSlopeAspect") for scope in info.value.scopes["Atan"]), info.value.scopes
+    assert "pre-processing transform" in str(info.value)

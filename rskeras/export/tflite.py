@@ -110,11 +110,18 @@ def convert_keras_tflite(
             if not ops:
                 raise
     where = "; ".join(f"{op} in {', '.join(scopes[op])}" for op in ops if scopes.get(op))
+    in_preprocessing = any("preprocessing" in scope for op_scopes in scopes.values() for scope in op_scopes)
     raise UnsupportedOpsError(
         f"TFLite conversion needs ops outside the TFLite builtin set: {', '.join(ops)}"
         + (f" ({where})" if where else "")
         + ". rskeras exports builtin ops only (no Flex / TF Select, no custom ops): replace these ops in the model "
-        "(e.g. keras.ops.argmax -> tf.argmax, tf.image.crop_and_resize -> gather-based RoIAlign)",
+        "(e.g. keras.ops.argmax -> tf.argmax, tf.image.crop_and_resize -> gather-based RoIAlign)"
+        + (
+            "; a pre-processing transform needs them: it works in the SavedModel, but for TFLite apply it before the "
+            "model or choose a builtin-compatible option (e.g. Resize interpolation 'nearest')"
+            if in_preprocessing
+            else ""
+        ),
         ops,
         scopes,
     )
