@@ -32,7 +32,7 @@ SPLIT_SUBCOMMAND = {"predict": "predict", "val": "validate", "test": "test", "tr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rskeras.export.tflite import QUANTIZATIONS
+    from rskeras.export.description import QUANTIZATIONS
 
     parser = argparse.ArgumentParser(
         prog="export.py",

@@ -22,6 +22,7 @@ from typing import Any
 from rskeras.export.errors import ExportError
 
 EXPORT_FORMAT_VERSION = 1
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 METADATA_FILE = "rskeras_export.json"
 
 

@@ -32,12 +32,12 @@ from typing import Any, Callable, Iterable
 
 import tensorflow as tf
 
+from rskeras.export.description import QUANTIZATIONS
 from rskeras.export.errors import ExportError, UnsupportedOpsError
 from rskeras.export.inference import Exportable
 from rskeras.export.saved_model import SERVING_SIGNATURE, write_saved_model
 from rskeras.utils.fileio import atomic_write_bytes, atomic_write_text
 
-QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 
 _SELECT_OPS = re.compile(r"(?:TF Select ops|Flex ops|Custom ops): ([^\n]+)")
 _OP_LOCATION = re.compile(r'fused\["(\w+):", (?:callsite\()?"([^"@]+)@')
