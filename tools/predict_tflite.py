@@ -74,6 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-threads", type=int, default=None, help="LiteRT interpreter threads")
     args = parser.parse_args(argv)
 
+    try:
+        return run(parser, args)
+    except (ValueError, OSError) as e:
+        print(f"predict_tflite.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     model = LiteRTModel(args.model, num_threads=args.num_threads)
     if model.description is None:
         parser.error(f"{args.model}.json not found: export the model with tools/export.py --format tflite")

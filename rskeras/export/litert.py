@@ -40,6 +40,8 @@ class LiteRTModel:
 
         if (path is None) == (content is None):
             raise ValueError("LiteRTModel: give exactly one of path and content")
+        if path is not None and not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: no such TFLite model")
         self.path = path
         kwargs: dict[str, Any] = {"num_threads": num_threads} if num_threads else {}
         self.interpreter = Interpreter(model_path=path, **kwargs) if path else Interpreter(model_content=content, **kwargs)
