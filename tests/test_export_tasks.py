@@ -97,3 +97,36 @@ def test_fixed_input_size_saved_model(tmp_path):
     path = export_for_serving(exportable, str(tmp_path / "sm"), input_size=(SIZE, SIZE), raw_outputs=False)
     spec = tf.saved_model.load(path).signatures["serving_default"].structured_input_signature[1]["image"]
     assert spec.shape.as_list() == [None, SIZE, SIZE, len(BANDS)]
+
+
+def test_fit_export_falls_back_to_model_inputs(tmp_path, monkeypatch, caplog):
+    """train.py fit always leaves a SavedModel: when the raw-band export is impossible it is
+    written on the model-input dict (the previous contract), with a warning."""
+    import types
+
+    import keras
+
+    from rskeras.export import inference, saved_model
+    from rskeras.export.errors import ExportError
+
+    exportable = tiny_exportable("regression")
+    specs = {"image": tf.TensorSpec([None, 1, None, None, len(BANDS)], tf.float32)}
+
+    def inference_model(input_specs):
+        inputs = {"image": keras.Input((1, None, None, len(BANDS)), name="image")}
+        return keras.Model(inputs, exportable.task.output_layer()(exportable.model(inputs)["outputs"]))
+
+    def refuse(*args, **kwargs):
+        raise ExportError("data.init_args.inputs.targets: passthrough vector inputs cannot be exported")
+
+    run = types.SimpleNamespace(
+        data=types.SimpleNamespace(model_dataset=lambda stage: [0]),
+        root=str(tmp_path / "run"),
+        lm=types.SimpleNamespace(inference_model=inference_model),
+        input_specs=specs,
+    )
+    monkeypatch.setattr(inference, "exportable_from_run", refuse)
+    path = saved_model.export_run_saved_model(run, str(tmp_path / "sm"))
+    assert "passthrough vector inputs" in caplog.text
+    spec = tf.saved_model.load(path).signatures["serving_default"].structured_input_signature[1]["image"]
+    assert spec.shape.as_list() == [None, 1, None, None, len(BANDS)]

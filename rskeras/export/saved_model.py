@@ -20,6 +20,7 @@ numeric version folder: ``models/<name>/1``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -30,6 +31,8 @@ import tensorflow as tf
 
 from rskeras.export.description import METADATA_FILE
 from rskeras.export.inference import Exportable
+
+logger = logging.getLogger(__name__)
 
 SERVING_SIGNATURE = "serving_default"
 RAW_OUTPUTS_SIGNATURE = "raw_outputs"
@@ -122,9 +125,18 @@ def export_run_saved_model(run: Any, path: str) -> str:
     pre-processing inside, as ``tools/export.py``); used by ``train.py`` after ``fit``.
 
     The predict split defines inputs and transforms; when it has no examples, the val split.
+    Models whose inputs cannot come from raw rasters (``ExportError``) are written on the
+    model-input dict instead (after the transforms), with a warning, so that a finished fit
+    always leaves a SavedModel.
     """
+    from rskeras.export.errors import ExportError
     from rskeras.export.inference import exportable_from_run
 
     stage = "predict" if len(run.data.model_dataset("predict")) else "val"
     name = os.path.basename(os.path.normpath(run.root)) or "model"
-    return export_for_serving(exportable_from_run(run, stage, name=name), path)
+    try:
+        exportable = exportable_from_run(run, stage, name=name)
+    except ExportError as e:
+        logger.warning("SavedModel on raw bands not possible (%s); writing it on the model inputs (after the transforms)", e)
+        return export_saved_model(run.lm.inference_model(run.input_specs), run.input_specs, path)
+    return export_for_serving(exportable, path)
