@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from conftest import ROOT
 from rskeras.config.loader import load_config

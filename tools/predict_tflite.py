@@ -64,13 +64,23 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", required=True, help="the .tflite file (its .tflite.json description must be beside it)")
-    parser.add_argument("--input", action="append", required=True, help="GeoTIFF of the raw input bands (NAME=PATH for multi-input models); repeatable")
-    parser.add_argument("--output", required=True, help="output .tif (raster tasks) / .geojson (vector tasks), or a directory for multi-task models")
-    parser.add_argument("--overlap", type=int, default=0, help="overlap in pixels between neighbouring windows; half of it is trimmed from the left/top of interior windows (default 0)")
+    parser.add_argument("--input", action="append", required=True, help="GeoTIFF of the raw input bands (NAME=PATH for multi-input models)")
+    parser.add_argument("--output", required=True, help="output .tif (raster tasks) / .geojson (vector tasks), or a directory (multi-task)")
+    parser.add_argument(
+        "--overlap",
+        type=int,
+        default=0,
+        help="overlap in pixels between neighbouring windows; half of it is trimmed from the left/top of interior windows (default 0)",
+    )
     parser.add_argument("--band-indexes", action="append", default=None, help="1-based file bands to read, in model band order: 1,2,3 or NAME=1,2,3")
     parser.add_argument("--probabilities", action="store_true", help="segmentation: write per-class probabilities (float32) instead of class ids")
     parser.add_argument("--score-threshold", type=float, default=None, help="detection: keep scores above this (default: the task's score_threshold)")
-    parser.add_argument("--vector-merge", choices=("owned", "all"), default="owned", help="detections in overlaps: keep those whose centre the window owns (default) or all (rslearn)")
+    parser.add_argument(
+        "--vector-merge",
+        choices=("owned", "all"),
+        default="owned",
+        help="detections in overlaps: keep those whose centre the window owns (default) or all (rslearn)",
+    )
     parser.add_argument("--num-threads", type=int, default=None, help="LiteRT interpreter threads")
     args = parser.parse_args(argv)
 

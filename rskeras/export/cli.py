@@ -55,10 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), default=None, help="fixed input height and width "
                         "(TFLite: default the predict crop size or the first predict example's size; SavedModel: default dynamic)")
     parser.add_argument("--name", default=None, help="model name (default: the last config file's stem)")
-    parser.add_argument("--split", default="predict", choices=sorted(SPLIT_SUBCOMMAND), help="split whose transforms and inputs define the export (default predict)")
-    parser.add_argument("--check", type=int, default=0, metavar="N", help="run N examples through Keras, SavedModel and TFLite variants and print a parity table")
-    parser.add_argument("--check-split", nargs="+", default=["val"], choices=sorted(SPLIT_SUBCOMMAND), help="split(s) of the --check examples, taken in order (default val)")
-    parser.add_argument("--check-variants", nargs="+", choices=QUANTIZATIONS, default=list(QUANTIZATIONS), help="TFLite variants in the --check report (default all)")
+    splits = sorted(SPLIT_SUBCOMMAND)
+    parser.add_argument("--split", default="predict", choices=splits, help="split whose transforms and inputs define the export (default predict)")
+    parser.add_argument(
+        "--check", type=int, default=0, metavar="N", help="run N examples through Keras, SavedModel and TFLite variants and print a parity table"
+    )
+    parser.add_argument("--check-split", nargs="+", default=["val"], choices=splits, help="split(s) of the --check examples, in order (default val)")
+    parser.add_argument(
+        "--check-variants", nargs="+", choices=QUANTIZATIONS, default=list(QUANTIZATIONS), help="TFLite variants in the --check report (default all)"
+    )
     parser.add_argument("--calibration-examples", type=int, default=100, help="train examples for int8 calibration (default 100)")
     parser.add_argument("--report-json", default=None, help="also write the --check results as JSON here")
     return parser
@@ -185,7 +190,8 @@ def run(argv: list[str] | None = None) -> int:
 
         from rskeras.utils.fileio import atomic_write_text
 
-        atomic_write_text(args.report_json, json.dumps({"title": title, "num_examples": len(examples), "results": [asdict(x) for x in results]}, indent=2))
+        content = {"title": title, "num_examples": len(examples), "results": [asdict(x) for x in results]}
+        atomic_write_text(args.report_json, json.dumps(content, indent=2))
     return 0
 
 

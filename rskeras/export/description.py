@@ -65,7 +65,10 @@ def describe_task(task: Any, prefix: str = "") -> dict[str, Any]:
         }
     if kind == "EmbeddingTask":
         return {"kind": "embedding", "outputs": {"embeddings": f"{p}embeddings"}}
-    raise ExportError(f"task {kind} has no export description (known: classification, regression, per-pixel regression, segmentation, detection, embedding, multi-task)")
+    raise ExportError(
+        f"task {kind} has no export description "
+        "(known: classification, regression, per-pixel regression, segmentation, detection, embedding, multi-task)"
+    )
 
 
 def single_tasks(description: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -27,6 +27,7 @@ from rskeras.export.preprocessing import PlannedTransform, Preprocessing, RawInp
 
 logger = logging.getLogger(__name__)
 
+
 def flatten_outputs(outputs: Any, prefix: str = "") -> dict[str, Any]:
     """Nested predictor outputs -> flat ``{name: tensor}`` (names joined with ``_``;
     a bare tensor is named ``outputs``)."""

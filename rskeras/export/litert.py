@@ -22,6 +22,11 @@ import numpy as np
 SIGNATURE = "serving_default"
 
 
+def _details(details: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Signature-runner tensor details -> {name: (shape, dtype)}."""
+    return {name: (tuple(int(d) for d in v["shape"]), np.dtype(v["dtype"])) for name, v in details.items()}
+
+
 class LiteRTModel:
     """A TFLite model called with named inputs, returning named outputs.
 
@@ -52,8 +57,8 @@ class LiteRTModel:
             signature = next(iter(signatures))
         self.signature = signature
         self.runner = self.interpreter.get_signature_runner(signature)
-        self.input_details = {name: (tuple(int(d) for d in v["shape"]), np.dtype(v["dtype"])) for name, v in self.runner.get_input_details().items()}
-        self.output_details = {name: (tuple(int(d) for d in v["shape"]), np.dtype(v["dtype"])) for name, v in self.runner.get_output_details().items()}
+        self.input_details = _details(self.runner.get_input_details())
+        self.output_details = _details(self.runner.get_output_details())
         self.description: dict[str, Any] | None = None
         if path and os.path.exists(path + ".json"):
             with open(path + ".json") as f:

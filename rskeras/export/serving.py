@@ -59,7 +59,8 @@ def resolve_version(base_path: str) -> tuple[str, int]:
     if os.path.exists(os.path.join(base_path, "saved_model.pb")):
         name = os.path.basename(os.path.normpath(base_path))
         return base_path, int(name) if name.isdigit() else 1
-    versions = [int(d) for d in os.listdir(base_path) if d.isdigit() and os.path.exists(os.path.join(base_path, d, "saved_model.pb"))] if os.path.isdir(base_path) else []
+    entries = os.listdir(base_path) if os.path.isdir(base_path) else []
+    versions = [int(d) for d in entries if d.isdigit() and os.path.exists(os.path.join(base_path, d, "saved_model.pb"))]
     if not versions:
         raise FileNotFoundError(f"{base_path}: no SavedModel and no numeric version folder with one (expected {base_path}/1/saved_model.pb)")
     version = max(versions)
@@ -153,7 +154,8 @@ def _grpc_servicer_class():
             if spec.name != self.model.name:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: model {spec.name!r} (serving {self.model.name!r})")
             if spec.HasField("version") and spec.version.value != self.model.version:
-                context.abort(grpc.StatusCode.NOT_FOUND, f"model {spec.name!r} version {spec.version.value} not found (serving {self.model.version})")
+                message = f"model {spec.name!r} version {spec.version.value} not found (serving {self.model.version})"
+                context.abort(grpc.StatusCode.NOT_FOUND, message)
 
         def Predict(self, request, context):  # noqa: N802 (gRPC method name)
             self._check_spec(request.model_spec, context)
@@ -190,7 +192,8 @@ def start_grpc_server(model: ServedModel, port: int = 0, host: str = LOOPBACK, m
     import grpc
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=[("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20)])
+    options = [("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_grpc_servicer_class()(model), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
@@ -368,7 +371,9 @@ def rest_request(url: str, payload: dict[str, Any] | None = None, timeout: float
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Serve an exported SavedModel over gRPC and REST on loopback (a TF Serving stand-in for development).")
+    parser = argparse.ArgumentParser(
+        description="Serve an exported SavedModel over gRPC and REST on loopback (a TF Serving stand-in for development)."
+    )
     parser.add_argument("--model_base_path", required=True, help="models/<name> with numeric version folders, or a SavedModel directory")
     parser.add_argument("--model_name", default=None, help="name in requests (default: the base path's folder name)")
     parser.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500; 0 = off)")
