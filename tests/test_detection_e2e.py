@@ -253,46 +253,46 @@ def test_predict_writes_vector_features(fitted, validate_run, sample_dataset, tm
     root, cfg, _ = fitted
     dataset = tmp_path / "ds"
     shutil.copytree(sample_dataset, dataset)
-    writer = tmp_path / "writer.yaml"
-    writer.write_text(WRITER_CONFIG)
-    threshold = 0.3
-    code = lightning_cli.main(
-        ["predict", "--config", str(cfg), "--config", str(writer), "--ckpt_path", str(root / "checkpoints" / "best.weights.h5"),
-         "--data.init_args.path", str(dataset), "--data.init_args.task.init_args.score_threshold", str(threshold),
-         "--trainer.default_root_dir", str(tmp_path / "predict_run")]
-    )
-    assert code == 0
-    # expected features: the validate run's model on the same predict windows
+    # expected detections: the validate run's model (same weights) on the predict windows
     run = validate_run
     infer = tf.function(lambda x: run.lm.model(x, training=False)["outputs"])
     config = lightning_cli.load_config([str(cfg)], [("data.init_args.path", str(dataset))])
-    predict_data = instantiate(config["data"], "data")
-    windows = 0
-    for inputs, _, metadata in predict_data.tf_dataset("predict", with_metadata=True):
+    expected = {}
+    for inputs, _, metadata in instantiate(config["data"], "data").tf_dataset("predict", with_metadata=True):
         outputs = infer(inputs)
         for i, name in enumerate(metadata["window_name"].numpy()):
-            name = name.decode()
-            bounds = metadata["crop_bounds"].numpy()[i]
-            path = dataset / "windows" / "predict" / name / "layers" / "output_detection"
-            assert (path / "completed").exists()
-            collection = json.loads((path / "data.geojson").read_text())
-            features = collection["features"]
             n = int(outputs["num_detections"][i])
-            scores = outputs["scores"].numpy()[i, :n]
-            boxes = outputs["boxes"].numpy()[i, :n]
-            keep = scores > threshold
-            assert len(features) == int(keep.sum())
-            for feature, score, box in zip(features, scores[keep], boxes[keep]):
-                assert feature["properties"]["category"] == "vessel"
-                assert feature["properties"]["score"] == pytest.approx(float(score), abs=1e-6)
-                assert feature["properties"]["score"] > threshold
-                assert feature["geometry"]["type"] == "Polygon"
-                coords = np.asarray(feature["geometry"]["coordinates"][0])
-                expected = box + np.array([bounds[0], bounds[1], bounds[0], bounds[1]])
-                np.testing.assert_allclose(coords.min(0), expected[:2], atol=1e-3)
-                np.testing.assert_allclose(coords.max(0), expected[2:], atol=1e-3)
-            windows += 1
-    assert windows == 2
+            crop = metadata["crop_bounds"].numpy()[i]
+            boxes = outputs["boxes"].numpy()[i, :n] + np.array([crop[0], crop[1], crop[0], crop[1]])
+            expected[name.decode()] = (outputs["scores"].numpy()[i, :n], boxes)
+    assert sorted(expected) == ["scene_00", "scene_01"]
+    # a threshold that keeps some detections and drops others
+    threshold = float(np.median(np.concatenate([scores for scores, _ in expected.values()])))
+    writer = tmp_path / "writer.yaml"
+    writer.write_text(WRITER_CONFIG)
+    code = lightning_cli.main(
+        ["predict", "--config", str(cfg), "--config", str(writer), "--ckpt_path", str(root / "checkpoints" / "best.weights.h5"),
+         "--data.init_args.path", str(dataset), "--data.init_args.task.init_args.score_threshold", repr(threshold),
+         "--trainer.default_root_dir", str(tmp_path / "predict_run")]
+    )
+    assert code == 0
+    written = 0
+    for name, (scores, boxes) in expected.items():
+        path = dataset / "windows" / "predict" / name / "layers" / "output_detection"
+        assert (path / "completed").exists()
+        features = json.loads((path / "data.geojson").read_text())["features"]
+        keep = scores > threshold
+        assert len(features) == int(keep.sum())
+        for feature, score, box in zip(features, scores[keep], boxes[keep]):
+            assert feature["properties"]["category"] == "vessel"
+            assert feature["properties"]["score"] == pytest.approx(float(score), abs=1e-6)
+            assert feature["properties"]["score"] > threshold
+            assert feature["geometry"]["type"] == "Polygon"
+            coords = np.asarray(feature["geometry"]["coordinates"][0])
+            np.testing.assert_allclose(coords.min(0), box[:2], atol=1e-3)
+            np.testing.assert_allclose(coords.max(0), box[2:], atol=1e-3)
+        written += len(features)
+    assert 0 < written < sum(len(scores) for scores, _ in expected.values())
 
 
 def test_satlas_detection_config_builds():
