@@ -139,7 +139,6 @@ class Run:
             self.lm = instantiate(model_cfg, "model", extra=extra)
             stage = "predict" if subcommand == "predict" else "train" if subcommand == "fit" else "val" if subcommand == "validate" else "test"
             batch = next(iter(self.data.tf_dataset(stage, shuffle=False)))
-            self.input_specs = {k: tf.TensorSpec([None] + list(v.shape[1:]), v.dtype) for k, v in batch[0].items()}
             self.input_specs = self.data.input_specs(stage)
             self.lm.build_from_batch(batch[0])
             self.lm.compile(optimizer=self.lm.make_optimizer(), jit_compile=False)
@@ -209,6 +208,10 @@ def run(argv: list[str] | None = None) -> int:
         stage = "val" if args.subcommand == "validate" else "test"
         metrics = r.trainer.evaluate(r.lm, r.data, stage)
         print_metrics(f"{stage} metrics:", metrics)
+        if stage == "test" and r.lm.visualize_dir:
+            from rskeras.train.visualize import write_visualizations
+
+            write_visualizations(r.lm, r.data, r.lm.visualize_dir, "test", r.trainer.steps(r.data, "test"))
         if stage == "test":
             path = r.lm.metrics_file
             if path is None and r.lm.write_test_metrics:

@@ -140,3 +140,26 @@ def test_activations_follow_torch():
     assert isinstance(activations.get_activation(None), activations.ReLU)
     with pytest.raises(ValueError, match="unknown activation"):
         activations.get_activation("torch.nn.Softmax2d")
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        Conv(4, 6, 3, padding=1, stride=2, batch_norm=True),
+        PoolingDecoder(8, 3, num_conv_layers=1, num_fc_layers=1, conv_channels=4, fc_channels=5),
+        SegmentationPoolingDecoder(8, 3, image_key="img", num_fc_layers=1),
+        PickFeatures([1, -1]),
+        Upsample(3, mode="nearest"),
+        ResizeFeatures([[3, 4]], mode="nearest"),
+        FeatureCenterCrop([[2, 2]]),
+        PixelShuffle(2),
+        ConcatenateFeatures("extra", in_channels=2, out_channels=3),
+        activations.LeakyReLU(0.3),
+        activations.GELU(approximate="tanh"),
+    ],
+    ids=lambda layer: type(layer).__name__,
+)
+def test_config_round_trips(layer):
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(clone) is type(layer) and clone.get_config() == layer.get_config()
+    assert [tuple(w.shape) for w in clone.weights] == [tuple(w.shape) for w in layer.weights]

@@ -6,7 +6,7 @@ import logging
 import os
 
 from rskeras.config.dataset import DatasetConfig
-from rskeras.dataset.window import Window
+from rskeras.dataset.window import Window, WindowError
 
 logger = logging.getLogger(__name__)
 
@@ -53,5 +53,31 @@ class Dataset:
                     out.append((path, group, name))
         return out
 
-    def load_windows(self, groups: list[str] | None = None, names: list[str] | None = None) -> list[Window]:
-        return [Window.load(path, group, name) for path, group, name in self.window_paths(groups, names)]
+    def load_windows(
+        self,
+        groups: list[str] | None = None,
+        names: list[str] | None = None,
+        skip_bad: bool = False,
+        bad: list[tuple[str, str]] | None = None,
+    ) -> list[Window]:
+        """Loads the windows of ``groups`` (all if None), optionally only ``names``.
+
+        Args:
+            groups: window groups (all groups when None or empty).
+            names: window names to keep (all when None or empty).
+            skip_bad: skip windows whose ``metadata.json`` is missing or malformed
+                (each is appended to ``bad`` as ``(window label, message)``) instead of
+                raising ``WindowError``.
+            bad: list collecting the skipped windows.
+        """
+        out = []
+        for path, group, name in self.window_paths(groups, names):
+            try:
+                out.append(Window.load(path, group, name))
+            except WindowError as e:
+                if not skip_bad:
+                    raise
+                logger.warning("skipping window %s/%s: %s", group, name, e)
+                if bad is not None:
+                    bad.append((f"{group}/{name}", str(e)))
+        return out

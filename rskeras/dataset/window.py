@@ -127,22 +127,27 @@ class Window:
         return os.path.exists(os.path.join(self.layer_dir(layer, group_idx), "completed"))
 
     def completed_layers(self) -> list[tuple[str, int]]:
-        """(layer, group index) of every completed item group, sorted."""
+        """(layer, group index) of every completed item group, sorted.
+
+        As in rslearn, every non-hidden directory under ``layers/`` must parse as
+        ``<layer>`` or ``<layer>.<int>`` (a malformed name is an error even when that
+        directory is not completed).
+        """
         layers_dir = os.path.join(self.path, "layers")
         try:
-            names = os.listdir(layers_dir)
+            entries = list(os.scandir(layers_dir))
         except FileNotFoundError:
             return []
         out = []
-        for entry in names:
-            if entry.startswith("."):
-                continue
-            if not os.path.exists(os.path.join(layers_dir, entry, "completed")):
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.is_dir():
                 continue
             try:
-                out.append(parse_layer_dir_name(entry))
+                parsed = parse_layer_dir_name(entry.name)
             except ValueError as e:
                 raise WindowError(f"window {self.label}: {e}") from None
+            if os.path.exists(os.path.join(entry.path, "completed")):
+                out.append(parsed)
         return sorted(out)
 
     def completed_group_indexes(self, layer: str) -> list[int]:

@@ -24,6 +24,7 @@ non-strictly (missing / unexpected keys reported by name, shape mismatches are e
 from __future__ import annotations
 
 import collections
+import importlib.util
 import io
 import json
 import logging
@@ -31,11 +32,12 @@ import os
 import pickle
 import struct
 import zipfile
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from rskeras.models.torch_weights import LoadReport, load_torch_state_dict
+if TYPE_CHECKING:  # keep this module (and tools/convert_weights.py) free of TF imports
+    from rskeras.models.torch_weights import LoadReport
 
 logger = logging.getLogger(__name__)
 
@@ -173,11 +175,7 @@ def read_torch_zip(path: str) -> Any:
 
 
 def _torch_available() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("torch") is not None
 
 
 def _to_numpy(obj: Any) -> Any:
@@ -236,7 +234,7 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
             array = _bfloat16_to_float32(np.frombuffer(data[start:end], "<u2"))
         else:
             array = np.frombuffer(data[start:end], np.dtype(dtype).newbyteorder("<")).astype(dtype)
-        out[key] = array.reshape(info["shape"])
+        out[key] = array.reshape(tuple(info["shape"]))
     return out
 
 
@@ -244,7 +242,7 @@ def write_safetensors(state_dict: Mapping[str, np.ndarray], f) -> None:
     """Writes arrays in the safetensors format to an open binary file."""
     header, chunks, offset = {}, [], 0
     for key, value in state_dict.items():
-        array = np.ascontiguousarray(value)
+        array = np.asarray(value)
         if array.dtype not in _NUMPY_TO_SAFETENSORS:
             raise CheckpointError(f"cannot store {key} of dtype {array.dtype} in safetensors")
         raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
@@ -362,6 +360,8 @@ def apply_restore_config(
 
 def load_state_dict_nonstrict(model: Any, state_dict: Mapping[str, np.ndarray], prefix: str = "") -> LoadReport:
     """Loads what fits, logs missing / unexpected keys by name; shape mismatches raise."""
+    from rskeras.models.torch_weights import load_torch_state_dict
+
     report = load_torch_state_dict(model, dict(state_dict), prefix=prefix, strict=False)
     if report.missing or report.unexpected:
         logger.warning("restore yielded missing_keys=%s and unexpected_keys=%s", report.missing, report.unexpected)
@@ -394,6 +394,8 @@ def restore_into(
 def load_lightning_checkpoint(model: Any, path: str, strict: bool = True, use_torch: bool | None = None) -> LoadReport:
     """Loads an rslearn Lightning ``.ckpt`` (``state_dict`` keys ``model.*``) into a model
     (SingleTaskModel / MultiTaskModel) whose ``torch_params`` use rslearn's module tree."""
+    from rskeras.models.torch_weights import load_torch_state_dict
+
     state = read_state_dict(path, selector=["state_dict"], use_torch=use_torch)
     return load_torch_state_dict(model, state, prefix="model", strict=strict)
 

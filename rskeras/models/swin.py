@@ -280,22 +280,25 @@ class ShiftedWindowAttention(keras.layers.Layer):
 
         windows = _window_partition(x, self.window_size)  # [Bw, N, C]
         n, c, heads = self._n, self.dim, self.num_heads
-        qkv = tf.matmul(windows, self.qkv.kernel)
-        bias = self.qkv.bias if self.version == 1 else self.qkv.bias * self._qkv_bias_mask
+        dtype = windows.dtype  # explicit casts keep mixed precision working
+        qkv = tf.matmul(windows, tf.cast(self.qkv.kernel, dtype))
+        bias = tf.cast(self.qkv.bias, dtype)
+        if self.version == 2:
+            bias = bias * tf.constant(self._qkv_bias_mask, dtype)
         qkv = tf.reshape(qkv + bias, [-1, n, 3, heads, c // heads])
         qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])
         q, k, v = qkv[0], qkv[1], qkv[2]
         if self.version == 2:
             q = q / tf.maximum(tf.sqrt(tf.reduce_sum(tf.square(q), axis=-1, keepdims=True)), 1e-12)
             k = k / tf.maximum(tf.sqrt(tf.reduce_sum(tf.square(k), axis=-1, keepdims=True)), 1e-12)
-            attn = tf.matmul(q, k, transpose_b=True) * tf.exp(tf.minimum(self.logit_scale, _LOG_100))
+            attn = tf.matmul(q, k, transpose_b=True) * tf.exp(tf.minimum(tf.cast(self.logit_scale, dtype), _LOG_100))
         else:
             attn = tf.matmul(q * (c // heads) ** -0.5, k, transpose_b=True)
-        attn = attn + self.relative_position_bias()
+        attn = attn + tf.cast(self.relative_position_bias(), dtype)
         if shifted:
             mask = self._shift_mask(pad_h, pad_w, shift_h, shift_w)  # [nW, N, N]
             num_windows = (pad_h // wh) * (pad_w // ww)
-            attn = tf.reshape(attn, [-1, num_windows, heads, n, n]) + mask[None, :, None]
+            attn = tf.reshape(attn, [-1, num_windows, heads, n, n]) + tf.cast(mask, dtype)[None, :, None]
             attn = tf.reshape(attn, [-1, heads, n, n])
         attn = tf.nn.softmax(attn, axis=-1)
         out = tf.reshape(tf.transpose(tf.matmul(attn, v), [0, 2, 1, 3]), [-1, n, c])

@@ -188,5 +188,5 @@ def torch_state_dict(layer: Any, prefix: str = "") -> dict[str, np.ndarray]:
             continue
         if p.transform is not None:
             raise ValueError(f"torch key {p.key} uses a custom transform and cannot be exported")
-        out[p.key] = np.ascontiguousarray(INVERSE_LAYOUTS[p.layout](np.asarray(p.variable.numpy())))
+        out[p.key] = np.array(INVERSE_LAYOUTS[p.layout](np.asarray(p.variable.numpy())), order="C")
     return out

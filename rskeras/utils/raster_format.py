@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 import rasterio
+import rasterio._err
 import rasterio.enums
+import rasterio.errors
 import rasterio.vrt
 import rasterio.windows
 
@@ -39,17 +41,28 @@ def _aligned_offset(src, projection: Projection, bounds: PixelBounds) -> tuple[i
     return int(round(col)), int(round(row))
 
 
+# rasterio raises RasterioError subclasses for most failures, but GDAL errors met while
+# decoding blocks (truncated or corrupt files) surface as CPLE_* exceptions.
+RASTER_ERRORS: tuple[type[BaseException], ...] = (rasterio.errors.RasterioError, rasterio._err.CPLE_BaseError)
+
+
 def read_geotiff(path: str, projection: Projection, bounds: PixelBounds, band_indexes: list[int] | None = None) -> np.ndarray:
     """Reads ``path`` onto the grid (projection, bounds) with nearest resampling.
 
     Pixels outside the stored raster get the file's nodata value (0 if it has none).
     Returns ``[bands, H, W]`` in the file's dtype. ``band_indexes`` are 1-based.
+    When the file's grid equals the target grid (same CRS and resolution, integer
+    offset) the pixels are copied with a windowed read; otherwise the file is warped
+    through a ``WarpedVRT`` (its own georeference, e.g. a band set stored at another
+    zoom offset, decides where each pixel lands).
     """
     width, height = bounds[2] - bounds[0], bounds[3] - bounds[1]
     try:
         with rasterio.open(path) as src:
             indexes = band_indexes or list(range(1, src.count + 1))
-            fill = src.nodata if src.nodata is not None and not np.isnan(src.nodata) else (src.nodata if src.nodata is not None else 0)
+            if max(indexes) > src.count:
+                raise RasterReadError(f"raster {path} has {src.count} bands, band index {max(indexes)} was requested")
+            fill = src.nodata if src.nodata is not None else 0
             dtype = src.dtypes[0]
             offset = _aligned_offset(src, projection, bounds)
             if offset is not None:
@@ -61,6 +74,8 @@ def read_geotiff(path: str, projection: Projection, bounds: PixelBounds, band_in
                     window = rasterio.windows.Window(c0, r0, c1 - c0, r1 - r0)
                     out[:, r0 - row : r1 - row, c0 - col : c1 - col] = src.read(indexes, window=window)
                 return out
+            if src.crs is None:
+                raise RasterReadError(f"raster {path} has no CRS and is not on the window grid")
             with rasterio.vrt.WarpedVRT(
                 src,
                 crs=projection.rasterio_crs,
@@ -71,20 +86,42 @@ def read_geotiff(path: str, projection: Projection, bounds: PixelBounds, band_in
                 nodata=fill,
             ) as vrt:
                 return vrt.read(indexes)
-    except rasterio.errors.RasterioError as e:
-        raise RasterReadError(f"cannot read raster {path}: {e}") from None
+    except RASTER_ERRORS as e:
+        detail = str(e)
+        cause = e.__cause__ or e.__context__
+        if cause is not None and str(cause) and str(cause) not in detail:
+            detail += f" ({cause})"
+        raise RasterReadError(f"cannot read raster {path}: {detail}") from None
 
 
 def read_timestep_metadata(raster_dir: str) -> dict[str, Any] | None:
-    """The optional multi-timestep sidecar ``metadata.json`` next to a GeoTIFF."""
+    """The optional multi-timestep sidecar ``metadata.json`` next to a GeoTIFF.
+
+    Returns ``{"num_channels", "num_timesteps", "timestamps"}`` (timestamps as a list of
+    ``[start_iso, end_iso]`` or None), or None without a sidecar.
+    """
     path = os.path.join(raster_dir, "metadata.json")
-    if not os.path.exists(path):
-        return None
     try:
         with open(path) as f:
-            return json.load(f)
-    except (json.JSONDecodeError, OSError) as e:
+            d = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
         raise RasterReadError(f"malformed raster sidecar {path}: {e}") from None
+    if not isinstance(d, dict):
+        raise RasterReadError(f"malformed raster sidecar {path}: expected an object")
+    try:
+        t = d.get("num_timesteps")
+        c = d.get("num_channels")
+        d["num_timesteps"] = int(t) if t is not None else None
+        d["num_channels"] = int(c) if c is not None else None
+        ts = d.get("timestamps")
+        if ts is not None:
+            ts = [[str(a), str(b)] for a, b in ts]
+        d["timestamps"] = ts
+    except (TypeError, ValueError) as e:
+        raise RasterReadError(f"malformed raster sidecar {path}: {e}") from None
+    return d
 
 
 def write_geotiff(
@@ -95,8 +132,14 @@ def write_geotiff(
     nodata: float | None = None,
     block_size: int = 512,
     always_enable_tiling: bool = False,
+    geotiff_options: dict[str, Any] | None = None,
 ) -> None:
-    """Writes ``array`` ``[bands, H, W]`` as an LZW GeoTIFF covering ``bounds``, atomically."""
+    """Writes ``array`` ``[bands, H, W]`` as an LZW GeoTIFF covering ``bounds``, atomically.
+
+    As rslearn's ``GeotiffRasterFormat``: tiled with ``block_size`` blocks only when the
+    raster is larger than a block (or ``always_enable_tiling``), nodata tag only when
+    given, ``geotiff_options`` passed to rasterio last.
+    """
     array = np.asarray(array)
     if array.ndim != 3:
         raise ValueError(f"write_geotiff: array must be [bands, H, W], got shape {array.shape}")
@@ -112,11 +155,13 @@ def write_geotiff(
         "crs": projection.rasterio_crs,
         "transform": projection.transform_for(bounds),
         "compress": "lzw",
+        "BIGTIFF": "IF_SAFER",
     }
     if nodata is not None:
         profile["nodata"] = nodata
     if always_enable_tiling or width > block_size or height > block_size:
         profile.update(tiled=True, blockxsize=block_size, blockysize=block_size)
+    profile.update(geotiff_options or {})
     with atomic_path(path) as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(array)

@@ -57,11 +57,32 @@ def reproject_geometry(geom: shapely.Geometry, src: Projection, dst: Projection)
     return out
 
 
+def parse_geometry(d: Any, where: str) -> shapely.Geometry:
+    """A shapely geometry from a GeoJSON geometry dict.
+
+    Malformed geometries (unknown type, too few coordinates, missing coordinates) raise
+    VectorReadError naming ``where``; well-formed but topologically invalid ones (e.g. a
+    self-intersecting ring) are repaired with ``make_valid``, as rslearn repairs
+    geometries after re-projection.
+    """
+    if not isinstance(d, dict):
+        raise VectorReadError(f"{where}: missing or non-object geometry ({d!r:.80})")
+    try:
+        geom = shapely.geometry.shape(d)
+    except Exception as e:  # shapely raises ValueError/TypeError/GEOSException/KeyError...
+        raise VectorReadError(f"{where}: invalid geometry {type(e).__name__}: {e}") from None
+    if not geom.is_valid:
+        geom = shapely.validation.make_valid(geom)
+    return geom
+
+
 def read_geojson(path: str) -> tuple[Projection, list[Feature]]:
     """Reads a FeatureCollection: (its projection, features in that projection)."""
     try:
         with open(path) as f:
             fc = json.load(f)
+    except FileNotFoundError:
+        raise VectorReadError(f"missing GeoJSON file {path}") from None
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise VectorReadError(f"cannot read GeoJSON {path}: {e}") from None
     if not isinstance(fc, dict) or fc.get("type") != "FeatureCollection":
@@ -72,10 +93,9 @@ def read_geojson(path: str) -> tuple[Projection, list[Feature]]:
         raise VectorReadError(f"{path}: invalid collection projection ({e!r})") from None
     features = []
     for i, fd in enumerate(fc.get("features") or []):
-        try:
-            geom = shapely.geometry.shape(fd["geometry"])
-        except Exception as e:  # shapely raises several types for bad geometry
-            raise VectorReadError(f"{path}: feature {i} has an invalid geometry: {e}") from None
+        if not isinstance(fd, dict):
+            raise VectorReadError(f"{path}: feature {i} is not an object")
+        geom = parse_geometry(fd.get("geometry"), f"{path}: feature {i}")
         features.append(Feature(geom, dict(fd.get("properties") or {})))
     return projection, features
 
@@ -86,33 +106,67 @@ def read_features_for_window(path: str, projection: Projection, bounds: PixelBou
     src_projection, features = read_geojson(path)
     box = shapely.box(*bounds)
     out = []
-    for feature in features:
-        geom = reproject_geometry(feature.geometry, src_projection, projection)
-        if geom.intersects(box):
+    for i, feature in enumerate(features):
+        try:
+            geom = reproject_geometry(feature.geometry, src_projection, projection)
+            hit = geom.intersects(box)
+        except Exception as e:  # pyproj / GEOS failures on odd geometries
+            raise VectorReadError(f"{path}: feature {i}: cannot project/intersect geometry: {e}") from None
+        if hit:
             out.append(Feature(geom, feature.properties))
     return out
 
 
-def _round_coords(geom: shapely.Geometry) -> dict[str, Any]:
-    return shapely.geometry.mapping(geom)
+COORDINATE_MODES = ("pixel", "crs", "wgs84")
 
 
-def features_to_geojson(features: list[Feature], projection: Projection) -> dict[str, Any]:
-    """FeatureCollection in pixel coordinate mode (projection in collection properties).
+def geojson_coordinate_mode(vector_format: dict[str, Any] | None, where: str = "vector_format") -> str:
+    """The ``coordinate_mode`` of a layer's ``vector_format`` config (default "pixel").
 
-    An empty list is written as a WGS84 collection with a ``crs`` member, as rslearn does.
+    Accepts ``{"class_path": "...GeojsonVectorFormat", "init_args": {...}}`` and the legacy
+    ``{"name": "geojson", ...}`` form; other vector formats are rejected.
     """
-    if not features:
-        return {
-            "type": "FeatureCollection",
-            "crs": {"type": "name", "properties": {"name": "EPSG:4326"}},
-            "features": [],
-        }
-    return {
-        "type": "FeatureCollection",
-        "properties": projection.to_json(),
-        "features": [f.to_geojson() for f in features],
-    }
+    vf = vector_format or {}
+    if "class_path" in vf:
+        name = str(vf["class_path"]).rsplit(".", 1)[-1]
+        args = vf.get("init_args") or {}
+        if name != "GeojsonVectorFormat":
+            raise ValueError(f"{where}: only GeojsonVectorFormat is supported, got {vf['class_path']}")
+    else:
+        name = vf.get("name", "geojson")
+        args = vf
+        if name != "geojson":
+            raise ValueError(f"{where}: only the geojson vector format is supported, got {name!r}")
+    mode = str(args.get("coordinate_mode", "pixel")).lower()
+    if mode not in COORDINATE_MODES:
+        raise ValueError(f"{where}: coordinate_mode must be one of {COORDINATE_MODES}, got {mode!r}")
+    return mode
+
+
+def features_to_geojson(features: list[Feature], projection: Projection, coordinate_mode: str = "pixel") -> dict[str, Any]:
+    """FeatureCollection of features given in pixel coordinates of ``projection``.
+
+    ``pixel`` (rslearn's default) keeps the pixel coordinates and stores the projection
+    in the collection's ``properties``; ``crs`` writes CRS units with a standard ``crs``
+    member (WKT); ``wgs84`` writes lon/lat. An empty list is written as a WGS84
+    collection with a ``crs`` member, as rslearn does.
+    """
+    if coordinate_mode not in COORDINATE_MODES:
+        raise ValueError(f"coordinate_mode must be one of {COORDINATE_MODES}, got {coordinate_mode!r}")
+    if not features or coordinate_mode == "wgs84":
+        out_projection = WGS84_PROJECTION
+        header: dict[str, Any] = {"crs": {"type": "name", "properties": {"name": WGS84_PROJECTION.rasterio_crs.to_wkt()}}}
+    elif coordinate_mode == "pixel":
+        out_projection = projection
+        header = {"properties": projection.to_json()}
+    else:
+        out_projection = Projection(projection.crs, 1.0, 1.0)
+        header = {"crs": {"type": "name", "properties": {"name": projection.rasterio_crs.to_wkt()}}}
+    out_features = []
+    for f in features:
+        geom = f.geometry if out_projection is projection else reproject_geometry(f.geometry, projection, out_projection)
+        out_features.append(Feature(geom, f.properties).to_geojson())
+    return {"type": "FeatureCollection", **header, "features": out_features}
 
 
 def _json_default(value: Any) -> Any:
@@ -123,6 +177,6 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-def write_geojson(path: str, features: list[Feature], projection: Projection) -> None:
+def write_geojson(path: str, features: list[Feature], projection: Projection, coordinate_mode: str = "pixel") -> None:
     """Writes features (pixel coordinates of ``projection``) atomically."""
-    atomic_write_text(path, json.dumps(features_to_geojson(features, projection), default=_json_default))
+    atomic_write_text(path, json.dumps(features_to_geojson(features, projection, coordinate_mode), default=_json_default))

@@ -10,7 +10,10 @@ from rskeras.train.transforms.transform import Transform
 
 
 class Normalize(Transform):
-    """Normalizes images ``[T, H, W, C]`` with a scalar or per-band mean/std.
+    """Normalizes images ``[T, H, W, C]``: ``(x - mean) / std``, then an optional clamp.
+
+    Call-time: each selected item is a ``[T, H, W, C]`` (or any channels-last) tensor;
+    the output has the same shape, float32.
 
     Args:
         mean: one value, or one value per channel (per selected band with ``bands``).
@@ -43,13 +46,14 @@ class Normalize(Transform):
             warnings.warn("Normalize.num_bands is deprecated and ignored", FutureWarning, stacklevel=2)
         self.mean = mean
         self.std = std
-        self.valid_range = valid_range
         self.selectors = list(selectors) if selectors is not None else ["image"]
         self.bands = list(bands) if bands is not None else None
         if self.bands is not None:
             for name, v in (("mean", mean), ("std", std)):
                 if isinstance(v, (list, tuple)) and len(v) != len(self.bands):
                     raise ValueError(f"Normalize: {name} has {len(v)} values but bands has {len(self.bands)}")
+        valid_range = valid_range or None  # rslearn ignores an empty range
+        self.valid_range = valid_range
         if valid_range is not None and len(valid_range) != 2:
             raise ValueError(f"Normalize: valid_range must be [min, max], got {valid_range}")
 

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import tensorflow as tf
+
 
 def split_selector(input_dict: dict, target_dict: dict, selector: str) -> tuple[dict, list[str]]:
     """(dict addressed by the prefix, remaining path parts)."""
+    if not isinstance(selector, str):
+        raise TypeError(f"selector must be a string, got {type(selector).__name__} {selector!r}")
     if selector.startswith("input/"):
         d, rest = input_dict, selector[len("input/"):]
     elif selector.startswith("target/"):
@@ -68,12 +72,12 @@ class Transform:
     def __init__(self, skip_missing: bool = False):
         self.skip_missing = skip_missing
 
-    def apply_fn(self, fn: Callable[[Any], Any], input_dict: dict, target_dict: dict, selectors: list[str]) -> None:
-        """Replaces each selected item ``x`` by ``fn(x)``."""
+    def apply_fn(self, fn: Callable[..., Any], input_dict: dict, target_dict: dict, selectors: list[str], **kwargs: Any) -> None:
+        """Replaces each selected item ``x`` by ``fn(x, **kwargs)``."""
         for selector in selectors:
             if self.skip_missing and not selector_exists(input_dict, target_dict, selector):
                 continue
-            write_selector(input_dict, target_dict, selector, fn(read_selector(input_dict, target_dict, selector)))
+            write_selector(input_dict, target_dict, selector, fn(read_selector(input_dict, target_dict, selector), **kwargs))
 
     def __call__(self, input_dict: dict, target_dict: dict) -> tuple[dict, dict]:
         return self.forward(input_dict, target_dict)
@@ -90,7 +94,11 @@ class Identity(Transform):
 
 
 class Sequential(Transform):
-    """Applies transforms in order."""
+    """Applies transforms in order (rslearn ``rslearn.train.transforms.Sequential``).
+
+    Args:
+        *transforms: the transforms, applied first to last.
+    """
 
     def __init__(self, *transforms: Transform):
         super().__init__()
@@ -100,3 +108,37 @@ class Sequential(Transform):
         for t in self.transforms:
             input_dict, target_dict = t(input_dict, target_dict)
         return input_dict, target_dict
+
+
+def parent_of(input_dict: dict, target_dict: dict, selector: str) -> tuple[dict | None, str | None]:
+    """(the dict holding the selected item, its key), or (None, None) for a whole dict."""
+    d, parts = split_selector(input_dict, target_dict, selector)
+    if not parts:
+        return None, None
+    cur: Any = d
+    for part in parts[:-1]:
+        cur = cur[part]
+    return cur, parts[-1]
+
+
+def random_int(low: int, high: int) -> tf.Tensor:
+    """A uniform random int32 in ``[low, high)`` (graph; the global TF RNG)."""
+    if high <= low:
+        raise ValueError(f"empty random range [{low}, {high})")
+    if high - low == 1:
+        return tf.constant(low, tf.int32)
+    return tf.random.uniform([], low, high, dtype=tf.int32)
+
+
+def coin() -> tf.Tensor:
+    """A fair random boolean (graph; the global TF RNG)."""
+    return tf.random.uniform([]) < 0.5
+
+
+def int_range(value: int | list[int] | tuple[int, int], name: str) -> tuple[int, int]:
+    """``c`` -> (c, c + 1); ``[min, max]`` -> (min, max), validated (half-open range)."""
+    if isinstance(value, int):
+        return value, value + 1
+    if len(value) != 2 or value[0] >= value[1]:
+        raise ValueError(f"{name} must be an int or a [min, max) range with min < max, got {value!r}")
+    return int(value[0]), int(value[1])
