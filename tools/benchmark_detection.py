@@ -8,10 +8,15 @@
   image tiled to the size) of the Keras inference model (``tf.function``), the exported
   SavedModel (``serving_default``) and the TFLite model (builtin ops, LiteRT).
 
-Example:
-    python tools/make_sample_dataset.py data/sample
-    python tools/benchmark_detection.py --config configs/detection.yaml \\
-        --ckpt_path runs/detection/checkpoints/best.weights.h5 --json bench.json
+Run as a section of tools/benchmark.py or alone::
+
+    python tools/benchmark.py detection --sample data/sample \\
+        --ckpt_path runs/detection/checkpoints/best.weights.h5
+    python tools/benchmark_detection.py --sample data/sample --json bench.json
+
+Without ``--sample`` a 64x64 sample dataset (300 windows) is written to a temporary
+directory; without ``--ckpt_path`` the weights are freshly initialised (the number of
+detections, and with it the NMS cost, then differs from a trained model's).
 
 Nothing here asserts a time; figures depend on the machine and its load.
 """
@@ -30,7 +35,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def timed(fn: Callable[[], Any], repeats: int, warmup: int) -> dict[str, float]:
@@ -148,12 +156,17 @@ def benchmark_inference(run, sizes: list[int], repeats: int, warmup: int, tflite
 
 
 def run_detection_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    """Runs the benchmark described by parsed ``args`` (see :func:`build_parser`)."""
+    """Runs the benchmark described by parsed ``args`` (see :func:`add_arguments`)."""
     import tensorflow as tf
 
+    from make_sample_dataset import make_dataset
+
     overrides = [tuple(o.split("=", 1)) for o in args.override]
-    if args.dataset:
-        overrides.append(("data.init_args.path", args.dataset))
+    sample = args.sample or os.path.join(tempfile.mkdtemp(prefix="rskeras-bench-"), "sample_64")
+    if not os.path.exists(os.path.join(sample, "config.json")):
+        print(f"  writing 300 windows of 64x64x12 to {sample} ...", flush=True)
+        make_dataset(sample, num_windows=300, size=64, progress=False)
+    overrides.append(("data.init_args.path", sample))
     run = build_run(args.config, overrides)
     if args.ckpt_path:
         run.load_checkpoint(args.ckpt_path)
@@ -187,10 +200,10 @@ def print_report(report: dict[str, Any]) -> None:
             print(f"  {key:8s} " + "   ".join(parts) + f"   ({entry['num_detections']} detections)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the detection benchmark (also tools/benchmark.py's ``detection``)."""
     parser.add_argument("--config", action="append", default=None, help="config file(s) (default configs/detection.yaml)")
-    parser.add_argument("--dataset", default=None, help="dataset path (overrides data.init_args.path)")
+    parser.add_argument("--sample", default=None, help="64x64 sample dataset to use/create (default: a temp dir)")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. data.init_args.batch_size=16")
     parser.add_argument("--ckpt_path", default=None, help="weights to load (.weights.h5); default: fresh initialisation")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256], help="inference image sizes (default 64 256)")
@@ -201,16 +214,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--skip-inference", action="store_true")
     parser.add_argument("--skip-tflite", action="store_true")
-    parser.add_argument("--json", default=None, help="also write the report here")
-    return parser
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """tools/benchmark.py section entry: measures, prints, returns the figures."""
+    args.config = args.config or [os.path.join(ROOT, "configs", "detection.yaml")]
+    report = run_detection_benchmark(args)
+    print_report(report)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = build_parser().parse_args(argv)
-    args.config = args.config or ["configs/detection.yaml"]
-    report = run_detection_benchmark(args)
-    print_report(report)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    parser.add_argument("--json", default=None, help="also write the report here")
+    args = parser.parse_args(argv)
+    report = run(args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
