@@ -323,3 +323,19 @@ def test_satlas_detection_config_builds():
     # SatlasPretrain Swin-v2-B + FPN + upsampling (89,599,456) + FasterRCNN (7,643,171),
     # the counts of rslearn's model
     assert sum(int(np.prod(v.shape)) for v in model.trainable_weights) == 89_599_456 + 7_643_171
+
+
+def test_docs_config_matches_configs_detection_yaml():
+    """docs/detection.md's end-to-end YAML shows configs/detection.yaml's model, task and
+    trainer sections as they are."""
+    import re
+
+    from rskeras.config.loader import load_config
+
+    block = re.findall(r"```yaml\n(.*?)```", (ROOT / "docs" / "detection.md").read_text(), re.S)[0]
+    shown = yaml.safe_load(block.replace("${DATASET_PATH:-data/sample}", "data/sample"))
+    actual = load_config([str(ROOT / "configs" / "detection.yaml")], [("data.init_args.path", "data/sample")])
+    assert shown["model"] == actual["model"]
+    assert shown["trainer"] == actual["trainer"]
+    assert shown["data"]["init_args"]["task"] == actual["data"]["init_args"]["task"]
+    assert shown["data"]["init_args"]["inputs"] == actual["data"]["init_args"]["inputs"]
