@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from rskeras.train.metrics import flatten_metric_results
-from rskeras.train.optimizer import AdamW
+from rskeras.train.optimizer import AdamW, unwrap_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +121,8 @@ class RslearnLightningModule(keras.Model):
         self.eval_trackers.update({k: keras.metrics.Mean(name=k) for k in loss_names})
         self.task_metrics = dict(task.get_metrics()) if task is not None else {}
         self.nonscalar_results: dict[str, Any] = {}
+        # The built scheduler (rslearn's ``schedulers["scheduler"]``), set by the trainer.
+        self.lr_scheduler = None
 
     # ---- Keras plumbing ---------------------------------------------------------------
 
@@ -157,6 +159,56 @@ class RslearnLightningModule(keras.Model):
             factory = AdamW(lr=self.lr)
         return factory.build(self)
 
+    def optimizable_variables(self) -> list:
+        """Every variable of the model created as trainable, frozen or not (fixed order).
+
+        The optimizer is built over all of them so that fine-tuning callbacks can add
+        frozen ones to a parameter group later; those frozen at build time are in no group.
+        """
+        out, seen = [], set()
+        for layer in self.model._flatten_layers(include_self=True):
+            for v in getattr(layer, "_trainable_variables", []):
+                if id(v) not in seen:
+                    seen.add(id(v))
+                    out.append(v)
+        return out
+
+    def build_optimizer(self) -> None:
+        """Builds the compiled optimizer (after callbacks froze what they freeze)."""
+        optimizer = self.optimizer
+        if optimizer is None or optimizer.built:
+            return
+        if hasattr(unwrap_optimizer(optimizer), "add_param_group"):
+            optimizer.build(self.optimizable_variables())
+        else:
+            optimizer.build(self.trainable_variables)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # The weights are created eagerly by build_from_batch. Keras' symbolic build would
+        # first reduce a distributed batch across replicas, which fails for dict inputs
+        # under MultiWorkerMirroredStrategy; only the optimizer may still need building.
+        if not self.built:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.build_optimizer()
+
+    def trainability_changed(self) -> None:
+        """Re-traces the training step after variables were frozen or unfrozen."""
+        if getattr(self, "train_function", None) is not None:
+            self.make_train_function(force=True)
+
+    def load_weights(self, filepath, skip_mismatch=False, **kwargs):
+        """Loads model weights (and the optimizer state when the optimizer is built) from an
+        rskeras checkpoint; metric accumulators are never loaded."""
+        if str(filepath).endswith(".weights.h5") and not skip_mismatch and not kwargs:
+            from rskeras.train.callbacks.checkpointing import load_training_checkpoint
+
+            built = self.optimizer is not None and self.optimizer.built
+            load_training_checkpoint(self, str(filepath), with_optimizer=built)
+            return
+        super().load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
+
     @staticmethod
     def batch_size_of(inputs) -> tf.Tensor:
         first = tf.nest.flatten(inputs)[0]
@@ -170,31 +222,60 @@ class RslearnLightningModule(keras.Model):
 
     def train_step(self, data):
         inputs, targets = data[0], data[1]
+        weight = self.batch_size_of(inputs)
+        # Under tf.distribute the last global batch can leave a replica with no example;
+        # its (NaN) mean losses are zeroed and the others share the step.
+        nonempty = weight > 0
+        replica = tf.distribute.get_replica_context()
+        num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replica is not None and num_replicas > 1:
+            active = replica.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(nonempty, tf.float32))
+        else:
+            active = tf.constant(float(num_replicas))
         with tf.GradientTape() as tape:
             out = self.model(inputs, targets=targets, training=True)
-            loss = self.total_loss(out["loss_dict"])
-            scaled = loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
+            loss = tf.where(nonempty, self.total_loss(out["loss_dict"]), 0.0)
+            scaled = loss / tf.maximum(active, 1.0)
             if hasattr(self.optimizer, "scale_loss"):
                 scaled = self.optimizer.scale_loss(scaled)
         variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
-        self.optimizer.apply_gradients(zip(grads, variables))
-        weight = self.batch_size_of(inputs)
+        if getattr(unwrap_optimizer(self.optimizer), "expects_reduced_gradients", False) and replica is not None:
+            # Sum over replicas here, so that loss-scale checks, clipping and the update
+            # see the global gradient (rskeras' TorchAdamW does not all-reduce again).
+            if num_replicas > 1:
+                present = [i for i, g in enumerate(grads) if g is not None]
+                reduced = replica.all_reduce(tf.distribute.ReduceOp.SUM, [grads[i] for i in present])
+                grads = list(grads)
+                for i, g in zip(present, reduced):
+                    grads[i] = g
+        self.optimizer.apply(grads, variables)
         self.train_trackers["train_loss"].update_state(loss, sample_weight=weight)
         for key, value in out["loss_dict"].items():
-            self.train_trackers[f"train_{key}"].update_state(value, sample_weight=weight)
-        return {name: tracker.result() for name, tracker in self.train_trackers.items()}
+            self.train_trackers[f"train_{key}"].update_state(tf.where(nonempty, tf.cast(value, tf.float32), 0.0), sample_weight=weight)
+        return self._step_logs(self.train_trackers)
 
     def test_step(self, data):
         inputs, targets = data[0], data[1]
         out = self.model(inputs, targets=targets, training=False)
         weight = self.batch_size_of(inputs)
-        self.eval_trackers["loss"].update_state(self.total_loss(out["loss_dict"]), sample_weight=weight)
+        nonempty = weight > 0
+        self.eval_trackers["loss"].update_state(tf.where(nonempty, self.total_loss(out["loss_dict"]), 0.0), sample_weight=weight)
         for key, value in out["loss_dict"].items():
-            self.eval_trackers[key].update_state(value, sample_weight=weight)
+            self.eval_trackers[key].update_state(tf.where(nonempty, tf.cast(value, tf.float32), 0.0), sample_weight=weight)
         for metric in self.task_metrics.values():
             metric.update_state(out["outputs"], targets)
-        return {name: tracker.result() for name, tracker in self.eval_trackers.items()}
+        return self._step_logs(self.eval_trackers)
+
+    @staticmethod
+    def _step_logs(trackers) -> dict[str, tf.Tensor]:
+        logs = {name: tracker.result() for name, tracker in trackers.items()}
+        strategy = tf.distribute.get_strategy()
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode():
+            # Keras reduces multi-worker step outputs with reduce(MEAN, axis=0), which
+            # needs at least one dimension (epoch values are read from the metrics).
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
 
     def predict_step(self, data):
         inputs = data[0] if isinstance(data, (tuple, list)) else data
@@ -219,13 +300,18 @@ class RslearnLightningModule(keras.Model):
             return {name: float(t.result()) for name, t in self.train_trackers.items()}
         return self.epoch_metric_results()
 
-    def parameter_counts(self) -> dict[str, int]:
-        """Trainable parameter count per top-level component."""
+    def parameter_counts(self, include_frozen: bool = False) -> dict[str, int]:
+        """Trainable (or, with ``include_frozen``, all) parameter count per top-level component."""
+
+        def count(layer) -> int:
+            variables = layer.weights if include_frozen else layer.trainable_weights
+            return int(sum(np.prod(v.shape) for v in variables))
+
         counts = {}
         for attr in ("encoder", "decoder"):
             for i, layer in enumerate(getattr(self.model, attr, []) or []):
-                counts[f"{attr}.{i}.{type(layer).__name__}"] = int(sum(np.prod(v.shape) for v in layer.trainable_weights))
+                counts[f"{attr}.{i}.{type(layer).__name__}"] = count(layer)
         for task, layers in (getattr(self.model, "decoders", None) or {}).items():
             for i, layer in enumerate(layers):
-                counts[f"decoders.{task}.{i}.{type(layer).__name__}"] = int(sum(np.prod(v.shape) for v in layer.trainable_weights))
+                counts[f"decoders.{task}.{i}.{type(layer).__name__}"] = count(layer)
         return counts

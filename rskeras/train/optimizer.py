@@ -1,10 +1,266 @@
-"""Optimizer factories (rslearn ``rslearn.train.optimizer``)."""
+"""Optimizers (rslearn ``rslearn.train.optimizer``).
+
+``AdamW`` is the optimizer factory that configs name; it builds ``TorchAdamW``, a Keras
+optimizer that performs exactly the update of ``torch.optim.AdamW`` and keeps torch's
+*parameter groups* (several learning rates in one optimizer, used by the fine-tuning
+callbacks).
+
+Why not ``keras.optimizers.AdamW``: Keras adds epsilon to ``sqrt(v)`` before the bias
+correction while torch adds it after (``sqrt(v / (1 - beta2^t)) + eps``); Keras counts one
+global step while torch keeps a step per parameter (a parameter that joins the optimizer
+later starts its own bias correction at 1); and Keras' defaults differ (epsilon 1e-7,
+weight decay 0.004).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
+from typing import Iterable
 
 import keras
+import numpy as np
+import tensorflow as tf
+
+logger = logging.getLogger(__name__)
+
+# Parameter groups beyond group 0 that one optimizer can hold (fine-tuning callbacks add
+# one group per unfreezing stage).
+MAX_EXTRA_GROUPS = 15
+
+
+def to_numpy(value) -> np.ndarray:
+    """A variable's or tensor's value on the host."""
+    return np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+
+
+def unwrap_optimizer(optimizer):
+    """The optimizer inside a ``keras.optimizers.LossScaleOptimizer`` (or the optimizer itself)."""
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+class TorchAdamW(keras.optimizers.Optimizer):
+    """AdamW with the exact update of ``torch.optim.AdamW`` and torch-style parameter groups.
+
+    For a parameter ``p`` in a group with learning rate ``lr``, at its own step ``t``
+    (counted per parameter, starting at 1 when it first receives an update)::
+
+        p <- p * (1 - lr * weight_decay)                  # decoupled decay, every parameter
+        m <- m + (1 - beta_1) * (g - m)
+        v <- beta_2 * v + (1 - beta_2) * g * g
+        p <- p - lr / (1 - beta_1^t) * m / (sqrt(v) / sqrt(1 - beta_2^t) + epsilon)
+
+    Only the variables that receive gradients are updated (frozen variables keep their
+    values, moments and step count, as torch skips parameters whose ``grad`` is None).
+
+    Parameter groups: every variable the optimizer is built with belongs to group 0 if it
+    was trainable at build time, else to no group (-1; like torch, frozen parameters are
+    not in the optimizer). ``add_param_group(variables, lr)`` puts variables into a new
+    group with its own learning rate (torch's ``optimizer.add_param_group``). Group 0's
+    learning rate is Keras' ``learning_rate`` variable. The other hyperparameters are
+    shared by all groups.
+
+    Gradient clipping with torch's rule (``clip_grad_norm`` / ``clip_grad_value``, set by
+    the trainer from Lightning's ``gradient_clip_val``) acts on the gradients after they are
+    summed over replicas (and averaged over accumulation steps).
+
+    Under ``tf.distribute`` the training step all-reduces the gradients itself before
+    calling ``apply`` (``expects_reduced_gradients``), so that clipping, loss-scale checks
+    and the update all see the global gradient.
+
+    Args:
+        learning_rate: group 0's learning rate (default 0.001).
+        beta_1, beta_2: moment decay rates (default 0.9, 0.999).
+        epsilon: added to the bias-corrected ``sqrt(v)`` (default 1e-8).
+        weight_decay: decoupled weight decay (default 0.01), applied to every parameter.
+        clip_grad_norm: if set, scale all gradients by
+            ``min(1, clip_grad_norm / (global_norm + 1e-6))`` (torch ``clip_grad_norm_``).
+        clip_grad_value: if set, clamp every gradient to ``[-v, v]``.
+        gradient_accumulation_steps: apply the mean gradient every N steps (Keras option).
+        name: optimizer name.
+    """
+
+    expects_reduced_gradients = True
+
+    def __init__(
+        self,
+        learning_rate: float = 0.001,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        weight_decay: float = 0.01,
+        clip_grad_norm: float | None = None,
+        clip_grad_value: float | None = None,
+        gradient_accumulation_steps: int | None = None,
+        name: str = "adamw",
+        **kwargs,
+    ):
+        if not learning_rate >= 0:
+            raise ValueError(f"TorchAdamW: learning_rate must be >= 0, got {learning_rate}")
+        if not (0.0 <= beta_1 < 1.0 and 0.0 <= beta_2 < 1.0):
+            raise ValueError(f"TorchAdamW: betas must be in [0, 1), got ({beta_1}, {beta_2})")
+        if not epsilon >= 0:
+            raise ValueError(f"TorchAdamW: epsilon must be >= 0, got {epsilon}")
+        if not weight_decay >= 0:
+            raise ValueError(f"TorchAdamW: weight_decay must be >= 0, got {weight_decay}")
+        if clip_grad_norm is not None and clip_grad_value is not None:
+            raise ValueError("TorchAdamW: set only one of clip_grad_norm and clip_grad_value")
+        super().__init__(
+            learning_rate=learning_rate,
+            name=name,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            **kwargs,
+        )
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.decoupled_weight_decay = weight_decay
+        self.clip_grad_norm = clip_grad_norm
+        self.clip_grad_value = clip_grad_value
+
+    # ---- state -------------------------------------------------------------------------
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self._momentums, self._velocities = self.add_optimizer_variables(var_list, ["exp_avg", "exp_avg_sq"])
+        self._steps = []
+        self._groups = []
+        for variable in var_list:
+            prefix = variable.path.replace("/", "_") if hasattr(variable, "path") else variable.name
+            self._steps.append(self.add_variable(shape=(), dtype="float32", name=f"{prefix}_step"))
+            group = 0 if variable.trainable else -1
+            self._groups.append(
+                self.add_variable(shape=(), dtype="int32", initializer=keras.initializers.Constant(group), name=f"{prefix}_group")
+            )
+        self._extra_group_lrs = self.add_variable(shape=(MAX_EXTRA_GROUPS,), dtype="float32", name="extra_group_lrs")
+        self._num_groups = self.add_variable(
+            shape=(), dtype="int32", initializer=keras.initializers.Constant(1), name="num_param_groups"
+        )
+
+    # ---- parameter groups (host side) --------------------------------------------------
+
+    def _require_built(self, what: str) -> None:
+        if not self.built:
+            raise RuntimeError(f"TorchAdamW.{what}: the optimizer is not built yet")
+
+    @property
+    def num_param_groups(self) -> int:
+        return int(self._num_groups.numpy()) if self.built else 1
+
+    def param_group_lrs(self) -> list[float]:
+        """Learning rate of every parameter group, group 0 first."""
+        lrs = [float(to_numpy(self.learning_rate))]
+        if self.built:
+            extra = to_numpy(self._extra_group_lrs)
+            lrs += [float(x) for x in extra[: self.num_param_groups - 1]]
+        return lrs
+
+    def set_param_group_lr(self, index: int, lr: float) -> None:
+        """Sets the learning rate of parameter group ``index``."""
+        if index == 0:
+            self.learning_rate = lr
+            return
+        self._require_built("set_param_group_lr")
+        if not 0 < index < self.num_param_groups:
+            raise IndexError(f"TorchAdamW: no parameter group {index} (there are {self.num_param_groups})")
+        values = to_numpy(self._extra_group_lrs).copy()
+        values[index - 1] = lr
+        self._extra_group_lrs.assign(values)
+
+    def group_of(self, variable) -> int:
+        """The parameter group of a model variable (-1: not in the optimizer)."""
+        self._require_built("group_of")
+        return int(to_numpy(self._groups[self._get_variable_index(variable)]))
+
+    def knows(self, variable) -> bool:
+        return self.built and self._var_key(variable) in self._trainable_variables_indices
+
+    def add_param_group(self, variables: Iterable, lr: float) -> int:
+        """Puts ``variables`` (known to the optimizer, in no group yet) into a new group."""
+        self._require_built("add_param_group")
+        variables = list(variables)
+        index = self.num_param_groups
+        if index > MAX_EXTRA_GROUPS:
+            raise RuntimeError(f"TorchAdamW: at most {MAX_EXTRA_GROUPS + 1} parameter groups are supported")
+        for variable in variables:
+            if not self.knows(variable):
+                raise ValueError(f"TorchAdamW.add_param_group: variable {variable.path} is not known to the optimizer")
+            slot = self._groups[self._get_variable_index(variable)]
+            if int(to_numpy(slot)) >= 0:
+                raise ValueError(f"TorchAdamW.add_param_group: variable {variable.path} is already in a parameter group")
+            slot.assign(index)
+        self._num_groups.assign(index + 1)
+        self.set_param_group_lr(index, lr)
+        return index
+
+    # ---- update ------------------------------------------------------------------------
+
+    def _clip_gradients(self, grads):
+        if self.clip_grad_norm is not None:
+            present = [g for g in grads if g is not None]
+            total = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in present]))
+            coef = tf.minimum(tf.cast(self.clip_grad_norm, tf.float32) / (total + 1e-6), 1.0)
+            return [None if g is None else g * tf.cast(coef, g.dtype) for g in grads]
+        if self.clip_grad_value is not None:
+            v = self.clip_grad_value
+            return [None if g is None else tf.clip_by_value(g, -v, v) for g in grads]
+        return grads
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # The gradients were all-reduced by the training step (expects_reduced_gradients):
+        # Keras' TF optimizer would sum them over replicas a second time.
+        strategy = self._distribution_strategy
+        variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            self._distributed_tf_update_step, strategy, list(zip(grads, variables)), learning_rate
+        )
+
+    def update_step(self, gradient, variable, learning_rate):
+        index = self._get_variable_index(variable)
+        group = self._groups[index]
+        step_var = self._steps[index]
+        m = self._momentums[index]
+        v = self._velocities[index]
+        dtype = variable.dtype
+
+        lrs = tf.concat([tf.reshape(tf.cast(learning_rate, tf.float64), [1]), tf.cast(self._extra_group_lrs, tf.float64)], 0)
+        group_t = tf.convert_to_tensor(group)
+
+        def update():
+            lr = tf.gather(lrs, tf.maximum(group_t, 0))
+            step = tf.cast(step_var, tf.float64) + 1.0
+            self.assign(step_var, tf.cast(step, tf.float32))
+            grad = tf.cast(gradient, dtype)
+            decay = tf.cast(1.0 - lr * self.decoupled_weight_decay, dtype)
+            self.assign(variable, variable * decay)
+            self.assign_add(m, (grad - m) * (1.0 - self.beta_1))
+            self.assign(v, v * self.beta_2 + grad * grad * (1.0 - self.beta_2))
+            step_size = tf.cast(lr / (1.0 - tf.pow(tf.constant(self.beta_1, tf.float64), step)), dtype)
+            bc2_sqrt = tf.cast(tf.sqrt(1.0 - tf.pow(tf.constant(self.beta_2, tf.float64), step)), dtype)
+            denom = tf.sqrt(v) / bc2_sqrt + tf.cast(self.epsilon, dtype)
+            self.assign_sub(variable, step_size * (m / denom))
+            return tf.constant(True)
+
+        # Variables in no group (frozen when the optimizer was built, made trainable by
+        # a callback without joining a group) receive gradients but are not updated.
+        tf.cond(group_t >= 0, update, lambda: tf.constant(False))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "beta_1": self.beta_1,
+                "beta_2": self.beta_2,
+                "epsilon": self.epsilon,
+                "weight_decay": self.decoupled_weight_decay,
+                "clip_grad_norm": self.clip_grad_norm,
+                "clip_grad_value": self.clip_grad_value,
+            }
+        )
+        return config
 
 
 class OptimizerFactory:
@@ -16,14 +272,18 @@ class OptimizerFactory:
 
 @dataclasses.dataclass
 class AdamW(OptimizerFactory):
-    """AdamW with PyTorch's defaults: ``eps`` 1e-8 and ``weight_decay`` 0.01 when unset
-    (Keras' own defaults are 1e-7 and 0.004).
+    """AdamW with PyTorch's semantics and defaults (rslearn ``AdamW`` factory).
 
     Args:
         lr: learning rate (default 0.001).
         betas: (beta_1, beta_2) (default (0.9, 0.999)).
-        eps: epsilon (None -> 1e-8).
-        weight_decay: decoupled weight decay, applied to every parameter (None -> 0.01).
+        eps: epsilon (None -> torch's 1e-8).
+        weight_decay: decoupled weight decay, applied to every parameter including biases
+            and norms (None -> torch's 0.01).
+
+    ``build`` returns a ``TorchAdamW``; like rslearn it optimizes the parameters that are
+    trainable when the optimizer is built (the trainer builds it after the fine-tuning
+    callbacks have frozen their modules).
     """
 
     lr: float = 0.001
@@ -31,11 +291,17 @@ class AdamW(OptimizerFactory):
     eps: float | None = None
     weight_decay: float | None = None
 
-    def build(self, lm=None) -> keras.optimizers.Optimizer:
-        return keras.optimizers.AdamW(
-            learning_rate=self.lr,
-            beta_1=self.betas[0],
-            beta_2=self.betas[1],
-            epsilon=1e-8 if self.eps is None else self.eps,
-            weight_decay=0.01 if self.weight_decay is None else self.weight_decay,
+    def __post_init__(self):
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must be a pair (beta_1, beta_2), got {list(self.betas)}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr >= 0):
+            raise ValueError(f"lr must be a finite number >= 0, got {self.lr!r}")
+
+    def build(self, lm=None) -> TorchAdamW:
+        return TorchAdamW(
+            learning_rate=float(self.lr),
+            beta_1=float(self.betas[0]),
+            beta_2=float(self.betas[1]),
+            epsilon=1e-8 if self.eps is None else float(self.eps),
+            weight_decay=0.01 if self.weight_decay is None else float(self.weight_decay),
         )

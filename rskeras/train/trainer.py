@@ -1,17 +1,30 @@
-"""Trainer: the ``trainer:`` section of a config, running fit/validate/test/predict.
+"""Trainer: the ``trainer:`` section of a config (Lightning ``Trainer`` arguments) on Keras.
 
-Lightning's Trainer arguments that configs use map onto Keras ``fit``/``evaluate``:
-``max_epochs`` -> epochs, ``limit_train_batches`` -> steps_per_epoch,
-``limit_val_batches`` -> validation_steps, ``check_val_every_n_epoch`` -> validation_freq,
-``callbacks`` -> Keras callbacks (rskeras classes or mapped Lightning ones).
-An argument rskeras cannot honour is an error, never silently ignored.
+``Trainer.fit`` runs Keras ``fit`` with rslearn's training semantics:
+
+* fine-tuning callbacks ``setup`` (freeze) -> optimizer built (frozen variables out of
+  every parameter group) -> scheduler built -> resume (backup, else ``ckpt_path``) or, on
+  a fresh fit, ``restore_config`` -> sanity validation -> epochs;
+* at the end of every epoch (after validation): ``lr`` logged (the learning rate used
+  during the epoch), the scheduler stepped once (``PlateauScheduler`` with
+  ``train_loss``), callbacks (checkpoints last), metrics file and TensorBoard written, then
+  a backup of the complete training state (``<root>/backup/state.weights.h5``) from which a
+  killed run resumes when the same command is run again; the backup is removed when fit
+  completes;
+* a non-finite loss stops the run with an error naming the epoch, the batch and the loss
+  term (``NonFiniteLossError``).
+
+Lightning arguments map onto Keras as documented in docs/training.md. An argument rskeras
+cannot honour is an error naming ``trainer.<key>``, never silently ignored.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import shutil
 import time
 from typing import Any
 
@@ -19,16 +32,42 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rskeras.train.callbacks.checkpointing import BestLastCheckpoint, ManagedBestLastCheckpoint
-from rskeras.train.data_module import RslearnDataModule
-from rskeras.train.lightning_module import RslearnLightningModule
+from rskeras.config.errors import ConfigError
+from rskeras.train.callbacks.base import Callback
+from rskeras.train.callbacks.checkpointing import (
+    BestLastCheckpoint,
+    ManagedBestLastCheckpoint,
+    load_training_checkpoint,
+    save_training_checkpoint,
+)
+from rskeras.train.callbacks.lightning import ModelCheckpoint, TQDMProgressBar
+from rskeras.train.distribute import worker_info
+from rskeras.train.optimizer import TorchAdamW, to_numpy, unwrap_optimizer
 from rskeras.utils.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
+BACKUP_NAME = os.path.join("backup", "state.weights.h5")
+
+PRECISIONS = {
+    "32": "float32",
+    "32-true": "float32",
+    "bf16": "mixed_bfloat16",
+    "bf16-mixed": "mixed_bfloat16",
+    "16": "mixed_float16",
+    "16-mixed": "mixed_float16",
+}
+
+class NonFiniteLossError(RuntimeError):
+    """A training loss became NaN or infinite; the message names the step and the loss term."""
+
 
 class MetricsFileLogger(keras.callbacks.Callback):
-    """Writes every epoch's logs to ``metrics.csv`` and ``metrics.json`` (atomically)."""
+    """Writes every epoch's logs to ``metrics.csv`` and ``metrics.json`` (atomically).
+
+    Rows of epochs at or after the current one are replaced, so a resumed run continues
+    the files of the interrupted one.
+    """
 
     def __init__(self, directory: str):
         super().__init__()
@@ -36,6 +75,10 @@ class MetricsFileLogger(keras.callbacks.Callback):
         self.rows: list[dict[str, Any]] = []
 
     def on_train_begin(self, logs=None):
+        if os.path.isdir(self.directory):  # temporary files of a killed run
+            for name in os.listdir(self.directory):
+                if name.startswith((".metrics.json.", ".metrics.csv.")) and ".tmp" in name:
+                    os.remove(os.path.join(self.directory, name))
         path = os.path.join(self.directory, "metrics.json")
         if os.path.exists(path):
             with open(path) as f:
@@ -53,55 +96,262 @@ class MetricsFileLogger(keras.callbacks.Callback):
         atomic_write_text(os.path.join(self.directory, "metrics.json"), json.dumps(self.rows, indent=2))
 
 
+class _EpochController(Callback):
+    """First callback of every fit: non-finite loss check and max_steps per batch; at the
+    end of an epoch, ``lr`` logging and the scheduler step."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        trainer = self.trainer
+        if trainer.stop_on_nonfinite_loss and logs:
+            bad = {}
+            for key, value in logs.items():
+                if str(key).startswith("train_"):
+                    value = float(np.asarray(value))
+                    if not math.isfinite(value):
+                        bad[key] = value
+            if bad:
+                terms = sorted(k for k in bad if k != "train_loss") or ["train_loss"]
+                raise NonFiniteLossError(
+                    f"non-finite training loss at epoch {trainer.current_epoch}, batch {batch} "
+                    f"(global step {trainer.global_step()}): "
+                    + ", ".join(f"{k}={bad[k]}" for k in sorted(bad))
+                    + f"; loss term(s) at fault: {', '.join(t.removeprefix('train_') for t in terms)}. "
+                    "Training stopped; the last checkpoints are those of the previous epochs."
+                )
+        if trainer.max_steps != -1 and trainer.global_step() >= trainer.max_steps:
+            self.model.stop_training = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.trainer.current_epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        trainer = self.trainer
+        optimizer = unwrap_optimizer(self.model.optimizer)
+        if hasattr(optimizer, "param_group_lrs"):
+            lrs = optimizer.param_group_lrs()
+        else:
+            lrs = [float(to_numpy(optimizer.learning_rate))]
+        trainer.epoch_lrs = lrs
+        if logs is not None:
+            logs["lr"] = lrs[0]
+        scheduler = getattr(self.model, "lr_scheduler", None)
+        if scheduler is not None:
+            monitor = getattr(scheduler, "monitor", None)
+            if monitor:
+                if not logs or monitor not in logs:
+                    raise ValueError(
+                        f"{type(scheduler).__name__} conditioned on metric {monitor!r} which is not available; "
+                        f"logged keys: {sorted(logs or {})}"
+                    )
+                scheduler.step(float(logs[monitor]))
+            else:
+                scheduler.step()
+
+
+class _MinEpochsGuard(Callback):
+    """Lightning's ``min_epochs``: a stop request before that many epochs is ignored."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.model.stop_training and epoch + 1 < self.trainer.min_epochs:
+            logger.info("stop requested at epoch %d ignored: min_epochs=%d", epoch, self.trainer.min_epochs)
+            self.model.stop_training = False
+
+
+class _Backup(Callback):
+    """Saves the complete training state after every epoch (the last callback)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch, logs=None):
+        save_training_checkpoint(self.model, self.path, self.trainer.training_state(epoch))
+
+
+def load_torch_checkpoint(lm, path: str) -> None:
+    """Model weights from an rslearn Lightning ``.ckpt`` (``state_dict``, keys ``model.*``)
+    or a plain torch state dict of the model (``.pth``/``.pt``/``.npz``/``.safetensors``)."""
+    from rskeras.models.checkpoint import load_lightning_checkpoint, read_state_dict
+    from rskeras.models.torch_weights import load_torch_state_dict
+
+    if path.endswith(".ckpt"):
+        report = load_lightning_checkpoint(lm.model, path, strict=True)
+    else:
+        report = load_torch_state_dict(lm.model, read_state_dict(path), strict=True)
+    logger.info("loaded torch weights from %s: %s", path, report.summary())
+
+
+def apply_restore_config(lm, restore_config) -> None:
+    """rslearn ``restore_config``: a torch state dict loaded non-strictly into the model at
+    the start of a fresh fit (after the model is built, before the first step)."""
+    from rskeras.models.checkpoint import restore_into
+
+    report = restore_into(
+        lm.model,
+        restore_config.restore_path,
+        selector=restore_config.selector,
+        ignore_prefixes=restore_config.ignore_prefixes,
+        remap_prefixes=restore_config.remap_prefixes,
+    )
+    logger.info("restore_config %s: %s", restore_config.restore_path, report.summary())
+
+
+def _limit_key(stage: str) -> str:
+    return f"trainer.limit_{'val' if stage == 'val' else stage}_batches"
+
+
 class Trainer:
-    """Runs training and evaluation (Lightning ``Trainer`` arguments).
+    """Runs training and evaluation (Lightning ``Trainer`` arguments; see docs/training.md).
 
     Args:
-        max_epochs: epochs to train (default 1000 like Lightning... capped by config).
-        callbacks: Keras callbacks (rskeras checkpointing, writers, mapped Lightning ones).
-        default_root_dir: run directory for checkpoints, logs and exports
-            (default ``runs/<config name>``, set by the CLI).
-        devices: "auto" (all visible GPUs, or logical CPU devices), a count or a list.
-        accelerator: "auto", "gpu" or "cpu".
-        logger: write TensorBoard logs (true) or not (false).
-        enable_progress_bar: Keras progress bar.
-        enable_checkpointing: add a default BestLastCheckpoint(val_loss, min) when no
-            checkpoint callback is configured.
+        max_epochs: epochs to train (None: 1000, or as many as ``max_steps`` needs).
+        min_epochs: early stopping is ignored before this many epochs.
+        max_steps: stop after this many optimizer steps (-1: no limit).
+        callbacks: callbacks (rskeras ones, mapped Lightning ones, Keras ones; other
+            objects, e.g. prediction writers, are kept for ``predict``).
+        default_root_dir: run directory (checkpoints, logs, metrics, backup).
+        devices, accelerator, num_nodes, strategy: see ``rskeras.train.distribute``.
+        precision: 32 / "32-true", "bf16-mixed" (Keras ``mixed_bfloat16``) or "16-mixed"
+            (``mixed_float16`` with dynamic loss scaling).
+        logger: true (TensorBoard in the run directory), false, a logger or a list.
+        enable_progress_bar: Keras progress bar (else one line per epoch).
+        enable_checkpointing: without any checkpoint callback, add Lightning's default
+            ``ModelCheckpoint`` (latest epoch in ``<root>/checkpoints``).
+        enable_model_summary: print parameter counts at the start of fit.
         limit_train_batches, limit_val_batches, limit_test_batches, limit_predict_batches:
-            int number of batches (or a float fraction) per epoch.
-        check_val_every_n_epoch: validation frequency.
-        num_sanity_val_steps, log_every_n_steps, enable_model_summary: accepted (no effect).
+            an int number of batches or a float fraction (0 disables validation).
+        check_val_every_n_epoch: validate every n epochs.
+        accumulate_grad_batches: optimizer step every n batches (mean gradient).
+        gradient_clip_val, gradient_clip_algorithm: "norm" (global norm, torch's rule) or
+            "value" clipping of the (summed, accumulated) gradients.
+        deterministic: ``tf.config.experimental.enable_op_determinism``.
+        num_sanity_val_steps: validation batches run (and discarded) before training
+            (default 2; -1 all).
+        log_every_n_steps: accepted (rskeras logs epoch values, as rslearn does).
+        use_distributed_sampler, benchmark, inference_mode: accepted, no effect.
+        val_check_interval, fast_dev_run, overfit_batches, min_steps, max_time, profiler,
+            plugins, detect_anomaly, barebones, reload_dataloaders_every_n_epochs,
+            sync_batchnorm, model_registry: not supported (error unless left at
+            Lightning's default).
+        backup_and_restore: (rskeras) keep ``<root>/backup`` to resume killed runs.
+        stop_on_nonfinite_loss: (rskeras) stop with an error on a NaN/inf training loss.
     """
 
     def __init__(
         self,
-        max_epochs: int = 1000,
+        max_epochs: int | None = None,
+        min_epochs: int | None = None,
+        max_steps: int = -1,
         callbacks: list[Any] | None = None,
         default_root_dir: str | None = None,
         devices: int | str | list[int] = "auto",
         accelerator: str = "auto",
-        logger: bool = True,
-        enable_progress_bar: bool = True,
-        enable_checkpointing: bool = True,
+        num_nodes: int = 1,
+        strategy: str | dict[str, Any] | None = "auto",
+        precision: int | str | None = "32-true",
+        logger: Any = True,
+        enable_progress_bar: bool | None = True,
+        enable_checkpointing: bool | None = True,
+        enable_model_summary: bool | None = True,
         limit_train_batches: int | float | None = None,
         limit_val_batches: int | float | None = None,
         limit_test_batches: int | float | None = None,
         limit_predict_batches: int | float | None = None,
-        check_val_every_n_epoch: int = 1,
-        num_sanity_val_steps: int | None = None,
+        check_val_every_n_epoch: int | None = 1,
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: int | float | None = None,
+        gradient_clip_algorithm: str | None = None,
+        deterministic: bool | str | None = None,
+        num_sanity_val_steps: int | None = 2,
         log_every_n_steps: int | None = None,
-        enable_model_summary: bool | None = None,
+        backup_and_restore: bool = True,
+        stop_on_nonfinite_loss: bool = True,
+        use_distributed_sampler: bool | None = None,
+        benchmark: bool | None = None,
+        inference_mode: bool | None = None,
+        val_check_interval: Any = None,
+        fast_dev_run: Any = None,
+        overfit_batches: Any = None,
+        min_steps: Any = None,
+        max_time: Any = None,
+        profiler: Any = None,
+        plugins: Any = None,
+        detect_anomaly: Any = None,
+        barebones: Any = None,
+        reload_dataloaders_every_n_epochs: Any = None,
+        sync_batchnorm: Any = None,
+        model_registry: Any = None,
     ):
-        if max_epochs < 0:
-            raise ValueError(f"max_epochs must be >= 0, got {max_epochs}")
+        unsupported = {
+            "val_check_interval": val_check_interval,
+            "fast_dev_run": fast_dev_run,
+            "overfit_batches": overfit_batches,
+            "min_steps": min_steps,
+            "max_time": max_time,
+            "profiler": profiler,
+            "plugins": plugins,
+            "detect_anomaly": detect_anomaly,
+            "barebones": barebones,
+            "reload_dataloaders_every_n_epochs": reload_dataloaders_every_n_epochs,
+            "sync_batchnorm": sync_batchnorm,
+            "model_registry": model_registry,
+        }
+        for key, value in unsupported.items():
+            # Lightning's own defaults (off) are accepted.
+            if value not in (None, False, 0, 0.0, 1.0) or (key == "val_check_interval" and value not in (None, 1.0)):
+                raise ConfigError(f"trainer.{key}: this Lightning Trainer argument is not supported by rskeras (got {value!r})")
+        if max_epochs is not None and max_epochs < -1:
+            raise ConfigError(f"trainer.max_epochs must be >= -1, got {max_epochs}")
+        if max_steps < -1:
+            raise ConfigError(f"trainer.max_steps must be >= -1, got {max_steps}")
+        if accumulate_grad_batches < 1:
+            raise ConfigError(f"trainer.accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
+        if check_val_every_n_epoch is None or check_val_every_n_epoch < 1:
+            raise ValueError(
+                f"trainer.check_val_every_n_epoch must be an int >= 1, got {check_val_every_n_epoch} "
+                "(step-based validation, val_check_interval, is not supported)"
+            )
+        if gradient_clip_algorithm not in (None, "norm", "value"):
+            raise ConfigError(f"trainer.gradient_clip_algorithm must be 'norm' or 'value', got {gradient_clip_algorithm!r}")
+        if gradient_clip_val is not None and gradient_clip_val < 0:
+            raise ConfigError(f"trainer.gradient_clip_val must be >= 0, got {gradient_clip_val}")
+        if str(precision) not in PRECISIONS and precision is not None:
+            raise ConfigError(f"trainer.precision={precision!r} is not supported (use one of {sorted(PRECISIONS)})")
+        if deterministic not in (None, True, False, "warn"):
+            raise ConfigError(f"trainer.deterministic must be a bool or 'warn', got {deterministic!r}")
+        for stage, limit in (
+            ("train", limit_train_batches),
+            ("val", limit_val_batches),
+            ("test", limit_test_batches),
+            ("predict", limit_predict_batches),
+        ):
+            if isinstance(limit, float) and not 0.0 <= limit <= 1.0:
+                raise ConfigError(f"{_limit_key(stage)}: a float must be a fraction in [0, 1], got {limit}")
+            if isinstance(limit, int) and limit < 0:
+                raise ConfigError(f"{_limit_key(stage)} must be >= 0, got {limit}")
+        from rskeras.train.distribute import strategy_name
+
+        try:
+            strategy_name(strategy)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if max_epochs is None or max_epochs == -1:
+            max_epochs = 1000 if max_steps == -1 else None
         self.max_epochs = max_epochs
+        self.min_epochs = min_epochs or 0
+        self.max_steps = max_steps
         self.callbacks = list(callbacks or [])
         self.default_root_dir = default_root_dir
         self.devices = devices
         self.accelerator = accelerator
+        self.num_nodes = num_nodes
+        self.strategy = strategy
+        self.precision = "32-true" if precision is None else str(precision)
         self.logger = logger
-        self.enable_progress_bar = enable_progress_bar
-        self.enable_checkpointing = enable_checkpointing
+        self.enable_progress_bar = enable_progress_bar is not False
+        self.enable_checkpointing = enable_checkpointing is not False
+        self.enable_model_summary = enable_model_summary is not False
+        self.model_summary_depth = 1
         self.limits = {
             "train": limit_train_batches,
             "val": limit_val_batches,
@@ -109,68 +359,319 @@ class Trainer:
             "predict": limit_predict_batches,
         }
         self.check_val_every_n_epoch = check_val_every_n_epoch
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self.gradient_clip_val = gradient_clip_val
+        self.gradient_clip_algorithm = gradient_clip_algorithm or "norm"
+        self.deterministic = deterministic
+        self.num_sanity_val_steps = 2 if num_sanity_val_steps is None else num_sanity_val_steps
+        self.backup_and_restore = backup_and_restore
+        self.stop_on_nonfinite_loss = stop_on_nonfinite_loss
+        self.is_chief, self.worker_name = worker_info()
+        for c in self.callbacks:
+            if isinstance(c, TQDMProgressBar) and c.refresh_rate == 0:
+                self.enable_progress_bar = False
+        # Run-time state.
+        self.lm = None
+        self.current_epoch = 0
+        self.epoch_lrs: list[float] | None = None
+        self.resumed_from: str | None = None
+        self._worker_dirs_applied = False
+
+    # ---- environment ------------------------------------------------------------------
+
+    def setup_environment(self) -> None:
+        """Precision policy and determinism; call before any layer is created."""
+        policy = PRECISIONS[self.precision]
+        keras.mixed_precision.set_dtype_policy(policy)
+        if policy != "float32":
+            logger.info("precision %s: Keras dtype policy %s", self.precision, policy)
+        if self.deterministic:
+            tf.config.experimental.enable_op_determinism()
+
+    def make_strategy(self) -> tf.distribute.Strategy:
+        from rskeras.train.distribute import make_strategy
+
+        return make_strategy(self.devices, self.accelerator, self.num_nodes, self.strategy)
+
+    # ---- paths --------------------------------------------------------------------------
 
     @property
     def root(self) -> str:
-        return self.default_root_dir or os.path.join("runs", "default")
+        return self.worker_path(self.default_root_dir or os.path.join("runs", "default"))
 
-    def steps(self, dm: RslearnDataModule, stage: str) -> int | None:
+    def worker_path(self, directory: str) -> str:
+        """``directory`` on the chief, ``directory/<task>`` on other multi-worker tasks
+        (every worker keeps its own checkpoints and backup, so that each can resume)."""
+        if self.is_chief or not self.worker_name:
+            return directory
+        return os.path.join(directory, self.worker_name)
+
+    def limited(self, dataset: tf.data.Dataset, dm, stage: str) -> tf.data.Dataset:
+        """``dataset`` cut to ``limit_<stage>_batches``."""
+        steps = self.steps(dm, stage)
+        return dataset if steps is None else dataset.take(steps)
+
+    def steps(self, dm, stage: str) -> int | None:
+        """Batches per epoch of ``stage`` allowed by ``limit_<stage>_batches`` (None: all)."""
         limit = self.limits[stage]
-        if limit is None:
+        if limit is None or (isinstance(limit, float) and limit == 1.0):
             return None
         total = dm.num_batches(stage)
-        if isinstance(limit, float) and not float(limit).is_integer() or (isinstance(limit, float) and limit <= 1.0):
-            return max(1, int(total * limit))
+        if isinstance(limit, float):
+            count = int(total * limit)
+            if count == 0 and limit > 0:
+                raise ValueError(f"{_limit_key(stage)}={limit} of {total} batches is less than one batch")
+            return count
         return min(int(limit), total)
 
-    def checkpoint_callbacks(self) -> list[BestLastCheckpoint]:
-        return [c for c in self.callbacks if isinstance(c, BestLastCheckpoint)]
+    # ---- callbacks ----------------------------------------------------------------------
 
-    def keras_callbacks(self) -> list[keras.callbacks.Callback]:
-        callbacks = []
-        for c in self.callbacks:
-            if isinstance(c, ManagedBestLastCheckpoint) and not c.dirpath:
-                c.dirpath = self.root
-            if isinstance(c, keras.callbacks.Callback):
-                callbacks.append(c)
+    def checkpoint_callbacks(self) -> list[Any]:
+        return [c for c in self.callbacks if isinstance(c, (BestLastCheckpoint, ModelCheckpoint))]
+
+    def _prepare_callbacks(self) -> None:
+        """Defaults, directories and the trainer reference of every callback."""
         if self.enable_checkpointing and not self.checkpoint_callbacks():
-            default = BestLastCheckpoint(os.path.join(self.root, "checkpoints"))
-            self.callbacks.append(default)
-            callbacks.append(default)
-        callbacks.append(MetricsFileLogger(self.root))
-        if self.logger:
-            callbacks.append(keras.callbacks.TensorBoard(log_dir=os.path.join(self.root, "logs"), write_graph=False))
-        return callbacks
+            self.callbacks.append(ModelCheckpoint())
+        for c in self.callbacks:
+            if isinstance(c, Callback):
+                c.trainer = self
+            if isinstance(c, ManagedBestLastCheckpoint):
+                c.dirpath = self.root
+            elif isinstance(c, ModelCheckpoint) and c.dirpath is None:
+                c.dirpath = os.path.join(self.root, "checkpoints")
+            elif isinstance(c, (BestLastCheckpoint, ModelCheckpoint)) and not self._worker_dirs_applied:
+                c.dirpath = self.worker_path(c.dirpath)
+        self._worker_dirs_applied = True
 
-    def fit(self, lm: RslearnLightningModule, dm: RslearnDataModule) -> keras.callbacks.History:
+    def _state_key(self, callback: Any) -> str:
+        same = [c for c in self.callbacks if type(c) is type(callback)]
+        return f"{type(callback).__name__}#{same.index(callback)}"
+
+    def _logger_callbacks(self) -> list[keras.callbacks.Callback]:
+        from rskeras.train.loggers import Logger, TensorBoardLogger
+
+        if self.logger is True:
+            self.logger = TensorBoardLogger(save_dir=self.default_root_dir or os.path.join("runs", "default"))
+        loggers = self.logger if isinstance(self.logger, (list, tuple)) else [self.logger]
+        out: list[keras.callbacks.Callback] = []
+        for item in loggers:
+            if item in (None, False):
+                continue
+            if not isinstance(item, Logger):
+                raise ValueError(f"trainer.logger: expected a bool or a logger (TensorBoardLogger, CSVLogger), got {item!r}")
+            out.extend(item.callbacks(self))
+        return out
+
+    def _fit_callbacks(self) -> list[keras.callbacks.Callback]:
+        user = [c for c in self.callbacks if isinstance(c, keras.callbacks.Callback)]
+        # Like Lightning, checkpoint callbacks run last, so they save every other
+        # callback's state of this epoch.
+        ordered = [c for c in user if c not in self.checkpoint_callbacks()] + [c for c in user if c in self.checkpoint_callbacks()]
+        controller = _EpochController()
+        tail: list[keras.callbacks.Callback] = []
+        if self.min_epochs:
+            tail.append(_MinEpochsGuard())
+        tail.append(MetricsFileLogger(self.root))
+        tail.extend(self._logger_callbacks())
+        if self.backup_and_restore:
+            tail.append(_Backup(self.backup_path))
+        for c in [controller] + tail:
+            if isinstance(c, Callback):
+                c.trainer = self
+        return [controller] + ordered + tail
+
+    # ---- state --------------------------------------------------------------------------
+
+    @property
+    def backup_path(self) -> str:
+        return os.path.join(self.root, BACKUP_NAME)
+
+    def global_step(self) -> int:
+        """Optimizer steps so far (Lightning's ``global_step``)."""
+        if self.lm is None or self.lm.optimizer is None:
+            return 0
+        return int(to_numpy(unwrap_optimizer(self.lm.optimizer).iterations))
+
+    def training_state(self, epoch: int) -> dict[str, Any]:
+        """Everything besides variables that a resume needs, after epoch ``epoch``."""
+        lm = self.lm
+        scheduler = getattr(lm, "lr_scheduler", None)
+        return {
+            "epoch": int(epoch),
+            "global_step": self.global_step(),
+            "callbacks": {self._state_key(c): c.state_dict() for c in self.callbacks if isinstance(c, Callback)},
+            "scheduler": scheduler.state_dict() if scheduler is not None and hasattr(scheduler, "state_dict") else None,
+            "trainable": [bool(v.trainable) for v in lm.optimizable_variables()],
+        }
+
+    def restore_training_state(self, state: dict[str, Any], path: str) -> int:
+        """Applies a checkpoint's training state; returns the epoch to start from."""
+        lm = self.lm
+        flags = state.get("trainable")
+        variables = lm.optimizable_variables()
+        if flags is not None:
+            if len(flags) != len(variables):
+                raise ValueError(f"checkpoint {path}: {len(flags)} trainable flags for {len(variables)} model variables")
+            for v, flag in zip(variables, flags):
+                v.trainable = bool(flag)
+        saved = state.get("callbacks") or {}
+        for c in self.callbacks:
+            if isinstance(c, Callback) and self._state_key(c) in saved:
+                c.load_state_dict(saved[self._state_key(c)])
+        scheduler = getattr(lm, "lr_scheduler", None)
+        if scheduler is not None and state.get("scheduler") is not None and hasattr(scheduler, "load_state_dict"):
+            scheduler.load_state_dict(state["scheduler"])
+        return int(state.get("epoch", -1)) + 1
+
+    # ---- fit ----------------------------------------------------------------------------
+
+    def configure_optimizer(self, optimizer) -> None:
+        """Applies gradient clipping and accumulation to the (unbuilt) optimizer."""
+        inner = unwrap_optimizer(optimizer)
+        if self.accumulate_grad_batches > 1:
+            if inner.built:
+                raise RuntimeError("trainer.accumulate_grad_batches must be set before the optimizer is built")
+            inner.gradient_accumulation_steps = self.accumulate_grad_batches
+        if self.gradient_clip_val:
+            if isinstance(inner, TorchAdamW):
+                if self.gradient_clip_algorithm == "norm":
+                    inner.clip_grad_norm = float(self.gradient_clip_val)
+                else:
+                    inner.clip_grad_value = float(self.gradient_clip_val)
+            else:
+                if tf.distribute.get_strategy().num_replicas_in_sync > 1 or self.lm is not None and self.lm.distribute_strategy.num_replicas_in_sync > 1:
+                    logger.warning(
+                        "%s clips each replica's gradient before the all-reduce; rskeras' AdamW clips the global gradient",
+                        type(inner).__name__,
+                    )
+                if self.gradient_clip_algorithm == "norm":
+                    inner.global_clipnorm = float(self.gradient_clip_val)
+                else:
+                    inner.clipvalue = float(self.gradient_clip_val)
+
+    def _num_epochs(self, dm) -> int:
+        if self.max_epochs is not None:
+            return self.max_epochs
+        per_epoch = self.steps(dm, "train") or dm.num_batches("train")
+        optimizer_steps = max(1, per_epoch // self.accumulate_grad_batches)
+        return max(1, math.ceil(self.max_steps / optimizer_steps))
+
+    def _has_validation(self, dm) -> bool:
+        if self.limits["val"] in (0, 0.0):
+            return False
+        try:
+            return dm.num_batches("val") > 0
+        except Exception as e:  # noqa: BLE001 - a dataset without a val split
+            logger.info("no validation: %s", e)
+            return False
+
+    def _print_summary(self, lm) -> None:
+        if not (self.enable_model_summary and self.is_chief):
+            return
+        rows = lm.parameter_counts(include_frozen=True)
+        trainable = sum(int(np.prod(v.shape)) for v in lm.trainable_variables)
+        total = sum(int(np.prod(v.shape)) for v in lm.model.weights)
+        width = max([len(k) for k in rows] + [10])
+        print(f"\n  {'component':<{width}}  params")
+        for name, count in rows.items():
+            print(f"  {name:<{width}}  {count:,}")
+        print(f"  {trainable:,} trainable params, {total - trainable:,} non-trainable params\n")
+
+    def fit(self, lm, dm, ckpt_path: str | None = None) -> keras.callbacks.History:
+        """Trains ``lm`` on ``dm``; resumes from the backup of an interrupted run of the same
+        root, else from ``ckpt_path``; applies ``lm.restore_config`` on a fresh fit."""
+        self.lm = lm
         os.makedirs(self.root, exist_ok=True)
-        train = dm.tf_dataset("train")
-        val = dm.tf_dataset("val")
+        self._prepare_callbacks()
+        for c in self.callbacks:
+            if isinstance(c, Callback):
+                c.setup(self, lm)
+        with lm.distribute_strategy.scope():
+            self.configure_optimizer(lm.optimizer)
+            lm.build_optimizer()
+            factory = getattr(lm, "scheduler_factory", None)
+            lm.lr_scheduler = factory.build(unwrap_optimizer(lm.optimizer)) if factory is not None else None
+            initial_epoch = 0
+            resume = self.backup_path if self.backup_and_restore and os.path.exists(self.backup_path) else ckpt_path
+            if resume:
+                initial_epoch = self.resume(lm, resume)
+            elif getattr(lm, "restore_config", None) is not None:
+                apply_restore_config(lm, lm.restore_config)
+        self._print_summary(lm)
+
+        # Like Lightning's limit_*_batches, every epoch takes the first batches of a fresh
+        # (re-shuffled) pass: Keras' steps_per_epoch would continue the previous pass.
+        train = self.limited(dm.tf_dataset("train"), dm, "train")
+        val = self.limited(dm.tf_dataset("val"), dm, "val") if self._has_validation(dm) else None
+        if val is not None and self.num_sanity_val_steps != 0:
+            available = self.steps(dm, "val") or dm.num_batches("val")
+            sanity = available if self.num_sanity_val_steps < 0 else min(self.num_sanity_val_steps, available)
+            lm.evaluate(val.take(sanity), verbose=0)
+        epochs = self._num_epochs(dm)
         start = time.time()
         history = lm.fit(
             train,
             validation_data=val,
-            epochs=self.max_epochs,
-            steps_per_epoch=self.steps(dm, "train"),
-            validation_steps=self.steps(dm, "val"),
+            epochs=epochs,
+            initial_epoch=initial_epoch,
             validation_freq=self.check_val_every_n_epoch,
-            callbacks=self.keras_callbacks(),
+            callbacks=self._fit_callbacks(),
             shuffle=False,  # tf.data shuffles the train split itself
-            verbose=1 if self.enable_progress_bar else 2,
+            verbose=(1 if self.enable_progress_bar else 2) if self.is_chief else 0,
         )
-        logger.info("fit: %d epochs in %.1fs", len(history.epoch), time.time() - start)
+        if history.epoch:
+            logger.info("fit: epochs %d..%d in %.1fs", history.epoch[0], history.epoch[-1], time.time() - start)
+        else:
+            logger.info("fit: nothing to train (resumed at epoch %d of max_epochs=%d)", initial_epoch, epochs)
+        if self.backup_and_restore and os.path.exists(os.path.dirname(self.backup_path)):
+            shutil.rmtree(os.path.dirname(self.backup_path), ignore_errors=True)
         return history
 
+    def resume(self, lm, path: str) -> int:
+        """Loads a checkpoint for fit; returns the first epoch to run."""
+        if path.endswith(".weights.h5"):
+            try:
+                state = load_training_checkpoint(lm, path, with_optimizer=True)
+            except ValueError as e:
+                if path == self.backup_path:
+                    raise ValueError(
+                        f"{e}\nThis is the backup of an interrupted run with another configuration; delete "
+                        f"{os.path.dirname(path)} to start afresh"
+                    ) from None
+                raise
+            if state is None:
+                logger.warning("%s holds weights only: training starts at epoch 0 with these weights", path)
+                return 0
+            epoch = self.restore_training_state(state, path)
+            self.resumed_from = path
+            logger.info("resumed from %s: epoch %d, global step %d", path, epoch, state.get("global_step", 0))
+            print(f"resuming from {path} at epoch {epoch}")
+            return epoch
+        load_torch_checkpoint(lm, path)
+        logger.warning("%s is not an rskeras training checkpoint: weights loaded, training starts at epoch 0", path)
+        return 0
+
     def best_checkpoint(self) -> str | None:
+        """The best checkpoint written by the checkpoint callbacks, if any."""
         for c in self.checkpoint_callbacks():
-            if os.path.exists(c.best_path):
-                return c.best_path
+            path = c.best_path if isinstance(c, BestLastCheckpoint) else c.best_model_path
+            if path and os.path.exists(path):
+                return path
         return None
 
-    def evaluate(self, lm: RslearnLightningModule, dm: RslearnDataModule, stage: str = "val") -> dict[str, float]:
+    # ---- evaluation ---------------------------------------------------------------------
+
+    def evaluate(self, lm, dm, stage: str = "val") -> dict[str, float]:
         """Runs the model over a split; returns ``<prefix>_<metric>`` scalars."""
+        self.lm = lm
+        for c in self.callbacks:
+            if isinstance(c, ManagedBestLastCheckpoint):
+                c.dirpath = self.root
         prefix = "val" if stage == "val" else "test"
         logs = lm.evaluate(
-            dm.tf_dataset(stage), steps=self.steps(dm, stage), return_dict=True, verbose=1 if self.enable_progress_bar else 0
+            self.limited(dm.tf_dataset(stage), dm, stage),
+            return_dict=True,
+            verbose=(1 if self.enable_progress_bar else 0) if self.is_chief else 0,
         )
         return {f"{prefix}_{k}": float(v) for k, v in logs.items()}

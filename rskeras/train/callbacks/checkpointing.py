@@ -1,40 +1,136 @@
-"""Best/last checkpointing (rslearn ``BestLastCheckpoint`` / ``ManagedBestLastCheckpoint``)."""
+"""Training checkpoints and the best/last checkpoint callbacks.
+
+A training checkpoint is one Keras ``.weights.h5`` file holding the model weights, the
+optimizer state (moments, per-parameter steps, parameter groups and their learning rates)
+and, as a JSON attribute of the HDF5 file, the training state: the last completed epoch,
+the global step, every callback's ``state_dict`` and the scheduler's state. It is the
+counterpart of a Lightning ``.ckpt``: ``fit --ckpt_path last.weights.h5`` resumes exactly,
+``validate``/``test``/``predict`` read only the model weights. Files are written to a
+temporary name in the same directory, flushed and renamed, so a crash never leaves a
+truncated checkpoint.
+
+``BestLastCheckpoint`` / ``ManagedBestLastCheckpoint`` are rslearn's callbacks
+(``best.ckpt``/``last.ckpt`` there, ``best.weights.h5``/``last.weights.h5`` here).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
+from typing import Any
 
+import h5py
 import keras
+from keras.src.saving import saving_lib
 
-from rskeras.utils.fileio import atomic_write_text
+from rskeras.train.callbacks.base import Callback
+
+logger = logging.getLogger(__name__)
+
+TRAINING_STATE_ATTR = "rskeras_training_state"
+CHECKPOINT_SUFFIX = ".weights.h5"
 
 
-def save_weights_atomic(model: keras.Model, path: str) -> None:
-    """``model.save_weights(path)`` through a temporary file and a rename."""
+def _objects_to_skip(lm: keras.Model, with_optimizer: bool) -> list[Any]:
+    # Metric accumulators are per-epoch state (and some metrics create their variables
+    # lazily), so they are never part of a checkpoint.
+    skip = list(getattr(lm, "metrics", []) or [])
+    if not with_optimizer and getattr(lm, "optimizer", None) is not None:
+        skip.append(lm.optimizer)
+    return skip
+
+
+def _optimizer_built(lm: keras.Model) -> bool:
+    optimizer = getattr(lm, "optimizer", None)
+    return optimizer is not None and bool(getattr(optimizer, "built", False))
+
+
+def save_training_checkpoint(lm: keras.Model, path: str, state: dict[str, Any] | None = None) -> None:
+    """Writes weights (+ optimizer state if built) and ``state`` to ``path`` atomically."""
+    if not path.endswith(CHECKPOINT_SUFFIX):
+        raise ValueError(f"checkpoint paths must end with {CHECKPOINT_SUFFIX}, got {path}")
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    base = os.path.basename(path)
+    # Leftovers of a process killed while writing this file (one writer per file).
+    for name in os.listdir(directory):
+        if name.startswith(".tmp-") and name.endswith("-" + base):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, name))
+    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{base}")
     try:
-        model.save_weights(tmp)
+        saving_lib.save_weights_only(lm, tmp, objects_to_skip=_objects_to_skip(lm, _optimizer_built(lm)))
+        with h5py.File(tmp, "a") as f:
+            f.attrs[TRAINING_STATE_ATTR] = json.dumps(state or {})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
+        with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
 
 
-class BestLastCheckpoint(keras.callbacks.Callback):
+def save_weights_atomic(model: keras.Model, path: str) -> None:
+    """``model`` weights only, written atomically (kept for callers of the skeleton API)."""
+    save_training_checkpoint(model, path, None)
+
+
+def read_training_state(path: str) -> dict[str, Any] | None:
+    """The training state stored in a checkpoint (None for plain Keras weight files)."""
+    try:
+        with h5py.File(path, "r") as f:
+            text = f.attrs.get(TRAINING_STATE_ATTR)
+    except OSError as e:
+        raise ValueError(f"cannot read checkpoint {path}: {e}") from None
+    if text is None:
+        return None
+    state = json.loads(text)
+    return state or None
+
+
+def checkpoint_has_optimizer(path: str) -> bool:
+    with h5py.File(path, "r") as f:
+        return "optimizer" in f
+
+
+def load_training_checkpoint(lm: keras.Model, path: str, with_optimizer: bool = False) -> dict[str, Any] | None:
+    """Loads a checkpoint into ``lm``; returns its training state (or None).
+
+    With ``with_optimizer`` the optimizer must already be built (the trainer builds it
+    before resuming) and the file must contain optimizer state.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if with_optimizer:
+        if not _optimizer_built(lm):
+            raise RuntimeError("load_training_checkpoint(with_optimizer=True) needs a built optimizer")
+        if not checkpoint_has_optimizer(path):
+            logger.warning("checkpoint %s holds no optimizer state: the optimizer starts fresh", path)
+            with_optimizer = False
+    try:
+        saving_lib.load_weights_only(lm, path, objects_to_skip=_objects_to_skip(lm, with_optimizer))
+    except ValueError as e:
+        raise ValueError(f"checkpoint {path} does not fit this model/optimizer: {e}") from None
+    return read_training_state(path)
+
+
+class BestLastCheckpoint(Callback):
     """After every validation, saves ``best.weights.h5`` when ``monitor`` improves
-    (strictly) and always ``last.weights.h5``.
+    (strictly) and then ``last.weights.h5`` (rslearn ``BestLastCheckpoint``).
 
     Args:
         dirpath: directory of the checkpoints.
         monitor: logged metric to watch (default "val_loss").
-        mode: "min" or "max".
+        mode: "min" or "max" (default "min").
 
-    The best value is kept in ``best.json`` beside the weights, so it survives a resume.
-    A missing monitored metric is an error listing the available keys.
+    Both files are full training checkpoints (see the module docstring); the best value
+    is part of the callback state, so it survives a resume. ``last`` is written after
+    ``best`` so that resuming from ``last`` never re-saves an outdated ``best``. Epochs
+    without validation (``check_val_every_n_epoch``) save nothing. A missing monitored
+    metric is an error listing the available keys.
     """
 
     def __init__(self, dirpath: str, monitor: str = "val_loss", mode: str = "min"):
@@ -48,17 +144,17 @@ class BestLastCheckpoint(keras.callbacks.Callback):
 
     @property
     def best_path(self) -> str:
-        return os.path.join(self.dirpath, "best.weights.h5")
+        return os.path.join(self.dirpath, "best" + CHECKPOINT_SUFFIX)
 
     @property
     def last_path(self) -> str:
-        return os.path.join(self.dirpath, "last.weights.h5")
+        return os.path.join(self.dirpath, "last" + CHECKPOINT_SUFFIX)
 
-    def on_train_begin(self, logs=None):
-        state = os.path.join(self.dirpath, "best.json")
-        if os.path.exists(state):
-            with open(state) as f:
-                self.best = json.load(f).get("best")
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_value": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state.get("best_value")
 
     def is_better(self, value: float) -> bool:
         if math.isnan(value):
@@ -69,20 +165,29 @@ class BestLastCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        if not any(k.startswith("val_") for k in logs):
+        if not any(str(k).startswith("val_") for k in logs):
             return  # no validation ran this epoch
         if self.monitor not in logs:
-            raise ValueError(f"BestLastCheckpoint: monitored metric {self.monitor!r} is not logged; available: {sorted(logs)}")
+            raise ValueError(f"BestLastCheckpoint: did not find metric {self.monitor!r} (logged keys are {sorted(logs)})")
         value = float(logs[self.monitor])
+        state = self.trainer.training_state(epoch) if self.trainer is not None else None
         if self.is_better(value):
             self.best = value
-            save_weights_atomic(self.model, self.best_path)
-            atomic_write_text(os.path.join(self.dirpath, "best.json"), json.dumps({"best": value, "epoch": epoch, "monitor": self.monitor}))
-        save_weights_atomic(self.model, self.last_path)
+            if state is not None:
+                state = self.trainer.training_state(epoch)  # with the new best value
+            save_training_checkpoint(self.model, self.best_path, state)
+            logger.info("saved best checkpoint to %s (%s=%s)", self.best_path, self.monitor, value)
+        save_training_checkpoint(self.model, self.last_path, state)
+        logger.info("saved checkpoint to %s", self.last_path)
 
 
 class ManagedBestLastCheckpoint(BestLastCheckpoint):
-    """BestLastCheckpoint whose directory is the trainer's ``default_root_dir``."""
+    """BestLastCheckpoint whose directory is the trainer's ``default_root_dir`` (the
+    project directory ``<management_dir>/<project_name>/<run_name>`` under project
+    management)."""
 
     def __init__(self, monitor: str = "val_loss", mode: str = "min"):
         super().__init__(dirpath="", monitor=monitor, mode=mode)
+
+    def setup(self, trainer, lm) -> None:
+        self.dirpath = trainer.root

@@ -1,0 +1,143 @@
+"""TorchAdamW: torch.optim.AdamW's update, parameter groups, clipping, frozen variables."""
+
+import importlib.util
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rskeras.train.optimizer import AdamW, TorchAdamW
+
+
+def torch_adamw_reference(params, grads_seq, lr, betas=(0.9, 0.999), eps=1e-8, wd=0.01, clip_norm=None, lrs=None, steps=None):
+    """numpy float64 version of torch.optim.AdamW (single-tensor path) with optional
+    clip_grad_norm_ and per-parameter learning rates / starting steps."""
+    params = [p.astype(np.float64).copy() for p in params]
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    t = list(steps or [0] * len(params))
+    lrs = lrs or [lr] * len(params)
+    for grads in grads_seq:
+        grads = [g.astype(np.float64) for g in grads]
+        if clip_norm is not None:
+            total = np.sqrt(sum((g**2).sum() for g in grads))
+            coef = min(clip_norm / (total + 1e-6), 1.0)
+            grads = [g * coef for g in grads]
+        for i, g in enumerate(grads):
+            t[i] += 1
+            params[i] *= 1 - lrs[i] * wd
+            m[i] += (g - m[i]) * (1 - betas[0])
+            v[i] = v[i] * betas[1] + g * g * (1 - betas[1])
+            step_size = lrs[i] / (1 - betas[0] ** t[i])
+            denom = np.sqrt(v[i]) / np.sqrt(1 - betas[1] ** t[i]) + eps
+            params[i] -= step_size * m[i] / denom
+    return params
+
+
+def fixed_problem(seed=0, steps=5):
+    rng = np.random.default_rng(seed)
+    params = [rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=(4,)).astype(np.float32)]
+    grads = [[rng.normal(size=p.shape).astype(np.float32) * s for p, s in zip(params, (1.0, 1e-3))] for _ in range(steps)]
+    return params, grads
+
+
+def run_keras(opt, params, grads_seq):
+    variables = [keras.Variable(p) for p in params]
+    opt.build(variables)
+    for grads in grads_seq:
+        opt.apply([tf.constant(g) for g in grads], variables)
+    return [v.numpy() for v in variables]
+
+
+def test_factory_uses_torch_defaults():
+    opt = AdamW(lr=0.002).build()
+    assert isinstance(opt, TorchAdamW)
+    assert (opt.beta_1, opt.beta_2, opt.epsilon, opt.decoupled_weight_decay) == (0.9, 0.999, 1e-8, 0.01)
+    assert np.isclose(float(opt.learning_rate.numpy()), 0.002)
+    opt = AdamW(lr=0.1, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.0).build()
+    assert (opt.beta_1, opt.beta_2, opt.epsilon, opt.decoupled_weight_decay) == (0.8, 0.99, 1e-6, 0.0)
+    with pytest.raises(ValueError, match="betas"):
+        AdamW(betas=(0.9,))
+
+
+@pytest.mark.parametrize("clip", [None, 0.5])
+def test_matches_torch_adamw_formulas(clip):
+    params, grads = fixed_problem()
+    got = run_keras(TorchAdamW(learning_rate=0.01, weight_decay=0.05, clip_grad_norm=clip), params, grads)
+    want = torch_adamw_reference(params, grads, lr=0.01, wd=0.05, clip_norm=clip)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+
+
+def test_clip_value():
+    params, grads = fixed_problem(steps=2)
+    got = run_keras(TorchAdamW(learning_rate=0.01, clip_grad_value=0.1), params, grads)
+    want = torch_adamw_reference(params, [[np.clip(g, -0.1, 0.1) for g in gs] for gs in grads], lr=0.01)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+
+
+def test_param_groups_and_frozen_variables():
+    params, grads = fixed_problem(steps=4)
+    a, b = keras.Variable(params[0]), keras.Variable(params[1])
+    b.trainable = False  # frozen when the optimizer is built: in no group
+    opt = TorchAdamW(learning_rate=0.01)
+    opt.build([a, b])
+    assert opt.group_of(a) == 0 and opt.group_of(b) == -1
+    # Two steps with only `a` trainable: `b` untouched.
+    for g in grads[:2]:
+        opt.apply([tf.constant(g[0])], [a])
+    np.testing.assert_array_equal(b.numpy(), params[1])
+    # `b` joins as group 1 with lr / 10; its own step count starts at 1.
+    b.trainable = True
+    assert opt.add_param_group([b], 0.001) == 1
+    assert opt.param_group_lrs() == pytest.approx([0.01, 0.001])
+    for g in grads[2:]:
+        opt.apply([tf.constant(x) for x in g], [a, b])
+    want_a = torch_adamw_reference([params[0]], [[g[0]] for g in grads], lr=0.01)[0]
+    want_b = torch_adamw_reference([params[1]], [[g[1]] for g in grads[2:]], lr=0.001)[0]
+    np.testing.assert_allclose(a.numpy(), want_a, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(b.numpy(), want_b, rtol=1e-6, atol=1e-7)
+    opt.set_param_group_lr(1, 0.5)
+    assert opt.param_group_lrs()[1] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="already in a parameter group"):
+        opt.add_param_group([b], 0.1)
+
+
+def test_variable_in_no_group_is_not_updated():
+    a = keras.Variable(np.ones(3, np.float32))
+    a.trainable = False
+    opt = TorchAdamW(learning_rate=0.1)
+    opt.build([a])
+    a.trainable = True  # made trainable without joining a group (MultiStageFineTuning)
+    opt.apply([tf.ones(3)], [a])
+    np.testing.assert_array_equal(a.numpy(), np.ones(3))
+
+
+def test_gradient_accumulation_averages():
+    params, grads = fixed_problem(steps=4)
+    opt = TorchAdamW(learning_rate=0.01, gradient_accumulation_steps=2)
+    got = run_keras(opt, params, grads)
+    mean = [[(x + y) / 2 for x, y in zip(grads[i], grads[i + 1])] for i in (0, 2)]
+    want = torch_adamw_reference(params, mean, lr=0.01)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+    assert int(opt.iterations.numpy()) == 2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
+def test_cross_check_with_torch():
+    import torch
+
+    params, grads = fixed_problem(seed=3, steps=6)
+    got = run_keras(TorchAdamW(learning_rate=0.003, weight_decay=0.1, clip_grad_norm=1.0), params, grads)
+    tparams = [torch.nn.Parameter(torch.tensor(p)) for p in params]
+    topt = torch.optim.AdamW(tparams, lr=0.003, weight_decay=0.1)
+    for gs in grads:
+        for p, g in zip(tparams, gs):
+            p.grad = torch.tensor(g)
+        torch.nn.utils.clip_grad_norm_(tparams, 1.0)
+        topt.step()
+    for g, p in zip(got, tparams):
+        np.testing.assert_allclose(g, p.detach().numpy(), rtol=1e-6, atol=1e-7)
