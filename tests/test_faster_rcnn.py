@@ -299,6 +299,33 @@ def test_gradient_step_in_graph_mode_under_mirrored_strategy(golden):
     assert all(np.any(v.numpy() != b) for v, b in zip(variables, before))
 
 
+def test_replica_with_an_empty_batch():
+    """Under tf.distribute a replica receives zero examples when a batch is smaller than
+    the number of replicas; every stage must accept B = 0 (losses 0, empty outputs)."""
+    detector = FasterRCNN([2, 4], 8, 2, [[8], [16]], rpn_pre_nms_top_n=50, rpn_post_nms_top_n=20)
+    specs = [tf.TensorSpec([None, 16, 16, 8]), tf.TensorSpec([None, 8, 8, 8]), tf.TensorSpec([None, 1, 32, 32, 3])]
+    specs += [tf.TensorSpec([None, None, 4]), tf.TensorSpec([None, None], tf.int32)]
+
+    # Forward passes only: TF's oneDNN Conv2DBackpropFilter kernel itself fails on an
+    # empty batch on CPU ("Missing 1-th output", any Conv2D; fine with
+    # TF_ENABLE_ONEDNN_OPTS=0), which is outside the detector.
+    @tf.function(input_signature=specs)
+    def run(f0, f1, image, boxes, labels):
+        targets = {"boxes": boxes, "labels": labels}
+        train = detector([f0, f1], context={"image": image}, targets=targets, training=True)
+        evaluation = detector([f0, f1], context={"image": image}, targets=targets, training=False)
+        return train, evaluation
+
+    train, evaluation = run(
+        tf.zeros([0, 16, 16, 8]), tf.zeros([0, 8, 8, 8]), tf.zeros([0, 1, 32, 32, 3]), tf.zeros([0, 3, 4]), tf.zeros([0, 3], tf.int32)
+    )
+    assert all(float(v) == 0.0 for v in train["loss_dict"].values())
+    assert all(float(v) == 0.0 for v in evaluation["loss_dict"].values())
+    assert {k: tuple(v.shape) for k, v in evaluation["outputs"].items()} == {
+        "boxes": (0, 100, 4), "scores": (0, 100), "labels": (0, 100), "num_detections": (0,)
+    }
+
+
 def test_tflite_builtins_match_keras(model, inputs, golden):
     from ai_edge_litert.interpreter import Interpreter
 

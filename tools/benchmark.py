@@ -5,6 +5,7 @@ Sections (run one, or ``all``)::
 
     python tools/benchmark.py input        # input pipeline alone, examples/s
     python tools/benchmark.py train-step   # the model's train step alone, examples/s
+    python tools/benchmark.py detection    # detection training rate and inference latency
     python tools/benchmark.py all
 
 ``input`` builds (or reuses, with --sample / --large) two sample datasets
@@ -156,9 +157,22 @@ def run_train_step(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def add_detection_arguments(p: argparse.ArgumentParser) -> None:
+    from benchmark_detection import add_arguments
+
+    add_arguments(p)
+
+
+def run_detection(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmark_detection import run
+
+    return run(args)
+
+
 SECTIONS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], dict]]] = {
     "input": ("input pipeline throughput (no cache / disk cache / memory cache)", add_input_arguments, run_input),
     "train-step": ("model train-step throughput on an in-memory batch", add_train_step_arguments, run_train_step),
+    "detection": ("detection (configs/detection.yaml): training examples/s, per-image latency Keras/SavedModel/TFLite", add_detection_arguments, run_detection),
 }
 
 

@@ -188,9 +188,11 @@ class FasterRCNN(Predictor):
         ground-truth axis."""
         boxes = tf.cast(targets["boxes"], tf.float32)
         labels = tf.cast(targets["labels"], tf.int32)
-        batch = tf.shape(boxes)[0]
-        boxes = tf.concat([tf.reshape(boxes, tf.stack([batch, -1, 4])), tf.zeros(tf.stack([batch, 1, 4]))], axis=1)
-        labels = tf.concat([tf.reshape(labels, tf.stack([batch, -1])), -tf.ones(tf.stack([batch, 1]), tf.int32)], axis=1)
+        # Explicit sizes (no -1): a replica may receive an empty batch under tf.distribute.
+        batch = tf.shape(labels)[0]
+        count = tf.shape(labels)[1]
+        boxes = tf.concat([tf.reshape(boxes, tf.stack([batch, count, 4])), tf.zeros(tf.stack([batch, 1, 4]))], axis=1)
+        labels = tf.concat([labels, -tf.ones(tf.stack([batch, 1]), tf.int32)], axis=1)
         # Boxes without area cannot be regressed to (log 0); torchvision would return
         # non-finite losses, rskeras ignores them like padding.
         has_area = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])

@@ -382,6 +382,7 @@ class RslearnDataModule:
         with_metadata: bool = False,
         shuffle: bool | None = None,
         seed: int | None = None,
+        drop_remainder: bool = False,
     ) -> tf.data.Dataset:
         """The tf.data pipeline of a stage.
 
@@ -391,6 +392,9 @@ class RslearnDataModule:
             with_metadata: yield ``(inputs, targets, metadata)`` instead of ``(inputs, targets)``.
             shuffle: shuffle example order each epoch (default: only for train).
             seed: seed of the shuffling/sampling.
+            drop_remainder: drop a last partial batch (the trainer does this for training
+                under several replicas, where a batch smaller than the replica count would
+                leave a replica without examples).
         """
         ds = self.raw_dataset(stage, shuffle=shuffle, seed=seed)
         md = self.model_dataset(stage)
@@ -400,7 +404,9 @@ class RslearnDataModule:
         if not with_metadata:
             ds = ds.map(lambda inputs, targets, metadata: (inputs, targets))
         if batch:
-            ds = ds.padded_batch(self.batch_size, padding_values=self.padding_values(ds.element_spec))
+            ds = ds.padded_batch(
+                self.batch_size, padding_values=self.padding_values(ds.element_spec), drop_remainder=drop_remainder
+            )
         options = tf.data.Options()
         options.deterministic = not train
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

@@ -62,6 +62,25 @@ class NonFiniteLossError(RuntimeError):
     """A training loss became NaN or infinite; the message names the step and the loss term."""
 
 
+def warn_if_cpu_replicas_with_onednn(strategy: tf.distribute.Strategy, batch_size: int) -> None:
+    """Warns about a TensorFlow CPU limitation of replicas on logical CPU devices.
+
+    TensorFlow's oneDNN convolution kernels fail ("output depth must be evenly divisible by
+    number of groups") when a CPU replica receives an uneven or empty share of a batch.
+    GPUs are not affected; on CPU set TF_ENABLE_ONEDNN_OPTS=0 before starting Python.
+    """
+    devices = getattr(strategy.extended, "worker_devices", ()) or ()
+    on_cpu = devices and all("CPU" in d.upper() for d in devices)
+    if on_cpu and os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") != "0":
+        logger.warning(
+            "training on %d CPU replicas with oneDNN enabled: a batch that does not split evenly "
+            "(batch_size %d, or the last batch of val/test) can crash TensorFlow's CPU convolution "
+            "kernels; set TF_ENABLE_ONEDNN_OPTS=0 in the environment to avoid it",
+            len(devices),
+            batch_size,
+        )
+
+
 class MetricsFileLogger(keras.callbacks.Callback):
     """Writes every epoch's logs to ``metrics.csv`` and ``metrics.json`` (atomically).
 
@@ -600,9 +619,14 @@ class Trainer:
                 apply_restore_config(lm, lm.restore_config)
         self._print_summary(lm)
 
+        # Under several replicas a last batch smaller than the replica count would leave a
+        # replica with no examples, which some CPU kernels (oneDNN conv backprop) reject.
         # Like Lightning's limit_*_batches, every epoch takes the first batches of a fresh
         # (re-shuffled) pass: Keras' steps_per_epoch would continue the previous pass.
-        train = self.limited(dm.tf_dataset("train"), dm, "train")
+        multi_replica = lm.distribute_strategy.num_replicas_in_sync > 1
+        if multi_replica:
+            warn_if_cpu_replicas_with_onednn(lm.distribute_strategy, dm.batch_size)
+        train = self.limited(dm.tf_dataset("train", drop_remainder=multi_replica), dm, "train")
         val = self.limited(dm.tf_dataset("val"), dm, "val") if self._has_validation(dm) else None
         if val is not None and self.num_sanity_val_steps != 0:
             available = self.steps(dm, "val") or dm.num_batches("val")

@@ -14,6 +14,7 @@ from rskeras.models.detection.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESH
 from rskeras.models.detection.nms import batched_nms
 from rskeras.models.detection.roi_align import multi_scale_roi_align
 from rskeras.models.detection.sampler import BalancedPositiveNegativeSampler
+from rskeras.models.detection.shapes import flatten_dims
 from rskeras.models.torch_weights import TorchParam, dense_params, join
 
 
@@ -295,16 +296,10 @@ class RoIHeads(keras.layers.Layer):
         boxes = clip_boxes_to_image(boxes, image_size[0], image_size[1])
         scores = tf.nn.softmax(logits, axis=-1)
         # Drop the background column; candidates are proposal-major, class-minor.
-        boxes = tf.reshape(boxes[:, :, 1:, :], tf.stack([batch, -1, 4]))
-        scores = tf.reshape(scores[:, :, 1:], tf.stack([batch, -1]))
-        labels = tf.reshape(
-            tf.broadcast_to(tf.range(1, c, dtype=tf.int32)[None, None, :], tf.stack([batch, num, c - 1])),
-            tf.stack([batch, -1]),
-        )
-        valid = tf.reshape(
-            tf.broadcast_to(tf.cast(proposal_valid, tf.bool)[:, :, None], tf.stack([batch, num, c - 1])),
-            tf.stack([batch, -1]),
-        )
+        boxes = flatten_dims(boxes[:, :, 1:, :], 1, 3)
+        scores = flatten_dims(scores[:, :, 1:], 1, 3)
+        labels = flatten_dims(tf.broadcast_to(tf.range(1, c, dtype=tf.int32)[None, None, :], tf.stack([batch, num, c - 1])), 1, 3)
+        valid = flatten_dims(tf.broadcast_to(tf.cast(proposal_valid, tf.bool)[:, :, None], tf.stack([batch, num, c - 1])), 1, 3)
         valid = valid & (scores > self.score_thresh) & large_enough(boxes, self.min_size)
         k = self.detections_per_img
         keep, count = batched_nms(boxes, scores, labels, valid, self.nms_thresh, k)

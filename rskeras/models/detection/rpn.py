@@ -12,7 +12,7 @@ from rskeras.models.detection.losses import smooth_l1
 from rskeras.models.detection.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, Matcher
 from rskeras.models.detection.nms import batched_nms
 from rskeras.models.detection.sampler import BalancedPositiveNegativeSampler
-from rskeras.models.detection.shapes import dim
+from rskeras.models.detection.shapes import dim, flatten_dims, split_last
 from rskeras.models.torch_weights import TorchParam, conv_params, join
 
 
@@ -145,12 +145,11 @@ class RegionProposalNetwork(keras.layers.Layer):
         ``[H_l * W_l * A, 4]``), each level flattened in (H, W, A) order.
         """
         objectness, deltas = self.head(features)
-        batch = tf.shape(features[0])[0]
         sizes = [(dim(f, 1), dim(f, 2)) for f in features]
         anchors = self.anchor_generator(sizes, image_size)
         return {
-            "objectness": [tf.reshape(tf.cast(o, tf.float32), tf.stack([batch, -1])) for o in objectness],
-            "deltas": [tf.reshape(tf.cast(d, tf.float32), tf.stack([batch, -1, 4])) for d in deltas],
+            "objectness": [flatten_dims(tf.cast(o, tf.float32), 1, 4) for o in objectness],
+            "deltas": [flatten_dims(split_last(tf.cast(d, tf.float32), 4), 1, 4) for d in deltas],
             "anchors": anchors,
         }
 
