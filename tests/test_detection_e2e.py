@@ -227,12 +227,17 @@ def test_saved_model_and_tflite_match_keras(fitted, validate_run):
     inputs, _ = next(iter(run.data.tf_dataset("val")))
     image = inputs["image"].numpy()[:4]
     keras_out = run.lm.inference_model(run.input_specs)({"image": image})
+    # The exported model takes the raw bands (NHWC) and normalizes them itself.
+    from rskeras.export.examples import raw_examples
+    from rskeras.export.preprocessing import RawInput
+
+    raw = np.stack([e["image"][0] for e in raw_examples(run.data, "val", [RawInput("image", ())], limit=len(image))])
     served = tf.saved_model.load(str(root / "saved_model")).signatures["serving_default"]
-    saved_out = served(image=tf.constant(image))
+    saved_out = served(image=tf.constant(raw))
     converter = tf.lite.TFLiteConverter.from_saved_model(str(root / "saved_model"))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     runner = Interpreter(model_content=converter.convert()).get_signature_runner("serving_default")
-    lite_out = runner(image=image)
+    lite_out = runner(image=raw)
     assert set(keras_out) == set(saved_out) == set(lite_out) == {"boxes", "scores", "labels", "num_detections"}
     for other in (saved_out, lite_out):
         np.testing.assert_array_equal(np.asarray(other["num_detections"]), keras_out["num_detections"].numpy())
