@@ -24,12 +24,10 @@ setup(
     extras_require={
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
         "litert": ["ai-edge-litert>=2.0"],
-        "tfds": ["tensorflow-datasets>=4.9"],
         "torch": ["torch>=2.2"],
         "test": [
             "pytest>=8",
             "ai-edge-litert>=2.0",
-            "tensorflow-datasets>=4.9",
             "safetensors>=0.4",
             "grpcio>=1.60",
         ],
