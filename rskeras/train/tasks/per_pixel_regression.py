@@ -12,43 +12,7 @@ from rskeras.models.component import Predictor, require_feature_maps
 from rskeras.train.metrics import RegressionSums
 from rskeras.train.model_context import SampleMetadata, model_output
 from rskeras.train.tasks.regression import LOSS_MODES, elementwise_loss, resolve_metric_names
-from rskeras.train.tasks.task import BasicTask
-
-
-def single_band_raster(raw: Any, task: str) -> tf.Tensor:
-    """``[T, H, W, C]`` raster with T = C = 1 -> ``[H, W]`` (graph)."""
-    if isinstance(raw, dict):
-        raise ValueError(f"{task}: the 'targets' input must be a raster, got a vector input")
-    raw = tf.convert_to_tensor(raw)
-    if len(raw.shape) != 4:
-        raise ValueError(f"{task}: the 'targets' raster must be [T, H, W, C], got shape {tuple(raw.shape)}")
-    t, c = raw.shape[0], raw.shape[3]
-    if (t is not None and t != 1) or (c is not None and c != 1):
-        raise ValueError(f"{task}: the 'targets' raster must have one band and one timestep, got shape {tuple(raw.shape)}")
-    checks = []
-    if t is None or c is None:
-        checks.append(
-            tf.debugging.assert_equal(
-                tf.shape(raw)[0] * tf.shape(raw)[3], 1, message=f"{task}: targets must have one band and one timestep"
-            )
-        )
-    with tf.control_dependencies(checks):
-        return raw[0, :, :, 0]
-
-
-def raster_target(hw: tf.Tensor) -> tf.Tensor:
-    """``[H, W]`` -> the raster target form ``[1, H, W, 1]``."""
-    return hw[None, :, :, None]
-
-
-def batch_hw(target: tf.Tensor) -> tf.Tensor:
-    """Batched raster target ``[B, 1, H, W, 1]`` (or ``[B, H, W]``) -> ``[B, H, W]``."""
-    target = tf.convert_to_tensor(target)
-    if len(target.shape) == 5:
-        return target[:, 0, :, :, 0]
-    if len(target.shape) == 4:
-        return target[..., 0] if target.shape[-1] == 1 else target[:, 0]
-    return target
+from rskeras.train.tasks.task import BasicTask, batch_hw, raster_target, single_band_raster
 
 
 class PerPixelRegressionTask(BasicTask):

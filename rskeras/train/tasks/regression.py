@@ -13,8 +13,7 @@ import tensorflow as tf
 from rskeras.models.component import Predictor, require_feature_vector
 from rskeras.train.metrics import REGRESSION_METRICS, RegressionSums
 from rskeras.train.model_context import SampleMetadata, model_output
-from rskeras.train.tasks.classification import first_true_index
-from rskeras.train.tasks.task import BasicTask, draw_label_text
+from rskeras.train.tasks.task import BasicTask, draw_label_text, first_true_index
 from rskeras.utils.feature import Feature
 
 LOSS_MODES = ("mse", "l1", "huber")
