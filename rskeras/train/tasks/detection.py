@@ -18,7 +18,6 @@ from rskeras.train.tasks.task import BasicTask, class_ids_from_text
 from rskeras.utils.feature import Feature
 
 DEFAULT_F1_THRESHOLDS = [[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]]
-OUTPUT_KEYS = ("boxes", "scores", "labels", "num_detections")
 
 
 class DetectionTask(BasicTask):
