@@ -44,7 +44,7 @@ def _fit_array(a: np.ndarray, height: int, width: int, top: int = 0, left: int =
     return part
 
 
-def _scaled_sizes(example: dict[str, np.ndarray], height: int, width: int) -> dict[str, tuple[float, float]]:
+def _scaled_sizes(example: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
     """Per input, its size relative to the first input (inputs at other resolutions)."""
     first = next(iter(example.values()))
     h0, w0 = first.shape[-3], first.shape[-2]
@@ -54,13 +54,13 @@ def _scaled_sizes(example: dict[str, np.ndarray], height: int, width: int) -> di
 def fit_example(example: dict[str, np.ndarray], height: int, width: int) -> dict[str, np.ndarray]:
     """The top-left ``height x width`` crop of every input (zero-padded when smaller);
     inputs at other resolutions get the proportional size."""
-    scales = _scaled_sizes(example, height, width)
+    scales = _scaled_sizes(example)
     return {k: _fit_array(a, round(height * scales[k][0]), round(width * scales[k][1])) for k, a in example.items()}
 
 
 def tiles(example: dict[str, np.ndarray], height: int, width: int) -> Iterator[dict[str, np.ndarray]]:
     """Non-overlapping ``height x width`` tiles covering the example (edge tiles padded)."""
-    scales = _scaled_sizes(example, height, width)
+    scales = _scaled_sizes(example)
     first = next(iter(example.values()))
     h0, w0 = first.shape[-3], first.shape[-2]
     for top in range(0, max(h0, 1), height):

@@ -59,7 +59,7 @@ def write_saved_model(
     ``extra_files``: relative path -> text, written inside the SavedModel directory.
     """
     archive = keras.export.ExportArchive()
-    for i, (name, (model, specs)) in enumerate(endpoints.items()):
+    for name, (model, specs) in endpoints.items():
         archive.track(model)
         signature = {k: tf.TensorSpec(s.shape, s.dtype, name=k) for k, s in specs.items()}
         archive.add_endpoint(name, _caller(model), input_signature=[signature])

@@ -182,6 +182,52 @@ def _class_value(task: dict[str, Any], class_id: int) -> Any:
     return class_id if task.get("read_class_id") else task["classes"][class_id]
 
 
+def _crop_features(
+    task: dict[str, Any],
+    out: dict[str, np.ndarray],
+    col: int,
+    row: int,
+    offset: tuple[float, float],
+    owned: tuple[tuple[int, int], tuple[int, int]] | None,
+    score_threshold: float | None,
+) -> list[Feature]:
+    """The features of a vector task from the outputs of the crop at (``col``, ``row``):
+    a Point at the crop origin (classification, regression) or the detections' boxes above
+    the score threshold, only those centred in the crop's ``owned`` ((c0, c1), (r0, r1))
+    columns/rows when given. Coordinates are scene pixels shifted by ``offset``."""
+    names = task["outputs"]
+    kind = task["kind"]
+    ox, oy = offset
+    if kind == "classification":
+        probs = np.asarray(out[names["probabilities"]])[0]
+        props: dict[str, Any] = {task["property_name"]: _class_value(task, int(np.asarray(out[names["class_ids"]]).reshape(-1)[0]))}
+        if task.get("prob_property"):
+            props[task["prob_property"]] = probs.tolist()
+        return [Feature(shapely.Point(ox + col, oy + row), props)]
+    if kind == "regression":
+        value = float(np.asarray(out[names["value"]]).reshape(-1)[0])
+        return [Feature(shapely.Point(ox + col, oy + row), {task["property_name"]: value})]
+    if kind != "detection":
+        return []
+    threshold = task.get("score_threshold", 0.5) if score_threshold is None else score_threshold
+    n = int(np.asarray(out[names["num_detections"]]).reshape(-1)[0])
+    boxes = np.asarray(out[names["boxes"]])[0, :n]
+    scores = np.asarray(out[names["scores"]])[0, :n]
+    labels = np.asarray(out[names["labels"]])[0, :n]
+    features = []
+    for box, score, label in zip(boxes, scores, labels):
+        if not score > threshold:
+            continue
+        if owned is not None:
+            cx, cy = col + (box[0] + box[2]) / 2, row + (box[1] + box[3]) / 2
+            (c0, c1), (r0, r1) = owned
+            if not (c0 <= cx < c1 and r0 <= cy < r1):
+                continue
+        geom = shapely.box(ox + col + box[0], oy + row + box[1], ox + col + box[2], oy + row + box[3])
+        features.append(Feature(geom, {"score": float(score), task["property_name"]: _class_value(task, int(label))}))
+    return features
+
+
 def predict_scene(
     model: LiteRTModel,
     scene: Scene,
@@ -220,35 +266,12 @@ def predict_scene(
         for row in rows:
             feed = {name: _model_input(scene.arrays[name], specs[name], model.input_details[name][0], col, row) for name in specs}
             out = model(**feed)
+            owned = (col_owned[col], row_owned[row]) if vector_merge == "owned" else None
             for task_name, task in tasks.items():
-                names = task["outputs"]
-                kind = task["kind"]
                 if task_name in rasters:
                     rasters[task_name].append(((col, row), _as_chw(out[_raster_output_name(task, probabilities)])))
-                elif kind == "classification":
-                    probs = np.asarray(out[names["probabilities"]])[0]
-                    props: dict[str, Any] = {task["property_name"]: _class_value(task, int(np.asarray(out[names["class_ids"]]).reshape(-1)[0]))}
-                    if task.get("prob_property"):
-                        props[task["prob_property"]] = probs.tolist()
-                    features[task_name].append(Feature(shapely.Point(ox + col, oy + row), props))
-                elif kind == "regression":
-                    value = float(np.asarray(out[names["value"]]).reshape(-1)[0])
-                    features[task_name].append(Feature(shapely.Point(ox + col, oy + row), {task["property_name"]: value}))
-                elif kind == "detection":
-                    threshold = task.get("score_threshold", 0.5) if score_threshold is None else score_threshold
-                    n = int(np.asarray(out[names["num_detections"]]).reshape(-1)[0])
-                    boxes = np.asarray(out[names["boxes"]])[0, :n]
-                    scores = np.asarray(out[names["scores"]])[0, :n]
-                    labels = np.asarray(out[names["labels"]])[0, :n]
-                    for box, score, label in zip(boxes, scores, labels):
-                        if not score > threshold:
-                            continue
-                        cx, cy = col + (box[0] + box[2]) / 2, row + (box[1] + box[3]) / 2
-                        (c0, c1), (r0, r1) = col_owned[col], row_owned[row]
-                        if vector_merge == "owned" and not (c0 <= cx < c1 and r0 <= cy < r1):
-                            continue
-                        geom = shapely.box(ox + col + box[0], oy + row + box[1], ox + col + box[2], oy + row + box[3])
-                        features[task_name].append(Feature(geom, {"score": float(score), task["property_name"]: _class_value(task, int(label))}))
+                else:
+                    features[task_name] += _crop_features(task, out, col, row, (ox, oy), owned, score_threshold)
     results: dict[str, Prediction] = {}
     for task_name, outputs in rasters.items():
         h_out = outputs[0][1].shape[1]

@@ -41,8 +41,6 @@ if TYPE_CHECKING:  # keep this module (and tools/convert_weights.py) free of TF 
 
 logger = logging.getLogger(__name__)
 
-TORCH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".tar")
-
 # torch storage class name -> numpy dtype ("bfloat16" is widened to float32)
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32,

@@ -3,14 +3,20 @@
 The counterpart of rslearn's Lightning module, as a ``keras.Model`` with custom steps:
 
 * ``train_step`` runs the model with targets, sums the loss dict (rslearn's step loss),
-  divides by ``num_replicas_in_sync`` (Keras' optimizer all-reduces gradients by sum under
-  ``tf.distribute``) and logs ``train_loss`` and ``train_<loss>`` as batch-size-weighted
-  epoch means.
+  divides it by the number of replicas that received examples (gradients are summed over
+  replicas: by Keras' optimizer, or in the step itself for optimizers with
+  ``expects_reduced_gradients`` such as rskeras' TorchAdamW) and logs ``train_loss`` and
+  ``train_<loss>`` as batch-size-weighted epoch means.
 * ``test_step`` runs the model with targets in inference mode, logs ``loss`` and each loss
   (Keras prefixes ``val_`` during fit; rskeras' trainer prefixes ``test_`` for test) and
   updates the task's metrics.
 * At the end of an epoch the task metrics are computed once, eagerly (so host-side metrics
   such as mAP are cheap per batch), flattened with torchmetrics' naming rule.
+
+The optimizer is built over every variable created trainable (``optimizable_variables``),
+so that fine-tuning callbacks can unfreeze into parameter groups later;
+``trainability_changed`` re-traces the step after freezing. ``load_weights`` reads rskeras
+``.weights.h5`` checkpoints (model, and optimizer state once built; never metric state).
 
 The model itself (``SingleTaskModel``/``MultiTaskModel``) is a Keras layer; for export
 ``inference_model(input_specs)`` assembles a functional ``keras.Model``:

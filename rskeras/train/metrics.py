@@ -89,11 +89,6 @@ def multiclass_stat(stat: str, tp, fp, fn, average: str = "macro", zero_division
     return safe_divide(tf.reduce_sum(weights * per_class), tf.reduce_sum(weights))
 
 
-def multiclass_accuracy(tp, fp, fn, average: str = "macro"):
-    """torchmetrics MulticlassAccuracy from per-class counts (see :func:`multiclass_stat`)."""
-    return multiclass_stat("accuracy", tp, fp, fn, average)
-
-
 def check_stat_kwargs(kwargs: dict[str, Any], metric: str) -> dict[str, Any]:
     """Validates torchmetrics-style kwargs of a multiclass statistic; returns the used ones.
 
@@ -579,7 +574,7 @@ def flatten_metric_results(results: dict[str, Any]) -> dict[str, Any]:
     key or with a metric name, *every* dict key is rewritten ``<metric>_<key>``.
     """
     dict_keys: list[str] = []
-    for name, value in results.items():
+    for value in results.values():
         if isinstance(value, dict):
             dict_keys.extend(value.keys())
     names = [n for n, v in results.items() if not isinstance(v, dict)]

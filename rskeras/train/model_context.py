@@ -58,11 +58,6 @@ def metadata_signature() -> dict[str, tf.TensorSpec]:
     }
 
 
-def is_vector_input(value: Any) -> bool:
-    """Whether a raw input value is a vector input dict (vs a raster tensor)."""
-    return isinstance(value, dict) and "bounds" in value
-
-
 def model_output(outputs: Any, loss_dict: dict[str, tf.Tensor] | None = None) -> dict:
     """Builds the ModelOutput dict returned by predictors and models."""
     return {"outputs": outputs, "loss_dict": dict(loss_dict or {})}

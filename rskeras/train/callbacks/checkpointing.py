@@ -73,11 +73,6 @@ def save_training_checkpoint(lm: keras.Model, path: str, state: dict[str, Any] |
             os.remove(tmp)
 
 
-def save_weights_atomic(model: keras.Model, path: str) -> None:
-    """``model`` weights only, written atomically (kept for callers of the skeleton API)."""
-    save_training_checkpoint(model, path, None)
-
-
 def read_training_state(path: str) -> dict[str, Any] | None:
     """The training state stored in a checkpoint (None for plain Keras weight files)."""
     try:

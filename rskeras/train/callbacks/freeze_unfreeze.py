@@ -127,7 +127,7 @@ def select_module(lm: Any, selector: Sequence[str | int]) -> tuple[Any, list[Any
     """
     obj: Any = lm
     walked: list[str] = []
-    for i, key in enumerate(selector):
+    for key in selector:
         try:
             obj = obj[key] if isinstance(key, int) else getattr(obj, key)
         except (AttributeError, IndexError, KeyError, TypeError):

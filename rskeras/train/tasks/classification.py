@@ -20,28 +20,8 @@ from rskeras.train.metrics import (
     torchmetrics_stat,
 )
 from rskeras.train.model_context import SampleMetadata, model_output
-from rskeras.train.tasks.task import BasicTask, draw_label_text
+from rskeras.train.tasks.task import BasicTask, class_ids_from_text, draw_label_text, first_true_index
 from rskeras.utils.feature import Feature
-
-
-def class_ids_from_text(values: tf.Tensor, classes: list[str], read_class_id: bool) -> tf.Tensor:
-    """Property texts ``[N]`` -> class ids int32 ``[N]`` (graph).
-
-    With ``read_class_id`` the text is parsed as a number and truncated toward zero
-    (Python ``int(v)``); otherwise the id is the index of the text in ``classes``, -1 when
-    absent.
-    """
-    if read_class_id:
-        return tf.cast(tf.strings.to_number(values, tf.float64), tf.int32)
-    names = tf.constant(list(classes), tf.string)
-    eq = tf.equal(values[:, None], names[None, :])
-    index = tf.argmax(tf.cast(eq, tf.int32), axis=1, output_type=tf.int32)
-    return tf.where(tf.reduce_any(eq, axis=1), index, -1)
-
-
-def first_true_index(mask: tf.Tensor) -> tf.Tensor:
-    """Index of the first True of a bool ``[N]`` vector, N when there is none (graph)."""
-    return tf.argmax(tf.cast(tf.concat([mask, [True]], 0), tf.int32), output_type=tf.int32)
 
 
 class ClassificationTask(BasicTask):

@@ -13,13 +13,11 @@ import tensorflow as tf
 from rskeras.train.mean_ap import DetectionImage, coco_map
 from rskeras.train.metrics import HostMetric, check_kwargs
 from rskeras.train.model_context import SampleMetadata
-from rskeras.train.tasks.classification import class_ids_from_text
 from rskeras.train.tasks.segmentation import DEFAULT_COLORS, best_threshold_scores, threshold_suffix
-from rskeras.train.tasks.task import BasicTask
+from rskeras.train.tasks.task import BasicTask, class_ids_from_text
 from rskeras.utils.feature import Feature
 
 DEFAULT_F1_THRESHOLDS = [[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]]
-OUTPUT_KEYS = ("boxes", "scores", "labels", "num_detections")
 
 
 class DetectionTask(BasicTask):

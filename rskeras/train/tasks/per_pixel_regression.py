@@ -8,47 +8,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rskeras.models.component import Predictor, require_feature_maps
+from rskeras.models.component import require_feature_maps
 from rskeras.train.metrics import RegressionSums
 from rskeras.train.model_context import SampleMetadata, model_output
-from rskeras.train.tasks.regression import LOSS_MODES, elementwise_loss, resolve_metric_names
-from rskeras.train.tasks.task import BasicTask
-
-
-def single_band_raster(raw: Any, task: str) -> tf.Tensor:
-    """``[T, H, W, C]`` raster with T = C = 1 -> ``[H, W]`` (graph)."""
-    if isinstance(raw, dict):
-        raise ValueError(f"{task}: the 'targets' input must be a raster, got a vector input")
-    raw = tf.convert_to_tensor(raw)
-    if len(raw.shape) != 4:
-        raise ValueError(f"{task}: the 'targets' raster must be [T, H, W, C], got shape {tuple(raw.shape)}")
-    t, c = raw.shape[0], raw.shape[3]
-    if (t is not None and t != 1) or (c is not None and c != 1):
-        raise ValueError(f"{task}: the 'targets' raster must have one band and one timestep, got shape {tuple(raw.shape)}")
-    checks = []
-    if t is None or c is None:
-        checks.append(
-            tf.debugging.assert_equal(
-                tf.shape(raw)[0] * tf.shape(raw)[3], 1, message=f"{task}: targets must have one band and one timestep"
-            )
-        )
-    with tf.control_dependencies(checks):
-        return raw[0, :, :, 0]
-
-
-def raster_target(hw: tf.Tensor) -> tf.Tensor:
-    """``[H, W]`` -> the raster target form ``[1, H, W, 1]``."""
-    return hw[None, :, :, None]
-
-
-def batch_hw(target: tf.Tensor) -> tf.Tensor:
-    """Batched raster target ``[B, 1, H, W, 1]`` (or ``[B, H, W]``) -> ``[B, H, W]``."""
-    target = tf.convert_to_tensor(target)
-    if len(target.shape) == 5:
-        return target[:, 0, :, :, 0]
-    if len(target.shape) == 4:
-        return target[..., 0] if target.shape[-1] == 1 else target[:, 0]
-    return target
+from rskeras.train.tasks.regression import (
+    RegressionHeadBase,
+    RegressionMetricWrapper,
+    RegressionOutput,
+    elementwise_loss,
+    resolve_metric_names,
+)
+from rskeras.train.tasks.task import BasicTask, batch_hw, raster_target, single_band_raster
 
 
 class PerPixelRegressionTask(BasicTask):
@@ -127,7 +97,7 @@ class PerPixelRegressionTask(BasicTask):
 
 
 @keras.saving.register_keras_serializable(package="rskeras")
-class PerPixelRegressionOutput(keras.layers.Layer):
+class PerPixelRegressionOutput(RegressionOutput):
     """Export post-processing: ``[B, H, W]`` scaled predictions -> ``{"values": [B, H, W]}``
     unscaled.
 
@@ -135,18 +105,10 @@ class PerPixelRegressionOutput(keras.layers.Layer):
         scale_factor: the task's scale factor.
     """
 
-    def __init__(self, scale_factor: float = 1.0, **kwargs):
-        super().__init__(**kwargs)
-        self.scale_factor = float(scale_factor)
-
-    def call(self, outputs):
-        return {"values": tf.cast(outputs, tf.float32) / self.scale_factor}
-
-    def get_config(self):
-        return {**super().get_config(), "scale_factor": self.scale_factor}
+    output_key = "values"
 
 
-class PerPixelRegressionMetricWrapper(keras.metrics.Metric):
+class PerPixelRegressionMetricWrapper(RegressionMetricWrapper):
     """Feeds (predictions ``[B, H, W]`` or ``[B, H, W, 1]``, targets ``{"values",
     "valid"}`` batched ``[B, 1, H, W, 1]``) to a regression metric over pixels with
     ``valid > 0``, both divided by ``scale_factor`` (float32).
@@ -155,11 +117,6 @@ class PerPixelRegressionMetricWrapper(keras.metrics.Metric):
         metric: a :class:`rskeras.train.metrics.RegressionSums`.
         scale_factor: the task's scale factor.
     """
-
-    def __init__(self, metric: keras.metrics.Metric, scale_factor: float, name: str = "mse", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.metric = metric
-        self.scale_factor = float(scale_factor)
 
     def update_state(self, outputs, targets, sample_weight=None):
         preds = tf.convert_to_tensor(outputs)
@@ -170,15 +127,9 @@ class PerPixelRegressionMetricWrapper(keras.metrics.Metric):
         valid = batch_hw(targets["valid"])
         self.metric.update_state(tf.cast(preds, tf.float32) / scale, tf.cast(labels, tf.float32) / scale, valid)
 
-    def result(self):
-        return self.metric.result()
-
-    def reset_state(self):
-        self.metric.reset_state()
-
 
 @keras.saving.register_keras_serializable(package="rskeras")
-class PerPixelRegressionHead(Predictor):
+class PerPixelRegressionHead(RegressionHeadBase):
     """Per-pixel regression head with loss ``regress``.
 
     Input: FeatureMaps with exactly one ``[B, H, W, 1]`` map. Output ``[B, H, W]``
@@ -191,14 +142,6 @@ class PerPixelRegressionHead(Predictor):
         use_sigmoid: apply a sigmoid to the output.
         huber_delta: δ of the Huber loss (default 1.0).
     """
-
-    def __init__(self, loss_mode: str = "mse", use_sigmoid: bool = False, huber_delta: float = 1.0, **kwargs):
-        super().__init__(**kwargs)
-        if loss_mode not in LOSS_MODES:
-            raise ValueError(f"PerPixelRegressionHead: invalid loss_mode {loss_mode!r} (use one of {list(LOSS_MODES)})")
-        self.loss_mode = loss_mode
-        self.use_sigmoid = use_sigmoid
-        self.huber_delta = float(huber_delta)
 
     def call(self, intermediates, context=None, targets=None, training=None):
         maps = require_feature_maps(intermediates, "PerPixelRegressionHead")
@@ -221,14 +164,3 @@ class PerPixelRegressionHead(Predictor):
                 total > 0, tf.reduce_sum(scores) / tf.where(total > 0, total, 1.0), tf.reduce_mean(scores)
             )
         return model_output(outputs, losses)
-
-    def loss_names(self):
-        return ["regress"]
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "loss_mode": self.loss_mode,
-            "use_sigmoid": self.use_sigmoid,
-            "huber_delta": self.huber_delta,
-        }

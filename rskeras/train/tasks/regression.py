@@ -13,8 +13,7 @@ import tensorflow as tf
 from rskeras.models.component import Predictor, require_feature_vector
 from rskeras.train.metrics import REGRESSION_METRICS, RegressionSums
 from rskeras.train.model_context import SampleMetadata, model_output
-from rskeras.train.tasks.classification import first_true_index
-from rskeras.train.tasks.task import BasicTask, draw_label_text
+from rskeras.train.tasks.task import BasicTask, draw_label_text, first_true_index
 from rskeras.utils.feature import Feature
 
 LOSS_MODES = ("mse", "l1", "huber")
@@ -186,12 +185,14 @@ class RegressionOutput(keras.layers.Layer):
         scale_factor: the task's scale factor.
     """
 
+    output_key = "value"
+
     def __init__(self, scale_factor: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         self.scale_factor = float(scale_factor)
 
     def call(self, outputs):
-        return {"value": tf.cast(outputs, tf.float32) / self.scale_factor}
+        return {self.output_key: tf.cast(outputs, tf.float32) / self.scale_factor}
 
     def get_config(self):
         return {**super().get_config(), "scale_factor": self.scale_factor}
@@ -223,8 +224,38 @@ class RegressionMetricWrapper(keras.metrics.Metric):
         self.metric.reset_state()
 
 
+class RegressionHeadBase(Predictor):
+    """What :class:`RegressionHead` and ``PerPixelRegressionHead`` share: their arguments
+    (validated), ``get_config`` and the loss name ``regress``; subclasses implement ``call``.
+
+    Args:
+        loss_mode: "mse" (default), "l1" or "huber".
+        use_sigmoid: apply a sigmoid to the output.
+        huber_delta: δ of the Huber loss (default 1.0).
+    """
+
+    def __init__(self, loss_mode: str = "mse", use_sigmoid: bool = False, huber_delta: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        if loss_mode not in LOSS_MODES:
+            raise ValueError(f"{type(self).__name__}: invalid loss_mode {loss_mode!r} (use one of {list(LOSS_MODES)})")
+        self.loss_mode = loss_mode
+        self.use_sigmoid = use_sigmoid
+        self.huber_delta = float(huber_delta)
+
+    def loss_names(self):
+        return ["regress"]
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "loss_mode": self.loss_mode,
+            "use_sigmoid": self.use_sigmoid,
+            "huber_delta": self.huber_delta,
+        }
+
+
 @keras.saving.register_keras_serializable(package="rskeras")
-class RegressionHead(Predictor):
+class RegressionHead(RegressionHeadBase):
     """Window-level regression head with loss ``regress``.
 
     Input: FeatureVector ``[B, 1]``. Output: ``[B]`` (sigmoid applied with
@@ -239,14 +270,6 @@ class RegressionHead(Predictor):
         huber_delta: δ of the Huber loss (default 1.0).
     """
 
-    def __init__(self, loss_mode: str = "mse", use_sigmoid: bool = False, huber_delta: float = 1.0, **kwargs):
-        super().__init__(**kwargs)
-        if loss_mode not in LOSS_MODES:
-            raise ValueError(f"RegressionHead: invalid loss_mode {loss_mode!r} (use one of {list(LOSS_MODES)})")
-        self.loss_mode = loss_mode
-        self.use_sigmoid = use_sigmoid
-        self.huber_delta = float(huber_delta)
-
     def call(self, intermediates, context=None, targets=None, training=None):
         features = require_feature_vector(intermediates, "RegressionHead")
         if features.shape[-1] is not None and features.shape[-1] != 1:
@@ -259,14 +282,3 @@ class RegressionHead(Predictor):
             valid = tf.cast(targets["valid"], tf.float32)
             losses["regress"] = tf.reduce_mean(elementwise_loss(outputs, labels, self.loss_mode, self.huber_delta) * valid)
         return model_output(outputs, losses)
-
-    def loss_names(self):
-        return ["regress"]
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "loss_mode": self.loss_mode,
-            "use_sigmoid": self.use_sigmoid,
-            "huber_delta": self.huber_delta,
-        }

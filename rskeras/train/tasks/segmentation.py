@@ -20,8 +20,7 @@ from rskeras.train.metrics import (
     torchmetrics_stat,
 )
 from rskeras.train.model_context import SampleMetadata, model_output
-from rskeras.train.tasks.per_pixel_regression import batch_hw, raster_target, single_band_raster
-from rskeras.train.tasks.task import BasicTask
+from rskeras.train.tasks.task import BasicTask, batch_hw, raster_target, single_band_raster
 
 # rslearn.utils.colors.DEFAULT_COLORS (class i -> colors[i % 16]).
 DEFAULT_COLORS = [

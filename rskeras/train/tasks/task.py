@@ -109,6 +109,65 @@ class BasicTask(Task):
         return np.clip(array, 0, 255).astype(np.uint8)
 
 
+# ---- target helpers shared by the tasks (graph code) -----------------------------------
+
+
+def class_ids_from_text(values: tf.Tensor, classes: list[str], read_class_id: bool) -> tf.Tensor:
+    """Property texts ``[N]`` -> class ids int32 ``[N]`` (graph).
+
+    With ``read_class_id`` the text is parsed as a number and truncated toward zero
+    (Python ``int(v)``); otherwise the id is the index of the text in ``classes``, -1 when
+    absent.
+    """
+    if read_class_id:
+        return tf.cast(tf.strings.to_number(values, tf.float64), tf.int32)
+    names = tf.constant(list(classes), tf.string)
+    eq = tf.equal(values[:, None], names[None, :])
+    index = tf.argmax(tf.cast(eq, tf.int32), axis=1, output_type=tf.int32)
+    return tf.where(tf.reduce_any(eq, axis=1), index, -1)
+
+
+def first_true_index(mask: tf.Tensor) -> tf.Tensor:
+    """Index of the first True of a bool ``[N]`` vector, N when there is none (graph)."""
+    return tf.argmax(tf.cast(tf.concat([mask, [True]], 0), tf.int32), output_type=tf.int32)
+
+
+def single_band_raster(raw: Any, task: str) -> tf.Tensor:
+    """``[T, H, W, C]`` raster with T = C = 1 -> ``[H, W]`` (graph)."""
+    if isinstance(raw, dict):
+        raise ValueError(f"{task}: the 'targets' input must be a raster, got a vector input")
+    raw = tf.convert_to_tensor(raw)
+    if len(raw.shape) != 4:
+        raise ValueError(f"{task}: the 'targets' raster must be [T, H, W, C], got shape {tuple(raw.shape)}")
+    t, c = raw.shape[0], raw.shape[3]
+    if (t is not None and t != 1) or (c is not None and c != 1):
+        raise ValueError(f"{task}: the 'targets' raster must have one band and one timestep, got shape {tuple(raw.shape)}")
+    checks = []
+    if t is None or c is None:
+        checks.append(
+            tf.debugging.assert_equal(
+                tf.shape(raw)[0] * tf.shape(raw)[3], 1, message=f"{task}: targets must have one band and one timestep"
+            )
+        )
+    with tf.control_dependencies(checks):
+        return raw[0, :, :, 0]
+
+
+def raster_target(hw: tf.Tensor) -> tf.Tensor:
+    """``[H, W]`` -> the raster target form ``[1, H, W, 1]``."""
+    return hw[None, :, :, None]
+
+
+def batch_hw(target: tf.Tensor) -> tf.Tensor:
+    """Batched raster target ``[B, 1, H, W, 1]`` (or ``[B, H, W]``) -> ``[B, H, W]``."""
+    target = tf.convert_to_tensor(target)
+    if len(target.shape) == 5:
+        return target[:, 0, :, :, 0]
+    if len(target.shape) == 4:
+        return target[..., 0] if target.shape[-1] == 1 else target[:, 0]
+    return target
+
+
 def save_visualizations(images: dict[str, np.ndarray], directory: str, stem: str) -> list[str]:
     """Writes ``visualize`` images as ``<directory>/<stem>_<name>.png`` (PNG via
     ``tf.io.encode_png``); returns the paths. rslearn names the stem
