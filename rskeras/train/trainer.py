@@ -586,7 +586,9 @@ class Trainer:
             return False
 
     def _print_summary(self, lm) -> None:
-        if not (self.enable_model_summary and self.is_chief):
+        # Lightning's ModelSummary(max_depth=0) turns the summary off; rskeras prints one
+        # row per top-level component for any other depth.
+        if not (self.enable_model_summary and self.is_chief) or self.model_summary_depth == 0:
             return
         rows = lm.parameter_counts(include_frozen=True)
         trainable = sum(int(np.prod(v.shape)) for v in lm.trainable_variables)
