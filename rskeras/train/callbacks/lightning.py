@@ -413,13 +413,12 @@ class RichProgressBar(TQDMProgressBar):
 
 
 class ModelSummary(Callback):
-    """Lightning ``ModelSummary``: logs parameter counts at the start of fit (``max_depth``
-    1: one row per top-level component)."""
+    """Lightning ``ModelSummary``: logs parameter counts at the start of fit (one row per
+    top-level component; ``max_depth: 0`` turns the summary off)."""
 
     def __init__(self, max_depth: int = 1):
         super().__init__()
         self.max_depth = max_depth
 
     def setup(self, trainer, lm) -> None:
-        if self.max_depth != 0:
-            trainer.model_summary_depth = self.max_depth
+        trainer.model_summary_depth = self.max_depth  # 0 turns the summary off
