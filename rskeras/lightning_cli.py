@@ -321,9 +321,10 @@ class Run:
         with self.strategy.scope():
             self.lm = instantiate(model_cfg, "model", extra=extra)
             stage = {"fit": "train", "validate": "val", "test": "test", "predict": "predict"}[subcommand]
-            batch = next(iter(self.data.tf_dataset(stage, shuffle=False)))
-            self.input_specs = self.data.input_specs(stage)
-            self.lm.build_from_batch(batch[0])
+            # One pipeline gives both the input specs and the batch that builds the weights.
+            dataset = self.data.tf_dataset(stage, shuffle=False)
+            self.input_specs = dataset.element_spec[0]
+            self.lm.build_from_batch(next(iter(dataset))[0])
             self.lm.compile(optimizer=self.lm.make_optimizer(), jit_compile=False)
 
     @property

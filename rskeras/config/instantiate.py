@@ -27,8 +27,6 @@ from rskeras.config.errors import ConfigError
 # Keyword arguments accepted through **kwargs by Keras layers/models.
 KERAS_KWARGS = {"name", "dtype", "trainable"}
 
-_MISSING = object()
-
 
 def is_class_node(value: Any) -> bool:
     return isinstance(value, dict) and "class_path" in value

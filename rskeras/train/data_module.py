@@ -595,8 +595,3 @@ class RslearnDataModule:
             g = tf.shape(u["group_t"], out_type=tf.int32)[0] - 1 if di.data_type == "raster" else u["num_groups"]
             out.append(tf.random.uniform([], 0, tf.maximum(g, 1), dtype=tf.int32))
         return tf.stack(out) if out else tf.zeros([1], tf.int32)
-
-    def input_specs(self, stage: str = "train") -> dict[str, tf.TensorSpec]:
-        """Specs of the batched model-input dict (passthrough + task inputs)."""
-        spec = self.tf_dataset(stage, batch=True).element_spec[0]
-        return spec
