@@ -339,9 +339,9 @@ class Run:
             load_training_checkpoint(self.lm, path, with_optimizer=False)
             logger.info("loaded weights from %s", path)
             return
-        from rskeras.train.trainer import load_torch_checkpoint
+        from rskeras.weights.restore import load_torch_weights
 
-        load_torch_checkpoint(self.lm, path)
+        load_torch_weights(self.lm.model, path)
 
     def save_config(self) -> None:
         from rskeras.utils.fileio import atomic_write_text

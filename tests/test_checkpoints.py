@@ -17,26 +17,18 @@ import tensorflow as tf
 
 from _components_golden import SMALL_SWIN, assert_close, images, load, nhwc, weights
 from conftest import FIXTURES, ROOT
-from rskeras.models.checkpoint import (
-    CheckpointError,
-    apply_restore_config,
-    load_lightning_checkpoint,
-    load_state_dict_nonstrict,
-    load_torch_file,
-    read_safetensors,
-    read_state_dict,
-    restore_into,
-    write_state_dict,
-)
-from rskeras.models.component import Predictor
+from rskeras.models.component import Predictor, model_output
 from rskeras.models.multitask import MultiTaskModel
 from rskeras.models.pooling_decoder import PoolingDecoder
 from rskeras.models.singletask import SingleTaskModel, run_encoder
 from rskeras.models.swin import Swin
-from rskeras.models.torch_weights import WeightLoadError, load_torch_state_dict
 from rskeras.models.unet import UNetDecoder
-from rskeras.train.model_context import model_output
 from rskeras.train.tasks.classification import ClassificationHead
+from rskeras.weights.errors import CheckpointError, WeightLoadError
+from rskeras.weights.files import apply_key_rules, read_safetensors, read_state_dict, write_state_dict
+from rskeras.weights.restore import load_lightning_checkpoint, load_state_dict_nonstrict, restore_into
+from rskeras.weights.torch_params import load_torch_state_dict
+from rskeras.weights.torch_pickle import load_torch_file
 
 CKPT = str(FIXTURES / "rslearn_small.ckpt")
 TINY_SWIN = dict(input_channels=5, num_outputs=7, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=[4, 4])
@@ -200,12 +192,12 @@ def test_segmentation_head_losses_match_rslearn_when_available():
 # ---- restore_config ----------------------------------------------------------------------
 
 
-def test_apply_restore_config_order_and_chaining():
+def test_apply_key_rules_order_and_chaining():
     obj = {"state_dict": {"model.a.w": np.zeros(1), "model.b.w": np.ones(1), "other.c": np.ones(2)}}
-    out = apply_restore_config(obj, ["state_dict"], ["other."], [["model.", "x."], ["x.a.", "enc."]])
+    out = apply_key_rules(obj, ["state_dict"], ["other."], [["model.", "x."], ["x.a.", "enc."]])
     assert sorted(out) == ["enc.w", "x.b.w"]
     with pytest.raises(CheckpointError, match="selector key 'weights' not found"):
-        apply_restore_config(obj, ["weights"])
+        apply_key_rules(obj, ["weights"])
 
 
 def test_restore_into_relative_keys_and_reports_missing(caplog):

@@ -119,6 +119,18 @@ def test_project_management(tmp_path):
 def test_unsupported_trainer_keys_name_the_key():
     with pytest.raises(ConfigError, match=r"^trainer\.val_check_interval: this Lightning Trainer argument is not supported"):
         build(Trainer, {"val_check_interval": 0.5}, "trainer")
+    # Type-aware: True is not 0/1.0 and 1 (one batch, one step) is not 1.0.
+    for key, value in (("fast_dev_run", True), ("fast_dev_run", 1), ("val_check_interval", 1), ("overfit_batches", 1.0)):
+        with pytest.raises(ConfigError, match=rf"^trainer\.{key}: this Lightning Trainer argument is not supported .*got {value!r}"):
+            build(Trainer, {key: value}, "trainer")
+    # The values a LightningCLI-saved config holds for them (Lightning's defaults) are accepted.
+    lightning_defaults = {
+        "val_check_interval": None, "fast_dev_run": False, "overfit_batches": 0.0, "min_steps": None, "max_time": None,
+        "profiler": None, "plugins": None, "detect_anomaly": False, "barebones": False,
+        "reload_dataloaders_every_n_epochs": 0, "sync_batchnorm": False, "model_registry": None,
+    }
+    build(Trainer, {**lightning_defaults, "val_check_interval": 1.0, "fast_dev_run": 0, "overfit_batches": 0}, "trainer")
+    build(Trainer, lightning_defaults, "trainer")
     with pytest.raises(ConfigError, match=r"^trainer\.max_epoch: unknown argument .*\(did you mean 'max_epochs'\?\)"):
         build(Trainer, {"max_epoch": 3}, "trainer")
     with pytest.raises(ConfigError, match=r"trainer\.precision='64-true' is not supported"):

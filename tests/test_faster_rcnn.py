@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from rskeras.models.detection.box_ops import box_iou
 from rskeras.models.faster_rcnn import FasterRCNN, padded_image_size
-from rskeras.models.torch_weights import load_torch_state_dict
+from rskeras.weights.torch_params import load_torch_state_dict
 from tests.conftest import FIXTURES
 
 LOSSES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")

@@ -7,8 +7,8 @@ import pytest
 from _components_golden import assert_close, config, load, nhwc, weights
 from rskeras.models.fpn import Fpn
 from rskeras.models.satlaspretrain import SatlasUpsample
-from rskeras.models.torch_weights import load_torch_state_dict
 from rskeras.models.unet import UNetDecoder
+from rskeras.weights.torch_params import load_torch_state_dict
 
 
 @pytest.mark.parametrize("group", ["", "odd/"], ids=["pow2", "odd_sizes"])

@@ -8,9 +8,9 @@ import pytest
 
 from _components_golden import assert_close
 from conftest import FIXTURES
-from rskeras.models.checkpoint import write_state_dict
 from rskeras.models.satlaspretrain import IDENTIFIERS, SatlasPretrain
-from rskeras.models.torch_weights import torch_state_dict
+from rskeras.weights.files import write_state_dict
+from rskeras.weights.torch_params import torch_state_dict
 
 FACTS = json.loads((FIXTURES / "swin_arch_facts.json").read_text())["satlaspretrain_random_init"]
 

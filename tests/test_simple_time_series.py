@@ -9,7 +9,7 @@ from _components_golden import SMALL_SWIN, assert_close, config, images, load, n
 from rskeras.models.component import FeatureExtractor
 from rskeras.models.simple_time_series import SimpleTimeSeries
 from rskeras.models.swin import Swin
-from rskeras.models.torch_weights import load_torch_state_dict
+from rskeras.weights.torch_params import load_torch_state_dict
 
 # fixtures of convrnn / conv3d / conv1d_groups keep only scales 0 and 1 (size)
 PARTIAL = {"convrnn", "conv3d", "conv1d_groups"}

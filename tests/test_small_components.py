@@ -14,8 +14,8 @@ from rskeras.models.pick_features import PickFeatures
 from rskeras.models.pixel_shuffle import PixelShuffle
 from rskeras.models.pooling_decoder import PoolingDecoder, SegmentationPoolingDecoder
 from rskeras.models.resize_features import ResizeFeatures
-from rskeras.models.torch_weights import load_torch_state_dict
 from rskeras.models.upsample import Upsample
+from rskeras.weights.torch_params import load_torch_state_dict
 
 
 @pytest.mark.parametrize("name", ["conv", "conv_bn_stride2"])

@@ -11,7 +11,8 @@ import tensorflow as tf
 from _components_golden import SMALL_SWIN, assert_close, load, nhwc, weights
 from conftest import FIXTURES
 from rskeras.models.swin import ARCHS, Swin, SwinTransformer, _roll
-from rskeras.models.torch_weights import WeightLoadError, load_torch_state_dict
+from rskeras.weights.errors import WeightLoadError
+from rskeras.weights.torch_params import load_torch_state_dict
 
 ARCH_OF_VERSION = {1: "swin_t", 2: "swin_v2_t"}
 

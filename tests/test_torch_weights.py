@@ -6,7 +6,8 @@ import pytest
 from rskeras.models.satlaspretrain import SatlasUpsample
 from rskeras.models.simple_time_series import SimpleTimeSeries
 from rskeras.models.swin import Swin
-from rskeras.models.torch_weights import WeightLoadError, load_torch_state_dict, torch_state_dict
+from rskeras.weights.errors import WeightLoadError
+from rskeras.weights.torch_params import load_torch_state_dict, torch_state_dict
 
 
 def _tiny_series(op):

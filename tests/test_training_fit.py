@@ -108,10 +108,12 @@ def test_schedulers_step_per_epoch_and_lr_is_logged(sample_dataset, tmp_path):
 def test_freeze_unfreeze_and_restore_config_order(sample_dataset, tmp_path, monkeypatch):
     calls = []
 
-    def fake_restore(lm, restore_config):
+    def fake_restore(model, restore_config):
+        lm = run.lm
+        assert model is lm.model
         calls.append((lm.optimizer.built, int(lm.optimizer.iterations.numpy()), restore_config.restore_path))
 
-    monkeypatch.setattr("rskeras.train.trainer.apply_restore_config", fake_restore)
+    monkeypatch.setattr("rskeras.train.trainer.restore_from_config", fake_restore)
     run = make_run(
         sample_dataset,
         tmp_path,

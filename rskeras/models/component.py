@@ -20,7 +20,7 @@ Call conventions (all Keras layers):
   of the task (or None when predicting), and the loss dict is empty without targets.
 
 Components that hold weights ported from PyTorch implement ``torch_params(prefix)``
-(see ``rskeras.models.torch_weights``).
+(see ``rskeras.weights.torch_params``).
 """
 
 from __future__ import annotations
@@ -32,6 +32,12 @@ import tensorflow as tf
 
 FeatureMaps = list
 FeatureVector = tf.Tensor
+
+
+def model_output(outputs: Any, loss_dict: dict[str, tf.Tensor] | None = None) -> dict:
+    """The ModelOutput dict returned by predictors and models (rslearn ``ModelOutput``):
+    ``{"outputs": outputs, "loss_dict": {name: scalar}}``."""
+    return {"outputs": outputs, "loss_dict": dict(loss_dict or {})}
 
 
 def require_feature_maps(x: Any, component: str) -> list:

@@ -8,7 +8,7 @@ import tensorflow as tf
 from rskeras.models.component import IntermediateComponent, require_feature_maps
 from rskeras.models.interpolate import resize_bilinear, spatial_size
 from rskeras.models.torch_nn import Conv2d
-from rskeras.models.torch_weights import TorchParam, join
+from rskeras.weights.torch_params import TorchParam, join
 
 
 def flatten_time_into_channels(image: tf.Tensor) -> tf.Tensor:

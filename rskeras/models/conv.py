@@ -9,7 +9,7 @@ import keras
 from rskeras.models.activations import get_activation, serialize_activation
 from rskeras.models.component import IntermediateComponent, require_feature_maps
 from rskeras.models.torch_nn import Conv2d, batch_norm
-from rskeras.models.torch_weights import TorchParam, batch_norm_params, join
+from rskeras.weights.torch_params import TorchParam, batch_norm_params, join
 
 
 @keras.saving.register_keras_serializable(package="rskeras")

@@ -7,7 +7,7 @@ import keras
 from rskeras.models.component import IntermediateComponent, require_feature_maps
 from rskeras.models.interpolate import resize_nearest, spatial_size
 from rskeras.models.torch_nn import Conv2d
-from rskeras.models.torch_weights import TorchParam, join
+from rskeras.weights.torch_params import TorchParam, join
 
 
 @keras.saving.register_keras_serializable(package="rskeras")

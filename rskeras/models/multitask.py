@@ -6,9 +6,9 @@ import logging
 
 import keras
 
+from rskeras.models.component import model_output
 from rskeras.models.singletask import components_torch_params, run_decoder, run_encoder
-from rskeras.models.torch_weights import TorchParam, join
-from rskeras.train.model_context import model_output
+from rskeras.weights.torch_params import TorchParam, join
 
 logger = logging.getLogger(__name__)
 

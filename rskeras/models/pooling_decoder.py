@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from rskeras.models.component import IntermediateComponent, require_feature_maps
 from rskeras.models.torch_nn import Conv2d, linear
-from rskeras.models.torch_weights import TorchParam, dense_params, join
+from rskeras.weights.torch_params import TorchParam, dense_params, join
 
 
 @keras.saving.register_keras_serializable(package="rskeras")

@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 
 from rskeras.models.torch_nn import Conv2d, batch_norm, linear
-from rskeras.models.torch_weights import TorchParam, batch_norm_params, dense_params, join
+from rskeras.weights.torch_params import TorchParam, batch_norm_params, dense_params, join
 
 # arch -> (block type, blocks per stage); torchvision's table.
 ARCHS = {

@@ -21,7 +21,7 @@ from rskeras.models.interpolate import resize_bilinear
 from rskeras.models.resnet import ResNet
 from rskeras.models.swin import build_swin_transformer
 from rskeras.models.torch_nn import Conv2d, TorchBiasInitializer, torch_kernel_initializer
-from rskeras.models.torch_weights import TorchParam, conv_params, join, load_torch_state_dict
+from rskeras.weights.torch_params import TorchParam, conv_params, join, load_torch_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ class SatlasPretrain(FeatureExtractor):
 
     def load_weights_file(self, path: str):
         """Loads SatlasPretrain weights from a local file (original .pth, converted, or rslearn-keyed)."""
-        from rskeras.models.checkpoint import read_state_dict
+        from rskeras.weights.files import read_state_dict
 
         state = read_state_dict(path)
         params = self.model_params("")

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from rskeras.models.component import FeatureExtractor
 from rskeras.models.torch_nn import Conv2d, torch_kernel_initializer, TorchBiasInitializer
-from rskeras.models.torch_weights import TorchParam, conv_params, join
+from rskeras.weights.torch_params import TorchParam, conv_params, join
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import keras
 
-from rskeras.models.torch_weights import TorchParam, join
+from rskeras.weights.torch_params import TorchParam, join
 
 
 def run_encoder(encoder: list, context: dict, training=None) -> Any:

@@ -38,7 +38,7 @@ import tensorflow as tf
 from rskeras.models.component import FeatureExtractor, single_timestep
 from rskeras.models.interpolate import spatial_size
 from rskeras.models.torch_nn import Conv2d, layer_norm
-from rskeras.models.torch_weights import (
+from rskeras.weights.torch_params import (
     TorchParam,
     dense_params,
     join,
@@ -689,7 +689,7 @@ class Swin(FeatureExtractor):
 
     def load_pretrained(self, path: str):
         """Loads a torchvision-keyed state dict (skipping the conv/head rslearn re-creates)."""
-        from rskeras.models.checkpoint import read_state_dict
+        from rskeras.weights.files import read_state_dict
 
         state = read_state_dict(path)
         if state and all(k.startswith("model.") for k in state):

@@ -11,7 +11,7 @@ get wrong for our purpose:
 * default initialisation (kaiming-uniform with a=sqrt(5), bias U(+-1/sqrt(fan_in))),
   reproduced by :func:`torch_kernel_initializer` / :class:`TorchBiasInitializer`, so that
   a freshly built model trains like its torch counterpart.
-* weight names and layouts, handled by ``torch_params`` (``rskeras.models.torch_weights``).
+* weight names and layouts, handled by ``torch_params`` (``rskeras.weights.torch_params``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from rskeras.models.torch_weights import TorchParam, batch_norm_params, conv_params, dense_params, join, layer_norm_params
+from rskeras.weights.torch_params import TorchParam, conv_params
 
 TORCH_NORM_EPS = 1e-5
 
@@ -188,33 +188,3 @@ def batch_norm(name: str | None = None) -> keras.layers.BatchNormalization:
     Keras with the biased one; inference (running statistics) is identical.
     """
     return keras.layers.BatchNormalization(axis=-1, epsilon=TORCH_NORM_EPS, momentum=0.9, name=name)
-
-
-def params_of(layer: Any, prefix: str) -> list[TorchParam]:
-    """torch_params of a Dense / LayerNormalization / BatchNormalization / rskeras layer."""
-    if hasattr(layer, "torch_params"):
-        return layer.torch_params(prefix)
-    if isinstance(layer, keras.layers.Dense):
-        return dense_params(layer, prefix)
-    if isinstance(layer, keras.layers.LayerNormalization):
-        return layer_norm_params(layer, prefix)
-    if isinstance(layer, keras.layers.BatchNormalization):
-        return batch_norm_params(layer, prefix)
-    if isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)):
-        layout = {1: "conv1d", 2: "conv2d", 3: "conv3d"}[len(layer.kernel_size)]
-        return conv_params(layer, prefix, layout)
-    if isinstance(layer, keras.layers.Conv2DTranspose):
-        return conv_params(layer, prefix, "conv_transpose2d")
-    raise TypeError(f"no torch parameter mapping for {type(layer).__name__} at {prefix!r}")
-
-
-def sequential_params(modules: list[tuple[int, Any]], prefix: str) -> list[TorchParam]:
-    """torch_params of the weighted entries of a torch ``Sequential``.
-
-    ``modules`` lists ``(index in the torch Sequential, keras layer)`` for the entries
-    that hold weights (activations and upsampling layers have no entry).
-    """
-    out: list[TorchParam] = []
-    for index, layer in modules:
-        out.extend(params_of(layer, join(prefix, str(index))))
-    return out

@@ -9,8 +9,8 @@ import tensorflow as tf
 
 from rskeras.models.component import IntermediateComponent, require_feature_maps
 from rskeras.models.interpolate import resize_bilinear, resize_nearest, scaled_size
-from rskeras.models.torch_nn import Conv2d, batch_norm, sequential_params
-from rskeras.models.torch_weights import TorchParam, join
+from rskeras.models.torch_nn import Conv2d, batch_norm
+from rskeras.weights.torch_params import TorchParam, join, sequential_params
 
 
 @keras.saving.register_keras_serializable(package="rskeras")

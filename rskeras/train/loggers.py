@@ -12,16 +12,20 @@
 
 ``trainer.logger: true`` (Lightning's default) means a ``TensorBoardLogger`` in the run
 directory; ``false`` turns TensorBoard off. The trainer always writes ``metrics.csv`` /
-``metrics.json`` in the run directory as well.
+``metrics.json`` in the run directory as well (``MetricsFileLogger``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any
 
 import keras
+import numpy as np
+
+from rskeras.utils.fileio import atomic_write_text
 
 
 def next_version(root: str) -> int:
@@ -30,6 +34,40 @@ def next_version(root: str) -> int:
         return 0
     numbers = [int(m.group(1)) for d in os.listdir(root) if (m := re.fullmatch(r"version_(\d+)", d))]
     return max(numbers) + 1 if numbers else 0
+
+
+class MetricsFileLogger(keras.callbacks.Callback):
+    """Writes every epoch's logs to ``metrics.csv`` and ``metrics.json`` (atomically).
+
+    Rows of epochs at or after the current one are replaced, so a resumed run continues
+    the files of the interrupted one.
+    """
+
+    def __init__(self, directory: str):
+        super().__init__()
+        self.directory = directory
+        self.rows: list[dict[str, Any]] = []
+
+    def on_train_begin(self, logs=None):
+        if os.path.isdir(self.directory):  # temporary files of a killed run
+            for name in os.listdir(self.directory):
+                if name.startswith((".metrics.json.", ".metrics.csv.")) and ".tmp" in name:
+                    os.remove(os.path.join(self.directory, name))
+        path = os.path.join(self.directory, "metrics.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                self.rows = json.load(f)
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch}
+        row.update({k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0})
+        self.rows = [r for r in self.rows if r["epoch"] < epoch] + [row]
+        keys: list[str] = []
+        for r in self.rows:
+            keys.extend(k for k in r if k not in keys)
+        lines = [",".join(keys)] + [",".join("" if k not in r else repr(r[k]) for k in keys) for r in self.rows]
+        atomic_write_text(os.path.join(self.directory, "metrics.csv"), "\n".join(lines) + "\n")
+        atomic_write_text(os.path.join(self.directory, "metrics.json"), json.dumps(self.rows, indent=2))
 
 
 class Logger:
@@ -123,8 +161,6 @@ class CSVLogger(Logger):
         super().__init__(save_dir, name, version)
 
     def callbacks(self, trainer) -> list[keras.callbacks.Callback]:
-        from rskeras.train.trainer import MetricsFileLogger
-
         return [MetricsFileLogger(trainer.worker_path(self.log_dir))]
 
 

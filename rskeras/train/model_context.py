@@ -10,7 +10,8 @@ through traced Keras functions:
 * A vector input is a dict of per-feature tensors, see :data:`VECTOR_KEYS`.
 * Sample metadata is a dict of scalar tensors, see :data:`METADATA_KEYS`.
 * The model context is the batched input dict itself (key -> tensor).
-* A model output is a dict ``{"outputs": ..., "loss_dict": {name: scalar}}``.
+* A model output is a dict ``{"outputs": ..., "loss_dict": {name: scalar}}``, built by
+  ``rskeras.models.component.model_output`` (models import it without reaching up here).
 """
 
 from __future__ import annotations
@@ -56,11 +57,6 @@ def metadata_signature() -> dict[str, tf.TensorSpec]:
         "num_crops_in_window": tf.TensorSpec([], tf.int64),
         "dataset_source": tf.TensorSpec([], tf.string),
     }
-
-
-def model_output(outputs: Any, loss_dict: dict[str, tf.Tensor] | None = None) -> dict:
-    """Builds the ModelOutput dict returned by predictors and models."""
-    return {"outputs": outputs, "loss_dict": dict(loss_dict or {})}
 
 
 @dataclasses.dataclass

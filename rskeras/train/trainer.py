@@ -20,7 +20,6 @@ cannot honour is an error naming ``trainer.<key>``, never silently ignored.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -42,8 +41,9 @@ from rskeras.train.callbacks.checkpointing import (
 )
 from rskeras.train.callbacks.lightning import ModelCheckpoint, TQDMProgressBar
 from rskeras.train.distribute import worker_info
+from rskeras.train.loggers import Logger, MetricsFileLogger, TensorBoardLogger
 from rskeras.train.optimizer import TorchAdamW, to_numpy, unwrap_optimizer
-from rskeras.utils.fileio import atomic_write_text
+from rskeras.weights.restore import load_torch_weights, restore_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,37 @@ PRECISIONS = {
     "16": "mixed_float16",
     "16-mixed": "mixed_float16",
 }
+
+# Lightning Trainer arguments rskeras does not implement, with the values besides None
+# that mean "off" in Lightning. Those are accepted; any other value is an error naming
+# ``trainer.<key>``. Values match by type and value, so ``True`` is not ``1`` and ``1`` is
+# not ``1.0`` (``fast_dev_run: 1`` runs one batch in Lightning).
+UNSUPPORTED_ARGUMENTS: dict[str, tuple[Any, ...]] = {
+    "val_check_interval": (1.0,),
+    "fast_dev_run": (False, 0),
+    "overfit_batches": (0, 0.0),
+    "min_steps": (0,),
+    "max_time": (),
+    "profiler": (),
+    "plugins": (),
+    "detect_anomaly": (False,),
+    "barebones": (False,),
+    "reload_dataloaders_every_n_epochs": (0,),
+    "sync_batchnorm": (False,),
+    "model_registry": (),
+}
+
+
+def check_unsupported_arguments(arguments: dict[str, Any]) -> None:
+    """Raises ConfigError for an argument of ``UNSUPPORTED_ARGUMENTS`` set to anything but
+    None or one of its off values (``arguments``: the Trainer's arguments by name; only the
+    table's keys are read)."""
+    for key, offs in UNSUPPORTED_ARGUMENTS.items():
+        value = arguments.get(key)
+        if value is None or any(type(value) is type(off) and value == off for off in offs):
+            continue
+        raise ConfigError(f"trainer.{key}: this Lightning Trainer argument is not supported by rskeras (got {value!r})")
+
 
 class NonFiniteLossError(RuntimeError):
     """A training loss became NaN or infinite; the message names the step and the loss term."""
@@ -79,40 +110,6 @@ def warn_if_cpu_replicas_with_onednn(strategy: tf.distribute.Strategy, batch_siz
             len(devices),
             batch_size,
         )
-
-
-class MetricsFileLogger(keras.callbacks.Callback):
-    """Writes every epoch's logs to ``metrics.csv`` and ``metrics.json`` (atomically).
-
-    Rows of epochs at or after the current one are replaced, so a resumed run continues
-    the files of the interrupted one.
-    """
-
-    def __init__(self, directory: str):
-        super().__init__()
-        self.directory = directory
-        self.rows: list[dict[str, Any]] = []
-
-    def on_train_begin(self, logs=None):
-        if os.path.isdir(self.directory):  # temporary files of a killed run
-            for name in os.listdir(self.directory):
-                if name.startswith((".metrics.json.", ".metrics.csv.")) and ".tmp" in name:
-                    os.remove(os.path.join(self.directory, name))
-        path = os.path.join(self.directory, "metrics.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                self.rows = json.load(f)
-
-    def on_epoch_end(self, epoch, logs=None):
-        row = {"epoch": epoch}
-        row.update({k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0})
-        self.rows = [r for r in self.rows if r["epoch"] < epoch] + [row]
-        keys: list[str] = []
-        for r in self.rows:
-            keys.extend(k for k in r if k not in keys)
-        lines = [",".join(keys)] + [",".join("" if k not in r else repr(r[k]) for k in keys) for r in self.rows]
-        atomic_write_text(os.path.join(self.directory, "metrics.csv"), "\n".join(lines) + "\n")
-        atomic_write_text(os.path.join(self.directory, "metrics.json"), json.dumps(self.rows, indent=2))
 
 
 class _EpochController(Callback):
@@ -185,34 +182,6 @@ class _Backup(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         save_training_checkpoint(self.model, self.path, self.trainer.training_state(epoch))
-
-
-def load_torch_checkpoint(lm, path: str) -> None:
-    """Model weights from an rslearn Lightning ``.ckpt`` (``state_dict``, keys ``model.*``)
-    or a plain torch state dict of the model (``.pth``/``.pt``/``.npz``/``.safetensors``)."""
-    from rskeras.models.checkpoint import load_lightning_checkpoint, read_state_dict
-    from rskeras.models.torch_weights import load_torch_state_dict
-
-    if path.endswith(".ckpt"):
-        report = load_lightning_checkpoint(lm.model, path, strict=True)
-    else:
-        report = load_torch_state_dict(lm.model, read_state_dict(path), strict=True)
-    logger.info("loaded torch weights from %s: %s", path, report.summary())
-
-
-def apply_restore_config(lm, restore_config) -> None:
-    """rslearn ``restore_config``: a torch state dict loaded non-strictly into the model at
-    the start of a fresh fit (after the model is built, before the first step)."""
-    from rskeras.models.checkpoint import restore_into
-
-    report = restore_into(
-        lm.model,
-        restore_config.restore_path,
-        selector=restore_config.selector,
-        ignore_prefixes=restore_config.ignore_prefixes,
-        remap_prefixes=restore_config.remap_prefixes,
-    )
-    logger.info("restore_config %s: %s", restore_config.restore_path, report.summary())
 
 
 def _limit_key(stage: str) -> str:
@@ -301,24 +270,7 @@ class Trainer:
         sync_batchnorm: Any = None,
         model_registry: Any = None,
     ):
-        unsupported = {
-            "val_check_interval": val_check_interval,
-            "fast_dev_run": fast_dev_run,
-            "overfit_batches": overfit_batches,
-            "min_steps": min_steps,
-            "max_time": max_time,
-            "profiler": profiler,
-            "plugins": plugins,
-            "detect_anomaly": detect_anomaly,
-            "barebones": barebones,
-            "reload_dataloaders_every_n_epochs": reload_dataloaders_every_n_epochs,
-            "sync_batchnorm": sync_batchnorm,
-            "model_registry": model_registry,
-        }
-        for key, value in unsupported.items():
-            # Lightning's own defaults (off) are accepted.
-            if value not in (None, False, 0, 0.0, 1.0) or (key == "val_check_interval" and value not in (None, 1.0)):
-                raise ConfigError(f"trainer.{key}: this Lightning Trainer argument is not supported by rskeras (got {value!r})")
+        check_unsupported_arguments(locals())
         if max_epochs is not None and max_epochs < -1:
             raise ConfigError(f"trainer.max_epochs must be >= -1, got {max_epochs}")
         if max_steps < -1:
@@ -468,8 +420,6 @@ class Trainer:
         return f"{type(callback).__name__}#{same.index(callback)}"
 
     def _logger_callbacks(self) -> list[keras.callbacks.Callback]:
-        from rskeras.train.loggers import Logger, TensorBoardLogger
-
         if self.logger is True:
             self.logger = TensorBoardLogger(save_dir=self.default_root_dir or os.path.join("runs", "default"))
         loggers = self.logger if isinstance(self.logger, (list, tuple)) else [self.logger]
@@ -618,7 +568,7 @@ class Trainer:
             if resume:
                 initial_epoch = self.resume(lm, resume)
             elif getattr(lm, "restore_config", None) is not None:
-                apply_restore_config(lm, lm.restore_config)
+                restore_from_config(lm.model, lm.restore_config)
         self._print_summary(lm)
 
         # Under several replicas a last batch smaller than the replica count would leave a
@@ -674,7 +624,7 @@ class Trainer:
             logger.info("resumed from %s: epoch %d, global step %d", path, epoch, state.get("global_step", 0))
             print(f"resuming from {path} at epoch {epoch}")
             return epoch
-        load_torch_checkpoint(lm, path)
+        load_torch_weights(lm.model, path)
         logger.warning("%s is not an rskeras training checkpoint: weights loaded, training starts at epoch 0", path)
         return 0
 

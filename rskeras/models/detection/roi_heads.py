@@ -15,7 +15,7 @@ from rskeras.models.detection.nms import batched_nms
 from rskeras.models.detection.roi_align import multi_scale_roi_align
 from rskeras.models.detection.sampler import BalancedPositiveNegativeSampler
 from rskeras.models.detection.shapes import flatten_dims
-from rskeras.models.torch_weights import TorchParam, dense_params, join
+from rskeras.weights.torch_params import TorchParam, dense_params, join
 
 
 def _torch_linear_init(fan_in: int) -> dict:

@@ -13,7 +13,7 @@ from rskeras.models.detection.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESH
 from rskeras.models.detection.nms import batched_nms
 from rskeras.models.detection.sampler import BalancedPositiveNegativeSampler
 from rskeras.models.detection.shapes import dim, flatten_dims, split_last
-from rskeras.models.torch_weights import TorchParam, conv_params, join
+from rskeras.weights.torch_params import TorchParam, conv_params, join
 
 
 class RPNHead(keras.layers.Layer):

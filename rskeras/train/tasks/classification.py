@@ -9,7 +9,7 @@ import numpy as np
 import shapely
 import tensorflow as tf
 
-from rskeras.models.component import Predictor, require_feature_vector
+from rskeras.models.component import Predictor, model_output, require_feature_vector
 from rskeras.train.metrics import (
     RANKING_KWARGS,
     ConfusionMatrixMetric,
@@ -19,7 +19,7 @@ from rskeras.train.metrics import (
     check_stat_kwargs,
     torchmetrics_stat,
 )
-from rskeras.train.model_context import SampleMetadata, model_output
+from rskeras.train.model_context import SampleMetadata
 from rskeras.train.tasks.task import BasicTask, class_ids_from_text, draw_label_text, first_true_index
 from rskeras.utils.feature import Feature
 

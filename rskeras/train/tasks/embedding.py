@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rskeras.models.component import Predictor, require_feature_maps
-from rskeras.train.model_context import SampleMetadata, model_output
+from rskeras.models.component import Predictor, model_output, require_feature_maps
+from rskeras.train.model_context import SampleMetadata
 from rskeras.train.tasks.task import Task
 
 

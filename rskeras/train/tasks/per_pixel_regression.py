@@ -8,9 +8,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rskeras.models.component import require_feature_maps
+from rskeras.models.component import model_output, require_feature_maps
 from rskeras.train.metrics import RegressionSums
-from rskeras.train.model_context import SampleMetadata, model_output
+from rskeras.train.model_context import SampleMetadata
 from rskeras.train.tasks.regression import (
     RegressionHeadBase,
     RegressionMetricWrapper,

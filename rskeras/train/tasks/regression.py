@@ -10,9 +10,9 @@ import numpy as np
 import shapely
 import tensorflow as tf
 
-from rskeras.models.component import Predictor, require_feature_vector
+from rskeras.models.component import Predictor, model_output, require_feature_vector
 from rskeras.train.metrics import REGRESSION_METRICS, RegressionSums
-from rskeras.train.model_context import SampleMetadata, model_output
+from rskeras.train.model_context import SampleMetadata
 from rskeras.train.tasks.task import BasicTask, draw_label_text, first_true_index
 from rskeras.utils.feature import Feature
 

@@ -9,8 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rskeras.models.component import Predictor, require_feature_maps
-from rskeras.models.torch_weights import TorchParam, join
+from rskeras.models.component import Predictor, model_output, require_feature_maps
 from rskeras.train.metrics import (
     ConfusionMatrix,
     ConfusionMatrixMetric,
@@ -19,8 +18,9 @@ from rskeras.train.metrics import (
     check_stat_kwargs,
     torchmetrics_stat,
 )
-from rskeras.train.model_context import SampleMetadata, model_output
+from rskeras.train.model_context import SampleMetadata
 from rskeras.train.tasks.task import BasicTask, batch_hw, raster_target, single_band_raster
+from rskeras.weights.torch_params import TorchParam, join
 
 # rslearn.utils.colors.DEFAULT_COLORS (class i -> colors[i % 16]).
 DEFAULT_COLORS = [

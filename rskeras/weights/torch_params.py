@@ -10,7 +10,11 @@ rskeras (``num_batches_tracked``, precomputed index buffers) are listed with
 ``variable=None`` so that they are consumed, not reported as unexpected.
 
 ``load_torch_state_dict`` applies such a list and reports every missing, unexpected or
-mis-shaped key by name; nothing is skipped silently.
+mis-shaped key by name; nothing is skipped silently. ``torch_state_dict`` is the reverse.
+
+Standard Keras layers get their lists from :func:`params_of` (Dense, Conv1D/2D/3D,
+Conv2DTranspose, LayerNormalization, BatchNormalization, or any layer with
+``torch_params``) and torch ``Sequential`` containers from :func:`sequential_params`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from typing import Any, Callable, Iterable
 
 import keras
 import numpy as np
+
+from rskeras.weights.errors import WeightLoadError
 
 # Layout conversions torch -> Keras.
 LAYOUTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -51,10 +57,6 @@ class TorchParam:
         if self.transform is not None:
             out = self.transform(out)
         return out
-
-
-class WeightLoadError(ValueError):
-    """Raised when a state dict does not fit a model; the message lists every key."""
 
 
 @dataclasses.dataclass
@@ -162,6 +164,36 @@ def collect(items: Iterable[tuple[Any, str]]) -> list[TorchParam]:
     out: list[TorchParam] = []
     for layer, prefix in items:
         out.extend(layer.torch_params(prefix))
+    return out
+
+
+def params_of(layer: Any, prefix: str) -> list[TorchParam]:
+    """torch_params of a Dense / LayerNormalization / BatchNormalization / rskeras layer."""
+    if hasattr(layer, "torch_params"):
+        return layer.torch_params(prefix)
+    if isinstance(layer, keras.layers.Dense):
+        return dense_params(layer, prefix)
+    if isinstance(layer, keras.layers.LayerNormalization):
+        return layer_norm_params(layer, prefix)
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return batch_norm_params(layer, prefix)
+    if isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)):
+        layout = {1: "conv1d", 2: "conv2d", 3: "conv3d"}[len(layer.kernel_size)]
+        return conv_params(layer, prefix, layout)
+    if isinstance(layer, keras.layers.Conv2DTranspose):
+        return conv_params(layer, prefix, "conv_transpose2d")
+    raise TypeError(f"no torch parameter mapping for {type(layer).__name__} at {prefix!r}")
+
+
+def sequential_params(modules: list[tuple[int, Any]], prefix: str) -> list[TorchParam]:
+    """torch_params of the weighted entries of a torch ``Sequential``.
+
+    ``modules`` lists ``(index in the torch Sequential, keras layer)`` for the entries
+    that hold weights (activations and upsampling layers have no entry).
+    """
+    out: list[TorchParam] = []
+    for index, layer in modules:
+        out.extend(params_of(layer, join(prefix, str(index))))
     return out
 
 
