@@ -5,8 +5,11 @@ import os
 import pytest
 
 from rskeras import lightning_cli as cli
+from rskeras.config.command_line import split_command_line
 from rskeras.config.errors import ConfigError
 from rskeras.config.instantiate import build
+from rskeras.config.loader import Override, load_config
+from rskeras.export import cli as export_cli
 from rskeras.train.trainer import Trainer
 
 
@@ -30,7 +33,7 @@ def test_override_forms():
             "--trainer.gradient_clip_val", "-1",
         ]
     )
-    assert overrides == [
+    assert [(o.key, o.value) for o in overrides] == [
         ("data.init_args.batch_size", "16"),
         ("trainer.max_epochs", "3"),
         ("model.init_args.scheduler.init_args.milestones", "[2, 4]"),
@@ -38,6 +41,18 @@ def test_override_forms():
         ("management_dir", "/tmp/m"),
         ("trainer.gradient_clip_val", "-1"),
     ]
+
+
+def test_one_tokenizer_for_both_command_lines():
+    argv = ["--config", "--odd.yaml", "--a.b=1", "-c", "x.yaml", "--seed_everything", "3", "--format", "tflite"]
+    rest, overrides = split_command_line(argv, prog="export.py")
+    assert rest == ["--config", "--odd.yaml", "-c", "x.yaml", "--format", "tflite"]
+    assert overrides == [Override("a.b", "1", 1), Override("seed_everything", "3", 2)]
+    with pytest.raises(SystemExit, match="export.py: error: override --a.b needs a value"):
+        split_command_line(["--a.b"], prog="export.py")
+    args, overrides = export_cli.parse_args(["--config", "a.yaml", "--checkpoint", "c.weights.h5", "--data.init_args.batch_size", "2"])
+    assert args.config == ["a.yaml"] and args.checkpoint == "c.weights.h5"
+    assert overrides == [Override("data.init_args.batch_size", "2", 1)]
 
 
 def test_override_errors():
@@ -54,12 +69,13 @@ def test_configs_and_overrides_apply_in_order(tmp_path):
     b.write_text("trainer:\n  max_epochs: 2\n")
     argv = ["--trainer.max_epochs", "7", "-c", str(a), "--trainer.callbacks.0.init_args.monitor=val_acc", "-c", str(b), "--trainer.devices", "[0, 1]"]
     args, overrides = cli.parse_args(argv)
-    config = cli.load_ordered_config(args.config, overrides, args.override_positions)
+    assert [o.after_configs for o in overrides] == [0, 1, 2]
+    config = load_config(args.config, overrides)
     assert config["trainer"]["max_epochs"] == 2  # b.yaml comes after the override
     assert config["trainer"]["callbacks"][0]["init_args"]["monitor"] == "val_acc"
     assert config["trainer"]["devices"] == [0, 1]
     with pytest.raises(ConfigError, match=r"trainer\.callbacks\.3"):
-        cli.load_ordered_config([str(a)], [("trainer.callbacks.3.init_args.monitor", "x")], [1])
+        load_config([str(a)], [Override("trainer.callbacks.3.init_args.monitor", "x", 1)])
 
 
 def test_help_lists_overrides_and_management(capsys):

@@ -19,6 +19,8 @@ import yaml
 
 from conftest import ROOT
 from rskeras import lightning_cli
+from rskeras.config.loader import load_config
+from rskeras.run import build_run
 from rskeras.train.mean_ap import coco_map
 from rskeras.train.tasks.detection import detection_match_counts, split_detection_batch
 
@@ -130,8 +132,8 @@ def fitted(sample_dataset, tmp_path_factory):
 def validate_run(fitted):
     """A single-device ``validate`` Run holding the fit's best weights."""
     root, cfg, _ = fitted
-    config = lightning_cli.load_config([str(cfg)], [("trainer.default_root_dir", str(root / "validate"))])
-    run = lightning_cli.Run(config, [str(cfg)], "validate")
+    config = load_config([str(cfg)], [("trainer.default_root_dir", str(root / "validate"))])
+    run = build_run(config, "val")
     run.load_checkpoint(str(root / "checkpoints" / "best.weights.h5"))
     return run
 
@@ -261,7 +263,7 @@ def test_predict_writes_vector_features(fitted, validate_run, sample_dataset, tm
     # expected detections: the validate run's model (same weights) on the predict windows
     run = validate_run
     infer = tf.function(lambda x: run.lm.model(x, training=False)["outputs"])
-    config = lightning_cli.load_config([str(cfg)], [("data.init_args.path", str(dataset))])
+    config = load_config([str(cfg)], [("data.init_args.path", str(dataset))])
     expected = {}
     for inputs, _, metadata in instantiate(config["data"], "data").tf_dataset("predict", with_metadata=True):
         outputs = infer(inputs)
@@ -308,7 +310,7 @@ def test_satlas_detection_config_builds():
     from rskeras.models.pick_features import PickFeatures
     from rskeras.models.satlaspretrain import SatlasPretrain
 
-    config = lightning_cli.load_config([str(ROOT / "configs" / "detection_satlas.yaml")])
+    config = load_config([str(ROOT / "configs" / "detection_satlas.yaml")])
     task = instantiate(config["data"]["init_args"]["task"], "data.init_args.task")
     lm = instantiate(config["model"], "model", extra={"task": task})
     model = lm.model

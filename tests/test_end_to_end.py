@@ -8,6 +8,8 @@ import tensorflow as tf
 import yaml
 
 from rskeras import lightning_cli
+from rskeras.config.loader import load_config
+from rskeras.run import build_run
 
 CONFIG = """
 model:
@@ -79,8 +81,8 @@ def test_fit_writes_checkpoints_metrics_and_saved_model(trained_run):
 
 def test_saved_model_matches_keras(trained_run, sample_dataset):
     root, cfg = trained_run
-    config = lightning_cli.load_config([str(cfg)], [("trainer.default_root_dir", str(root / "reload"))])
-    run = lightning_cli.Run(config, [str(cfg)], "test")
+    config = load_config([str(cfg)], [("trainer.default_root_dir", str(root / "reload"))])
+    run = build_run(config, "test")
     run.lm.load_weights(str(root / "checkpoints" / "best.weights.h5"))
     inputs, _ = next(iter(run.data.tf_dataset("test")))
     keras_out = run.lm.inference_model(run.input_specs)(inputs)

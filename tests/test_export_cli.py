@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT
 from rskeras.config.loader import load_config
 from rskeras.export import cli
-from rskeras.lightning_cli import Run
+from rskeras.run import build_run
 
 CONFIG = """
 model:
@@ -67,7 +67,7 @@ def setup(sample_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("export_cli")
     cfg = root / "seg.yaml"
     cfg.write_text(CONFIG.replace("PATH", sample_dataset).replace("OUT", str(root / "predicted")))
-    run = Run(load_config([str(cfg)], [("trainer.default_root_dir", str(root / "run"))]), [str(cfg)], "predict")
+    run = build_run(load_config([str(cfg)], [("trainer.default_root_dir", str(root / "run"))]), "predict")
     ckpt = root / "seg.weights.h5"
     run.lm.save_weights(str(ckpt))
     return root, cfg, ckpt

@@ -89,14 +89,15 @@ class EchoTask(RawTask):
         return {"image": np.repeat(img, 3, axis=-1), "pred": np.zeros((2, 3, 3), np.uint8)}
 
 
-def make_run(root, task, writers, predict_config, **dm_kwargs):
+def make_predict_parts(root, task, writers, predict_config, **dm_kwargs):
+    """(trainer, lm, data) stand-ins for run_predict."""
     dm = RslearnDataModule(
         {"image": DataInput("raster", ["img"], bands=["v"], passthrough=True)}, task, root, batch_size=3, predict_config=predict_config, test_config=predict_config, **dm_kwargs
     )
     model = lambda inputs, training=False: {"outputs": inputs["image"][:, 0]}  # noqa: E731
     lm = types.SimpleNamespace(model=model, task=task)
     trainer = types.SimpleNamespace(callbacks=writers, steps=lambda dm, stage: None)
-    return types.SimpleNamespace(data=dm, lm=lm, trainer=trainer)
+    return trainer, lm, dm
 
 
 @pytest.fixture
@@ -135,7 +136,7 @@ def test_predict_raster_round_trip(predict_dataset, tmp_path, cache):
         "trainer.callbacks.0",
     )
     kwargs = {"cache_dir": str(tmp_path / "cache")} if cache else {}
-    run_predict(make_run(root, EchoTask(selector_key="segment"), [writer], CROPS, **kwargs))
+    run_predict(*make_predict_parts(root, EchoTask(selector_key="segment"), [writer], CROPS, **kwargs))
     for name, (bounds, arr) in images.items():
         layer_dir = os.path.join(root, "windows/pred", name, "layers/seg")
         assert sorted(os.listdir(layer_dir)) == ["class", "completed"]  # first band set's directory
@@ -156,7 +157,7 @@ def test_predict_vector_round_trip_and_output_path(predict_dataset, tmp_path):
     root, images = predict_dataset
     out_root = str(tmp_path / "elsewhere")
     writers = [RslearnWriter("det"), RslearnWriter("det_crs", output_path=out_root)]
-    run_predict(make_run(root, EchoTask(vector=True), writers, CROPS))
+    run_predict(*make_predict_parts(root, EchoTask(vector=True), writers, CROPS))
     bounds, arr = images["a"]
     path = os.path.join(root, "windows/pred/a/layers/det/data.geojson")
     fc = json.load(open(path))
@@ -187,9 +188,9 @@ def test_writer_errors(predict_dataset):
 
 def test_visualize_dir_names(predict_dataset, tmp_path):
     root, images = predict_dataset
-    run = make_run(root, EchoTask(), [], SplitConfig(groups=["pred"], crop_size=8, load_all_crops=True))
+    _, lm, data = make_predict_parts(root, EchoTask(), [], SplitConfig(groups=["pred"], crop_size=8, load_all_crops=True))
     out = str(tmp_path / "vis")
-    n = write_visualizations(run.lm, run.data, out, "test")
+    n = write_visualizations(lm, data, out, "test")
     files = sorted(os.listdir(out))
     assert n == len(files) == 2 * (2 * 2 + 2 * 1)  # a: 2x2 crops, b: 2x1 crops; 2 images each
     assert "a_100_-50_image.png" in files and "a_107_-48_pred.png" in files and "b_-7_3_image.png" in files

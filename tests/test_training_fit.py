@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from rskeras import lightning_cli as cli
+from rskeras.run import build_run
 from rskeras.train.callbacks.checkpointing import read_training_state
 from tests.training_scripts.tiny_config import CONFIG
 
@@ -26,7 +27,7 @@ def make_run(dataset, root, deterministic=False, subcommand="fit", **changes):
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
-    run = cli.Run(config, ["tiny.yaml"], subcommand)
+    run = build_run(config, cli.SUBCOMMAND_STAGES[subcommand])
     if deterministic:
         # The train pipeline reads in parallel without a fixed order; train on the
         # (deterministic) val split so that two runs see identical batches.

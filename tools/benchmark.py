@@ -148,14 +148,14 @@ def run_train_step(args: argparse.Namespace) -> dict[str, Any]:
     import tensorflow as tf
 
     from rskeras.config.loader import load_config
-    from rskeras.lightning_cli import Run
+    from rskeras.run import build_run as build_config_run
 
     workdir = tempfile.mkdtemp(prefix="rskeras-bench-")
     try:
         dataset = make_or_reuse(args.sample, 64, 300, workdir)
         os.environ["DATASET_PATH"] = dataset
         cfg = load_config([CONFIG], [("data.init_args.batch_size", str(args.batch_size)), ("trainer.default_root_dir", os.path.join(workdir, "run"))])
-        run = Run(cfg, [CONFIG], "fit")
+        run = build_config_run(cfg, "train")
         batch = next(iter(run.data.tf_dataset("train")))
         ds = tf.data.Dataset.from_tensors(batch).repeat()
 
@@ -190,10 +190,12 @@ def timed(fn: Callable[[], Any], repeats: int, warmup: int) -> dict[str, float]:
 def build_run(config_paths: list[str], overrides: list[tuple[str, str]], root: str, subcommand: str = "fit"):
     """The CLI's Run for the config (trainer callbacks dropped, no logger, run files in ``root``)."""
     from rskeras import lightning_cli
+    from rskeras.config.loader import load_config
+    from rskeras.run import build_run as build_config_run
 
     base = [("trainer.callbacks", "[]"), ("trainer.logger", "false"), ("trainer.default_root_dir", root)]
-    config = lightning_cli.load_config(config_paths, base + overrides)
-    return lightning_cli.Run(config, config_paths, subcommand)
+    config = load_config(config_paths, base + overrides)
+    return build_config_run(config, lightning_cli.SUBCOMMAND_STAGES[subcommand])
 
 
 def benchmark_training(run, steps: int, warmup_steps: int) -> dict[str, Any]:

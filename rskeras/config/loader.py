@@ -4,7 +4,8 @@ A config file has the sections ``model``, ``data`` and ``trainer`` (plus ``ckpt_
 the project-management keys), like ``rslearn model fit --config cfg.yaml``. Before
 parsing, every ``${VAR}`` in the raw text is replaced with the environment variable's value
 (empty string if unset), as rslearn does. Several files are merged in order (mappings merge
-recursively, later values win, lists are replaced), then ``--a.b.c value`` overrides apply.
+recursively, later values win, lists are replaced), and ``--a.b.c value`` overrides apply
+where they stand on the command line (see ``rskeras.config.command_line``).
 """
 
 from __future__ import annotations
@@ -12,11 +13,26 @@ from __future__ import annotations
 import copy
 import os
 import re
-from typing import Any
+from typing import Any, Iterable, NamedTuple
 
 import yaml
 
 from rskeras.config.errors import ConfigError
+
+# rslearn project management (see rskeras.lightning_cli).
+MANAGEMENT_KEYS = frozenset(
+    {
+        "management_dir",
+        "project_name",
+        "run_name",
+        "run_description",
+        "log_mode",
+        "load_checkpoint_mode",
+        "load_checkpoint_required",
+    }
+)
+# The top-level keys of a config.
+TOP_LEVEL_KEYS = frozenset({"model", "data", "trainer", "ckpt_path", "seed_everything"}) | MANAGEMENT_KEYS
 
 _ENV_PATTERN = re.compile(r"\$\{([^}:]+)(?::-([^}]*))?\}")
 
@@ -99,16 +115,42 @@ def set_by_path(config: dict[str, Any], dotted: str, value: Any) -> None:
         raise ConfigError(f"override --{dotted}: parent is not a mapping")
 
 
-def load_config(paths: list[str], overrides: list[tuple[str, str]] | None = None) -> dict[str, Any]:
-    """Loads and merges config files, then applies ``(dotted_key, yaml_value)`` overrides."""
+class Override(NamedTuple):
+    """A ``--key value`` config override.
+
+    ``after_configs``: how many config files precede it on the command line (it applies
+    after that many files were merged, so a later file can override it, as with
+    LightningCLI); None: after every file.
+    """
+
+    key: str
+    value: str  # YAML text
+    after_configs: int | None = None
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """One config file, parsed (``ConfigError`` naming the file if it cannot be read)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    return load_yaml_text(text, source=path)
+
+
+def load_config(paths: list[str], overrides: Iterable[Override | tuple[str, str]] | None = None) -> dict[str, Any]:
+    """Loads and merges config files and applies overrides, in command-line order.
+
+    ``overrides``: :class:`Override` (from ``rskeras.config.command_line``) or plain
+    ``(dotted_key, yaml_value)`` pairs, which apply after every file.
+    """
+    pending = [Override(*o) for o in overrides or ()]
     config: dict[str, Any] = {}
-    for path in paths:
-        try:
-            with open(path) as f:
-                text = f.read()
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-        config = deep_merge(config, load_yaml_text(text, source=path))
-    for key, value in overrides or []:
+    for n, path in enumerate(paths):
+        while pending and pending[0].after_configs is not None and pending[0].after_configs <= n:
+            key, value, _ = pending.pop(0)
+            set_by_path(config, key, parse_override_value(value))
+        config = deep_merge(config, read_config_file(path))
+    for key, value, _ in pending:
         set_by_path(config, key, parse_override_value(value))
     return config

@@ -6,8 +6,8 @@ Usage::
         [--quantize none|float16|dynamic|int8] [--output PATH] [--input-size H W]
         [--check N] [--check-split val] [--name NAME] [--a.b.c VALUE ...]
 
-The model is built from the config exactly as ``train.py`` builds it (``Run``), the
-checkpoint (``.weights.h5``) is loaded, and the predict split's deterministic transforms
+The model is built from the config exactly as ``train.py`` builds it
+(``rskeras.run.build_run``; configs and overrides in command-line order), the checkpoint (``.weights.h5``) is loaded, and the predict split's deterministic transforms
 are compiled into the exported graph (see ``rskeras.export.preprocessing``). With
 ``--check N`` the Keras model, the SavedModel and every TFLite variant run on N examples
 and a parity table is printed.
@@ -21,14 +21,21 @@ import logging
 import os
 import sys
 import tempfile
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
+from rskeras.config.command_line import split_command_line
+from rskeras.config.loader import Override
 from rskeras.export.errors import ExportError
+
+if TYPE_CHECKING:
+    from rskeras.export.inference import Exportable
+    from rskeras.run import Run
+    from rskeras.train.data_module import RslearnDataModule
 
 logger = logging.getLogger("rskeras.export")
 
 FORMATS = ("saved_model", "tflite")
-SPLIT_SUBCOMMAND = {"predict": "predict", "val": "validate", "test": "test", "train": "fit"}
+SPLITS = ("predict", "val", "test", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), default=None, help="fixed input height and width "
                         "(TFLite: default the predict crop size or the first predict example's size; SavedModel: default dynamic)")
     parser.add_argument("--name", default=None, help="model name (default: the last config file's stem)")
-    splits = sorted(SPLIT_SUBCOMMAND)
+    splits = sorted(SPLITS)
     parser.add_argument("--split", default="predict", choices=splits, help="split whose transforms and inputs define the export (default predict)")
     parser.add_argument(
         "--check", type=int, default=0, metavar="N", help="run N examples through Keras, SavedModel and TFLite variants and print a parity table"
@@ -69,22 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
-    from rskeras.lightning_cli import split_overrides
-
-    rest, overrides = split_overrides(argv)
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[Override]]:
+    rest, overrides = split_command_line(argv, prog="export.py")
     return build_parser().parse_args(rest), overrides
 
 
-def load_run(config_paths: list[str], overrides: list[tuple[str, str]], checkpoint: str, split: str = "predict") -> Any:
+def load_run(config_paths: list[str], overrides: list[Override | tuple[str, str]], checkpoint: str, split: str = "predict") -> Run:
     """Builds the model and data module from the config and loads ``checkpoint``."""
     from rskeras.config.loader import load_config
-    from rskeras.lightning_cli import Run
+    from rskeras.run import build_run, default_root_dir
 
     if not os.path.exists(checkpoint):
         raise ExportError(f"--checkpoint {checkpoint}: no such file")
     config = load_config(config_paths, overrides)
-    run = Run(config, config_paths, SPLIT_SUBCOMMAND[split])
+    run = build_run(config, split, default_root_dir(config_paths))
     run.load_checkpoint(checkpoint)  # weights only, as train.py test/predict
     return run
 
@@ -97,7 +102,7 @@ def transforms_where(config: dict[str, Any], split: str) -> str:
     return "data.init_args.default_config.transforms"
 
 
-def representative_dataset(data: Any, exportable: Any, size: tuple[int, int], num_examples: int, max_tiles: int = 300):
+def representative_dataset(data: RslearnDataModule, exportable: Exportable, size: tuple[int, int], num_examples: int, max_tiles: int = 300):
     """A generator factory of calibration inputs: raw train examples cut into tiles of the
     TFLite input size (raw bands: the pre-processing is inside the model)."""
     from rskeras.export.examples import raw_examples, signature_batch, tiles
@@ -114,14 +119,14 @@ def representative_dataset(data: Any, exportable: Any, size: tuple[int, int], nu
     return gen
 
 
-def default_output(run: Any, name: str, fmt: str, quantize: str) -> str:
+def default_output(run: Run, name: str, fmt: str, quantize: str) -> str:
     root = os.path.join(run.root, "export")
     if fmt == "saved_model":
         return os.path.join(root, "saved_model", name, "1")
     return os.path.join(root, f"{name}.tflite" if quantize == "none" else f"{name}_{quantize}.tflite")
 
 
-def describe_signature(exportable: Any, size: tuple[int, int] | None, batch: str) -> str:
+def describe_signature(exportable: Exportable, size: tuple[int, int] | None, batch: str) -> str:
     lines = ["inputs:"]
     for r in exportable.raw_inputs:
         shape = [batch] + (["T=%d" % r.num_timesteps] if r.num_timesteps > 1 else []) + [

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -24,6 +24,10 @@ import tensorflow as tf
 from rskeras.export.description import EXPORT_FORMAT_VERSION, describe_task
 from rskeras.export.errors import ExportError
 from rskeras.export.preprocessing import PlannedTransform, Preprocessing, RawInput, plan_transforms
+
+if TYPE_CHECKING:
+    from rskeras.run import Run
+    from rskeras.train.data_module import RslearnDataModule
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +113,7 @@ class Exportable:
         }
 
 
-def raw_inputs_of(data: Any, stage: str = "predict") -> list[RawInput]:
+def raw_inputs_of(data: RslearnDataModule, stage: str = "predict") -> list[RawInput]:
     """The raw inputs of an exported model: the passthrough raster DataInputs of ``stage``
     (what the pipeline copies into the model-input dict), with their timestep count read
     from the first example."""
@@ -130,8 +134,8 @@ def raw_inputs_of(data: Any, stage: str = "predict") -> list[RawInput]:
     return [dataclasses.replace(r, num_timesteps=int(first[r.name].shape[0])) for r in raws]
 
 
-def exportable_from_run(run: Any, stage: str = "predict", name: str | None = None, where: str | None = None) -> Exportable:
-    """The ``Exportable`` of a ``rskeras.lightning_cli.Run`` (model built, weights loaded).
+def exportable_from_run(run: Run, stage: str = "predict", name: str | None = None, where: str | None = None) -> Exportable:
+    """The ``Exportable`` of a ``rskeras.run.Run`` (model built, weights loaded).
 
     Args:
         run: the Run.

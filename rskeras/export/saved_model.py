@@ -24,13 +24,16 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import keras
 import tensorflow as tf
 
 from rskeras.export.description import METADATA_FILE
 from rskeras.export.inference import Exportable
+
+if TYPE_CHECKING:
+    from rskeras.run import Run
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +123,8 @@ def export_for_serving(
     return write_saved_model(endpoints, path, {os.path.join("assets.extra", METADATA_FILE): json.dumps(description, indent=2)})
 
 
-def export_run_saved_model(run: Any, path: str) -> str:
-    """Exports the model of a ``rskeras.lightning_cli.Run`` for serving (raw bands in,
+def export_run_saved_model(run: Run, path: str) -> str:
+    """Exports the model of a ``rskeras.run.Run`` for serving (raw bands in,
     pre-processing inside, as ``tools/export.py``); used by ``train.py`` after ``fit``.
 
     The predict split defines inputs and transforms; when it has no examples, the val split.

@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import os
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,11 @@ from rskeras.utils.feature import Feature
 from rskeras.utils.geometry import PixelBounds, Projection
 from rskeras.utils.raster_format import write_geotiff
 from rskeras.utils.vector_format import geojson_coordinate_mode, write_geojson
+
+if TYPE_CHECKING:
+    from rskeras.train.data_module import RslearnDataModule
+    from rskeras.train.lightning_module import RslearnLightningModule
+    from rskeras.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -316,20 +321,21 @@ def iterate_with_outputs(lm: Any, data: Any, stage: str, limit: int | None = Non
         yield inputs, targets, outputs, metadata
 
 
-def run_predict(run: Any) -> list[RslearnWriter]:
-    """``train.py predict``: runs the model over the predict split and feeds every
-    RslearnWriter among the trainer callbacks. Returns the writers."""
+def run_predict(trainer: Trainer, lm: RslearnLightningModule, data: RslearnDataModule) -> list[RslearnWriter]:
+    """``train.py predict``: runs the model over the predict split (up to
+    ``trainer.limit_predict_batches``) and feeds every RslearnWriter among the trainer
+    callbacks. Returns the writers."""
     import tensorflow as tf
 
-    writers = [c for c in run.trainer.callbacks if isinstance(c, RslearnWriter)]
+    writers = [c for c in trainer.callbacks if isinstance(c, RslearnWriter)]
     if not writers:
         logger.warning("predict: no RslearnWriter in trainer.callbacks; predictions are computed and discarded")
     for writer in writers:
-        writer.setup(run.data.path)
-    task = run.lm.task
-    limit = run.trainer.steps(run.data, "predict") if hasattr(run.trainer, "steps") else None
+        writer.setup(data.path)
+    task = lm.task
+    limit = trainer.steps(data, "predict")
     count = 0
-    for _, _, outputs, metadata in iterate_with_outputs(run.lm, run.data, "predict", limit, desc="predict"):
+    for _, _, outputs, metadata in iterate_with_outputs(lm, data, "predict", limit, desc="predict"):
         size = int(tf.shape(metadata["window_index"])[0])
         outputs_np = tf.nest.map_structure(lambda t: t.numpy(), outputs)
         per_example = split_batch(outputs_np, size)
@@ -340,7 +346,7 @@ def run_predict(run: Any) -> list[RslearnWriter]:
     for writer in writers:
         writer.finish()
         logger.info("predict: wrote layer %s for %d windows", writer.output_layer, len(writer.windows_written))
-    bad = run.data.bad_windows
+    bad = data.bad_windows
     if bad:
         logger.warning("predict: %d bad windows were skipped: %s", len(bad), ", ".join(w for w, _ in bad[:10]))
     print(f"predicted {count} examples" + "".join(f"; wrote {w.output_layer} for {len(w.windows_written)} windows" for w in writers))

@@ -526,7 +526,8 @@ class Trainer:
         optimizer_steps = max(1, per_epoch // self.accumulate_grad_batches)
         return max(1, math.ceil(self.max_steps / optimizer_steps))
 
-    def _has_validation(self, dm) -> bool:
+    def has_validation(self, dm) -> bool:
+        """Whether fit validates: ``limit_val_batches`` is not 0 and the val split has batches."""
         if self.limits["val"] in (0, 0.0):
             return False
         try:
@@ -579,7 +580,7 @@ class Trainer:
         if multi_replica:
             warn_if_cpu_replicas_with_onednn(lm.distribute_strategy, dm.batch_size)
         train = self.limited(dm.tf_dataset("train", drop_remainder=multi_replica), dm, "train")
-        val = self.limited(dm.tf_dataset("val"), dm, "val") if self._has_validation(dm) else None
+        val = self.limited(dm.tf_dataset("val"), dm, "val") if self.has_validation(dm) else None
         if val is not None and self.num_sanity_val_steps != 0:
             available = self.steps(dm, "val") or dm.num_batches("val")
             sanity = available if self.num_sanity_val_steps < 0 else min(self.num_sanity_val_steps, available)
