@@ -14,9 +14,9 @@ breaks in this one module and its tests rather than across the package:
 * the model hooks ``Model._maybe_symbolic_build`` and
   ``Model._get_metrics_result_or_logs``, routed to named methods by :class:`ModelHooks`;
 * optimizer internals (``_get_variable_index``, ``_var_key``,
-  ``_trainable_variables_indices``, ``_backend_update_step`` and TF's
+  ``_trainable_variables_indices``, ``_clip_gradients``, ``_backend_update_step`` and TF's
   ``maybe_merge_call``): :func:`optimizer_variable_index`, :func:`optimizer_tracks`,
-  :class:`PreReducedGradients`;
+  :class:`ClipGradientsHook`, :class:`PreReducedGradients`;
 * Keras' TensorBoard callback without its learning-rate entry
   (``TensorBoard._collect_learning_rate``): :class:`TensorBoardWithoutLearningRate`.
 """
@@ -118,6 +118,19 @@ def optimizer_variable_index(optimizer: keras.optimizers.Optimizer, variable: An
 def optimizer_tracks(optimizer: keras.optimizers.Optimizer, variable: Any) -> bool:
     """Whether a built optimizer was built with ``variable``."""
     return bool(optimizer.built) and optimizer._var_key(variable) in optimizer._trainable_variables_indices
+
+
+class ClipGradientsHook:
+    """Mixin for a ``keras.optimizers.Optimizer`` subclass: Keras clips the gradients in
+    ``apply`` (after gradient accumulation, before the weight decay and the update) with
+    ``_clip_gradients``; the mixin calls ``self.clip_gradients(grads)`` there instead
+    (default: Keras' ``clipnorm`` / ``clipvalue`` / ``global_clipnorm``)."""
+
+    def clip_gradients(self, grads: list[Any]) -> list[Any]:
+        return super()._clip_gradients(grads)
+
+    def _clip_gradients(self, grads):
+        return self.clip_gradients(grads)
 
 
 class PreReducedGradients:

@@ -141,6 +141,23 @@ def test_optimizer_variable_index_and_tracking():
     assert kc.optimizer_tracks(optimizer, v2) and not kc.optimizer_tracks(optimizer, v3)
 
 
+def test_clip_gradients_hook_is_where_keras_clips():
+    class Halving(kc.ClipGradientsHook, keras.optimizers.SGD):
+        def clip_gradients(self, grads):
+            return [g * 0.5 for g in grads]
+
+    v = keras.Variable(np.zeros(2, np.float32))
+    optimizer = Halving(learning_rate=1.0)
+    optimizer.apply([tf.constant([1.0, 2.0])], [v])
+    np.testing.assert_allclose(v.numpy(), [-0.5, -1.0])
+    plain = kc.ClipGradientsHook.clip_gradients  # the default is Keras' own clipping
+    clipped = type("C", (kc.ClipGradientsHook, keras.optimizers.SGD), {})(learning_rate=1.0, clipvalue=0.25)
+    assert plain is type(clipped).clip_gradients
+    w = keras.Variable(np.zeros(2, np.float32))
+    clipped.apply([tf.constant([1.0, -2.0])], [w])
+    np.testing.assert_allclose(w.numpy(), [-0.25, 0.25])
+
+
 def test_in_multi_worker_mode():
     assert not kc.in_multi_worker_mode(tf.distribute.get_strategy())
     assert not kc.in_multi_worker_mode(tf.distribute.OneDeviceStrategy("/cpu:0"))

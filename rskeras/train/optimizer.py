@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rskeras.keras_compat import PreReducedGradients, optimizer_tracks, optimizer_variable_index
+from rskeras.keras_compat import ClipGradientsHook, PreReducedGradients, optimizer_tracks, optimizer_variable_index
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def unwrap_optimizer(optimizer):
     return getattr(optimizer, "inner_optimizer", optimizer)
 
 
-class TorchAdamW(PreReducedGradients, keras.optimizers.Optimizer):
+class TorchAdamW(ClipGradientsHook, PreReducedGradients, keras.optimizers.Optimizer):
     """AdamW with the exact update of ``torch.optim.AdamW`` and torch-style parameter groups.
 
     For a parameter ``p`` in a group with learning rate ``lr``, at its own step ``t``
@@ -200,7 +200,8 @@ class TorchAdamW(PreReducedGradients, keras.optimizers.Optimizer):
 
     # ---- update ------------------------------------------------------------------------
 
-    def _clip_gradients(self, grads):
+    def clip_gradients(self, grads):
+        # torch's clip_grad_norm_ / clip_grad_value_ (ClipGradientsHook: where Keras clips).
         if self.clip_grad_norm is not None:
             present = [g for g in grads if g is not None]
             total = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in present]))

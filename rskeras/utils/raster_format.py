@@ -15,7 +15,7 @@ import rasterio.errors
 import rasterio.vrt
 import rasterio.windows
 
-from rskeras.utils.fileio import atomic_path, atomic_write_text
+from rskeras.utils.fileio import atomic_path
 from rskeras.utils.geometry import PixelBounds, Projection
 
 NEAREST = rasterio.enums.Resampling.nearest
@@ -165,10 +165,3 @@ def write_geotiff(
     with atomic_path(path) as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(array)
-
-
-def write_timestep_metadata(raster_dir: str, num_channels: int, num_timesteps: int, timestamps: list | None) -> None:
-    atomic_write_text(
-        os.path.join(raster_dir, "metadata.json"),
-        json.dumps({"num_channels": num_channels, "num_timesteps": num_timesteps, "timestamps": timestamps}),
-    )

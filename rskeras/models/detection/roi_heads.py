@@ -14,7 +14,7 @@ from rskeras.models.detection.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESH
 from rskeras.models.detection.nms import batched_nms
 from rskeras.models.detection.roi_align import multi_scale_roi_align
 from rskeras.models.detection.sampler import BalancedPositiveNegativeSampler
-from rskeras.models.detection.shapes import flatten_dims
+from rskeras.models.shapes import flatten_dims
 from rskeras.weights.torch_params import TorchParam, dense_params, join
 
 
