@@ -33,7 +33,7 @@ import rasterio
 import shapely
 from affine import Affine
 
-from rskeras.export.description import single_tasks
+from rskeras.export.description import merge_of, raster_output, single_tasks
 from rskeras.export.litert import LiteRTModel
 from rskeras.utils.feature import Feature
 from rskeras.utils.geometry import Projection
@@ -163,15 +163,6 @@ class Prediction:
     projection: Projection | None = None
 
 
-def _raster_output_name(task: dict[str, Any], probabilities: bool) -> str:
-    kind = task["kind"]
-    if kind == "segmentation":
-        return task["outputs"]["probabilities" if probabilities else "class_ids"]
-    if kind == "per_pixel_regression":
-        return task["outputs"]["values"]
-    return task["outputs"]["embeddings"]
-
-
 def _as_chw(value: np.ndarray) -> np.ndarray:
     """One example's raster output ``[h, w]`` or ``[h, w, C]`` -> ``[C, h, w]``."""
     v = np.asarray(value)[0]
@@ -182,7 +173,7 @@ def _class_value(task: dict[str, Any], class_id: int) -> Any:
     return class_id if task.get("read_class_id") else task["classes"][class_id]
 
 
-def _crop_features(
+def _point_features(
     task: dict[str, Any],
     out: dict[str, np.ndarray],
     col: int,
@@ -191,24 +182,35 @@ def _crop_features(
     owned: tuple[tuple[int, int], tuple[int, int]] | None,
     score_threshold: float | None,
 ) -> list[Feature]:
-    """The features of a vector task from the outputs of the crop at (``col``, ``row``):
-    a Point at the crop origin (classification, regression) or the detections' boxes above
-    the score threshold, only those centred in the crop's ``owned`` ((c0, c1), (r0, r1))
-    columns/rows when given. Coordinates are scene pixels shifted by ``offset``."""
+    """``point`` merge: a Point at the crop origin whose property is the class of
+    ``class_ids`` (with the ``prob_property`` probabilities) or the single value output.
+    Coordinates are scene pixels shifted by ``offset``."""
     names = task["outputs"]
-    kind = task["kind"]
     ox, oy = offset
-    if kind == "classification":
-        probs = np.asarray(out[names["probabilities"]])[0]
+    if "class_ids" in names:
         props: dict[str, Any] = {task["property_name"]: _class_value(task, int(np.asarray(out[names["class_ids"]]).reshape(-1)[0]))}
         if task.get("prob_property"):
-            props[task["prob_property"]] = probs.tolist()
-        return [Feature(shapely.Point(ox + col, oy + row), props)]
-    if kind == "regression":
-        value = float(np.asarray(out[names["value"]]).reshape(-1)[0])
-        return [Feature(shapely.Point(ox + col, oy + row), {task["property_name"]: value})]
-    if kind != "detection":
-        return []
+            props[task["prob_property"]] = np.asarray(out[names["probabilities"]])[0].tolist()
+    else:
+        (value_name,) = names.values()
+        props = {task["property_name"]: float(np.asarray(out[value_name]).reshape(-1)[0])}
+    return [Feature(shapely.Point(ox + col, oy + row), props)]
+
+
+def _box_features(
+    task: dict[str, Any],
+    out: dict[str, np.ndarray],
+    col: int,
+    row: int,
+    offset: tuple[float, float],
+    owned: tuple[tuple[int, int], tuple[int, int]] | None,
+    score_threshold: float | None,
+) -> list[Feature]:
+    """``boxes`` merge: the detections' boxes above the score threshold (the task's
+    unless given), only those centred in the crop's ``owned`` ((c0, c1), (r0, r1))
+    columns/rows when given. Coordinates are scene pixels shifted by ``offset``."""
+    names = task["outputs"]
+    ox, oy = offset
     threshold = task.get("score_threshold", 0.5) if score_threshold is None else score_threshold
     n = int(np.asarray(out[names["num_detections"]]).reshape(-1)[0])
     boxes = np.asarray(out[names["boxes"]])[0, :n]
@@ -226,6 +228,11 @@ def _crop_features(
         geom = shapely.box(ox + col + box[0], oy + row + box[1], ox + col + box[2], oy + row + box[3])
         features.append(Feature(geom, {"score": float(score), task["property_name"]: _class_value(task, int(label))}))
     return features
+
+
+# The vector merges of predict_scene, by a task description's ``merge`` (``raster``
+# outputs are pasted into one map per task instead).
+VECTOR_MERGERS = {"point": _point_features, "boxes": _box_features}
 
 
 def predict_scene(
@@ -259,7 +266,7 @@ def predict_scene(
     col_owned = dict(zip(cols, owned_ranges(cols, scene.width, overlap_pixels)))
     row_owned = dict(zip(rows, owned_ranges(rows, scene.height, overlap_pixels)))
     tasks = single_tasks(description["task"])
-    rasters: dict[str, list] = {t: [] for t, d in tasks.items() if d["kind"] in ("segmentation", "per_pixel_regression", "embedding")}
+    rasters: dict[str, list] = {t: [] for t, d in tasks.items() if merge_of(d) == "raster"}
     features: dict[str, list[Feature]] = {t: [] for t in tasks if t not in rasters}
     ox, oy = scene.pixel_offset() if features else (0.0, 0.0)
     for col in cols:
@@ -269,16 +276,17 @@ def predict_scene(
             owned = (col_owned[col], row_owned[row]) if vector_merge == "owned" else None
             for task_name, task in tasks.items():
                 if task_name in rasters:
-                    rasters[task_name].append(((col, row), _as_chw(out[_raster_output_name(task, probabilities)])))
+                    rasters[task_name].append(((col, row), _as_chw(out[raster_output(task, probabilities)])))
                 else:
-                    features[task_name] += _crop_features(task, out, col, row, (ox, oy), owned, score_threshold)
+                    features[task_name] += VECTOR_MERGERS[merge_of(task)](task, out, col, row, (ox, oy), owned, score_threshold)
     results: dict[str, Prediction] = {}
     for task_name, outputs in rasters.items():
         h_out = outputs[0][1].shape[1]
         factor = max(crop_h // h_out, 1) if h_out else 1
         dtype = outputs[0][1].dtype
-        if tasks[task_name]["kind"] == "segmentation" and not probabilities:
-            dtype = np.uint8 if int(tasks[task_name]["num_classes"]) <= 256 else np.int32
+        task = tasks[task_name]
+        if raster_output(task, probabilities) == task["outputs"].get("class_ids"):  # a class map
+            dtype = np.uint8 if int(task["num_classes"]) <= 256 else np.int32
         merged = merge_rasters(outputs, scene.height, scene.width, overlap_pixels, factor, dtype)
         results[task_name] = Prediction(task_name, raster=merged, transform=scene.transform * Affine.scale(factor))
     for task_name, feats in features.items():
