@@ -173,20 +173,24 @@ def _class_value(task: dict[str, Any], class_id: int) -> Any:
     return class_id if task.get("read_class_id") else task["classes"][class_id]
 
 
-def _point_features(
-    task: dict[str, Any],
-    out: dict[str, np.ndarray],
-    col: int,
-    row: int,
-    offset: tuple[float, float],
-    owned: tuple[tuple[int, int], tuple[int, int]] | None,
-    score_threshold: float | None,
-) -> list[Feature]:
+@dataclasses.dataclass
+class CropPlace:
+    """Where a crop's vector outputs go: its origin (``col``, ``row``) in scene pixels, the
+    scene's ``offset`` in the projection's pixel grid, the ((c0, c1), (r0, r1)) region it
+    ``owned`` (None: keep everything) and a score threshold overriding the task's."""
+
+    col: int
+    row: int
+    offset: tuple[float, float]
+    owned: tuple[tuple[int, int], tuple[int, int]] | None = None
+    score_threshold: float | None = None
+
+
+def _point_features(task: dict[str, Any], out: dict[str, np.ndarray], place: CropPlace) -> list[Feature]:
     """``point`` merge: a Point at the crop origin whose property is the class of
-    ``class_ids`` (with the ``prob_property`` probabilities) or the single value output.
-    Coordinates are scene pixels shifted by ``offset``."""
+    ``class_ids`` (with the ``prob_property`` probabilities) or the single value output."""
     names = task["outputs"]
-    ox, oy = offset
+    ox, oy = place.offset
     if "class_ids" in names:
         props: dict[str, Any] = {task["property_name"]: _class_value(task, int(np.asarray(out[names["class_ids"]]).reshape(-1)[0]))}
         if task.get("prob_property"):
@@ -194,24 +198,16 @@ def _point_features(
     else:
         (value_name,) = names.values()
         props = {task["property_name"]: float(np.asarray(out[value_name]).reshape(-1)[0])}
-    return [Feature(shapely.Point(ox + col, oy + row), props)]
+    return [Feature(shapely.Point(ox + place.col, oy + place.row), props)]
 
 
-def _box_features(
-    task: dict[str, Any],
-    out: dict[str, np.ndarray],
-    col: int,
-    row: int,
-    offset: tuple[float, float],
-    owned: tuple[tuple[int, int], tuple[int, int]] | None,
-    score_threshold: float | None,
-) -> list[Feature]:
-    """``boxes`` merge: the detections' boxes above the score threshold (the task's
-    unless given), only those centred in the crop's ``owned`` ((c0, c1), (r0, r1))
-    columns/rows when given. Coordinates are scene pixels shifted by ``offset``."""
+def _box_features(task: dict[str, Any], out: dict[str, np.ndarray], place: CropPlace) -> list[Feature]:
+    """``boxes`` merge: the detections' boxes above the score threshold, only those
+    centred in the region the crop owns when given."""
     names = task["outputs"]
-    ox, oy = offset
-    threshold = task.get("score_threshold", 0.5) if score_threshold is None else score_threshold
+    col, row = place.col, place.row
+    ox, oy = place.offset
+    threshold = task.get("score_threshold", 0.5) if place.score_threshold is None else place.score_threshold
     n = int(np.asarray(out[names["num_detections"]]).reshape(-1)[0])
     boxes = np.asarray(out[names["boxes"]])[0, :n]
     scores = np.asarray(out[names["scores"]])[0, :n]
@@ -220,9 +216,9 @@ def _box_features(
     for box, score, label in zip(boxes, scores, labels):
         if not score > threshold:
             continue
-        if owned is not None:
+        if place.owned is not None:
             cx, cy = col + (box[0] + box[2]) / 2, row + (box[1] + box[3]) / 2
-            (c0, c1), (r0, r1) = owned
+            (c0, c1), (r0, r1) = place.owned
             if not (c0 <= cx < c1 and r0 <= cy < r1):
                 continue
         geom = shapely.box(ox + col + box[0], oy + row + box[1], ox + col + box[2], oy + row + box[3])
@@ -274,11 +270,12 @@ def predict_scene(
             feed = {name: _model_input(scene.arrays[name], specs[name], model.input_details[name][0], col, row) for name in specs}
             out = model(**feed)
             owned = (col_owned[col], row_owned[row]) if vector_merge == "owned" else None
+            place = CropPlace(col, row, (ox, oy), owned, score_threshold)
             for task_name, task in tasks.items():
                 if task_name in rasters:
                     rasters[task_name].append(((col, row), _as_chw(out[raster_output(task, probabilities)])))
                 else:
-                    features[task_name] += VECTOR_MERGERS[merge_of(task)](task, out, col, row, (ox, oy), owned, score_threshold)
+                    features[task_name] += VECTOR_MERGERS[merge_of(task)](task, out, place)
     results: dict[str, Prediction] = {}
     for task_name, outputs in rasters.items():
         h_out = outputs[0][1].shape[1]

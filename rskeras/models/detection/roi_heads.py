@@ -180,8 +180,7 @@ class RoIHeads(keras.layers.Layer):
         self.representation_size = representation_size
         self.roi_output_size = roi_output_size
         self.sampling_ratio = sampling_ratio
-        self.fg_iou_thresh = fg_iou_thresh
-        self.bg_iou_thresh = bg_iou_thresh
+        self.fg_iou_thresh, self.bg_iou_thresh = fg_iou_thresh, bg_iou_thresh
         self.batch_size_per_image = batch_size_per_image
         self.positive_fraction = positive_fraction
         self.bbox_reg_weights = tuple(float(w) for w in bbox_reg_weights)
