@@ -30,6 +30,9 @@ class MultiTaskModel(keras.layers.Layer):
     """
 
     def __init__(self, encoder: list, decoders: dict, loss_weights: dict | None = None, lazy_decode: bool = False, trunk=None, **kwargs):
+        # autocast=False: Keras would cast every float input (float64 timestamps included)
+        # to the compute dtype; each component casts what it uses.
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         if lazy_decode:
             raise ValueError("MultiTaskModel: lazy_decode is not supported (it fails in rslearn's MultiTaskModel as well)")

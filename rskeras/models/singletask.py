@@ -48,6 +48,9 @@ class SingleTaskModel(keras.layers.Layer):
     """
 
     def __init__(self, encoder: list, decoder: list, **kwargs):
+        # autocast=False: Keras would cast every float input (float64 timestamps included)
+        # to the compute dtype; each component casts what it uses.
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         if not encoder:
             raise ValueError("SingleTaskModel: encoder must contain at least one component")

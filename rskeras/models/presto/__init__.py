@@ -1,0 +1,5 @@
+"""Presto (rslearn ``rslearn.models.presto``)."""
+
+from .presto import Presto
+
+__all__ = ["Presto"]
