@@ -52,6 +52,15 @@ def backbone_state_dict(path: str) -> dict:
     return state
 
 
+def _short(report, limit: int = 8) -> str:
+    parts = [f"loaded {len(report.loaded)} tensors"]
+    for name, keys in (("missing", report.missing), ("unexpected", report.unexpected)):
+        if keys:
+            more = f" ... (+{len(keys) - limit})" if len(keys) > limit else ""
+            parts.append(f"{name} {len(keys)}: {', '.join(keys[:limit])}{more}")
+    return "; ".join(parts)
+
+
 @keras.saving.register_keras_serializable(package="rskeras")
 class Ssl4eoS12(FeatureExtractor):
     """SSL4EO-S12 (Wang et al. 2023) ResNet-50 on the 13 Sentinel-2 L1C bands.
@@ -93,10 +102,7 @@ class Ssl4eoS12(FeatureExtractor):
         state = backbone_state_dict(path)
         report = load_torch_state_dict(self.model, state, strict=False)
         if report.missing or report.unexpected:
-            logger.warning(
-                "Ssl4eoS12: %s: missing %s, unexpected %s",
-                path, report.missing or "none", report.unexpected or "none",
-            )
+            logger.warning("Ssl4eoS12: %s: %s", path, _short(report))
         return report
 
     def get_backbone_channels(self) -> list[tuple[int, int]]:
@@ -105,6 +111,11 @@ class Ssl4eoS12(FeatureExtractor):
     def call(self, context, training=None):
         images = context["image"] if isinstance(context, dict) else context
         x = tf.cast(single_timestep(images, "Ssl4eoS12"), self.compute_dtype)
+        if x.shape[-1] is not None and x.shape[-1] != IN_CHANNELS:
+            raise ValueError(
+                f"Ssl4eoS12: input 'image' must have {IN_CHANNELS} input channels (the 13 Sentinel-2 L1C bands "
+                f"B01..B12 with B8A and B10), got {x.shape[-1]}"
+            )
         feats = self.model.features(x, training=training)
         return [feats[i] for i in self.output_layers]
 

@@ -28,27 +28,31 @@ def timestamps_key(key: str) -> str:
 def month_of_days(days: tf.Tensor) -> tf.Tensor:
     """0-based month (0 = January) of ``days`` since 1970-01-01 (proleptic Gregorian, UTC).
 
-    Integer-only civil-from-days conversion (Hinnant's algorithm), valid for every date
-    after 0000-03-01, so that it runs as plain TF/TFLite arithmetic.
+    Integer-only civil-from-days conversion (Hinnant's algorithm) in int32, valid from
+    0000-03-01 on, so that it runs as TFLite builtin arithmetic.
     """
-    z = tf.cast(days, tf.int64) + 719468
+    z = tf.cast(days, tf.int32) + 719468
     era = tf.math.floordiv(z, 146097)
     doe = z - era * 146097  # day of era, [0, 146096]
-    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)  # day of the year starting 1 March
-    mp = (5 * doy + 2) // 153  # month starting from March = 0
-    month1 = tf.where(mp < 10, mp + 3, mp - 9)  # 1..12
-    return tf.cast(month1 - 1, tf.int32)
+    yoe = tf.math.floordiv(doe - tf.math.floordiv(doe, 1460) + tf.math.floordiv(doe, 36524) - tf.math.floordiv(doe, 146096), 365)
+    doy = doe - (365 * yoe + tf.math.floordiv(yoe, 4) - tf.math.floordiv(yoe, 100))  # day of the year from 1 March
+    mp = tf.math.floordiv(5 * doy + 2, 153)  # month counted from March = 0
+    return tf.where(mp < 10, mp + 2, mp - 10)
 
 
 def months_from_timestamps(timestamps: tf.Tensor, default_month: int) -> tf.Tensor:
     """``[..., T, 2]`` (start, end) POSIX seconds -> ``[..., T]`` int32 month (0-11) of the
     range centre (rslearn: ``(start + (end - start) / 2).month - 1``); ``default_month``
-    where the range is unknown (NaN)."""
-    ts = tf.cast(timestamps, tf.float64)
-    centre = ts[..., 0] + (ts[..., 1] - ts[..., 0]) / 2.0
-    known = tf.math.is_finite(centre)
-    days = tf.math.floor(tf.where(known, centre, tf.zeros_like(centre)) / SECONDS_PER_DAY)
+    where the range is unknown (NaN).
+
+    The seconds are rounded to float32 first (TFLite has no float64 arithmetic), i.e. to
+    within 128 s for dates of this century: only a centre less than two minutes from a
+    month boundary can fall into the neighbouring month.
+    """
+    ts = tf.cast(timestamps, tf.float32)
+    centre = ts[..., 0] + (ts[..., 1] - ts[..., 0]) * 0.5
+    known = tf.logical_and(tf.equal(centre, centre), tf.less(tf.abs(centre), 1e12))
+    days = tf.math.floor(tf.where(known, centre, tf.zeros_like(centre)) / float(SECONDS_PER_DAY))
     return tf.where(known, month_of_days(days), tf.cast(default_month, tf.int32))
 
 

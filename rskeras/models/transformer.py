@@ -116,6 +116,9 @@ class Block(keras.layers.Layer):
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0, qkv_layout: str = "split", **kwargs):
+        # The residual stream keeps the dtype it comes in (float32 under mixed precision, as
+        # with torch autocast); the norms, attention and MLP compute in the layer's policy.
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.dim = int(dim)
         self.num_heads = int(num_heads)
@@ -133,13 +136,14 @@ class Block(keras.layers.Layer):
         self.norm2.build((None, self.dim))
         self.fc1.build((None, self.dim))
         self.fc2.build((None, hidden))
-        self.drop1 = StochasticDepth(self.drop_path, name="drop_path1")
-        self.drop2 = StochasticDepth(self.drop_path, name="drop_path2")
+        self.drop1 = StochasticDepth(self.drop_path, name="drop_path1", autocast=False)
+        self.drop2 = StochasticDepth(self.drop_path, name="drop_path2", autocast=False)
         self.built = True
 
     def call(self, x, key_mask=None, training=None):
-        x = x + self.drop1(self.attn(self.norm1(x), key_mask=key_mask), training=training)
-        h = self.fc2(tf.nn.gelu(self.fc1(self.norm2(x)), approximate=False))
+        a = tf.cast(self.attn(self.norm1(x), key_mask=key_mask), x.dtype)
+        x = x + self.drop1(a, training=training)
+        h = tf.cast(self.fc2(tf.nn.gelu(self.fc1(self.norm2(x)), approximate=False)), x.dtype)
         return x + self.drop2(h, training=training)
 
     def torch_params(self, prefix: str) -> list[TorchParam]:

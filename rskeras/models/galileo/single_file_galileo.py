@@ -404,11 +404,15 @@ class GalileoEncoder(keras.layers.Layer):
 
     # -- encodings --
 
-    def _quarter(self, table, shape):
-        return tf.broadcast_to(tf.cast(table, self.compute_dtype), shape)
+    # Tokens and their encodings are float32 (torch autocast adds the float32 encodings to
+    # the bf16 patch embeddings in float32); the projections compute in the layer's policy.
+
+    @staticmethod
+    def _quarter(table, shape):
+        return tf.broadcast_to(tf.cast(table, tf.float32), shape)
 
     def _zeros(self, shape, quarters: int):
-        return tf.zeros(tf.concat([shape[:-1], [quarters * (self.embedding_size // 4)]], axis=0), self.compute_dtype)
+        return tf.zeros(tf.concat([shape[:-1], [quarters * (self.embedding_size // 4)]], axis=0), tf.float32)
 
     def encode(
         self,
@@ -435,8 +439,7 @@ class GalileoEncoder(keras.layers.Layer):
             the final LayerNorm.
         """
         q = self.embedding_size // 4
-        dtype = self.compute_dtype
-        month_emb = tf.gather(tf.cast(self.month_embed, dtype), tf.cast(months, tf.int32))  # [B, T, q]
+        month_emb = tf.gather(tf.cast(self.month_embed, tf.float32), tf.cast(months, tf.int32))  # [B, T, q]
         resolution = float(patch_size * BASE_GSD / BASE_GSD)
         groups_s_t = [g for g in SPACE_TIME_BANDS_GROUPS_IDX if g in s_t]
         tokens, s_t_shapes = [], []
@@ -445,7 +448,7 @@ class GalileoEncoder(keras.layers.Layer):
             b, tt, h, w = tf.shape(x)[0], x.shape[1] or tf.shape(x)[1], tf.shape(x)[2], tf.shape(x)[3]
             e = self.space_time_embed[g](tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], axis=0)), patch_size=patch_size)
             hp, wp = tf.shape(e)[1], tf.shape(e)[2]
-            e = tf.reshape(e, tf.stack([b, tt, hp, wp, self.embedding_size]))
+            e = tf.reshape(tf.cast(e, tf.float32), tf.stack([b, tt, hp, wp, self.embedding_size]))
             shape = tf.stack([b, tt, hp, wp, q])
             idx = list(SPACE_TIME_BANDS_GROUPS_IDX).index(g)
             enc = tf.concat(
@@ -461,7 +464,7 @@ class GalileoEncoder(keras.layers.Layer):
             s_t_shapes.append(tf.shape(e))
             tokens.append(tf.reshape(e, tf.stack([b, -1, self.embedding_size])))
         for g in [g for g in SPACE_BAND_GROUPS_IDX if g in sp]:
-            e = self.space_embed[g](sp[g], patch_size=patch_size)
+            e = tf.cast(self.space_embed[g](sp[g], patch_size=patch_size), tf.float32)
             b, hp, wp = tf.shape(e)[0], tf.shape(e)[1], tf.shape(e)[2]
             shape = tf.stack([b, hp, wp, q])
             idx = list(SPACE_BAND_GROUPS_IDX).index(g)
@@ -472,8 +475,8 @@ class GalileoEncoder(keras.layers.Layer):
             )
             tokens.append(tf.reshape(e + enc, tf.stack([b, -1, self.embedding_size])))
         for g in [g for g in TIME_BAND_GROUPS_IDX if g in t]:
-            x = tf.cast(t[g], dtype)
-            e = self.time_embed[g](x)
+            x = t[g]
+            e = tf.cast(self.time_embed[g](x), tf.float32)
             b, tt = tf.shape(e)[0], x.shape[1] or tf.shape(x)[1]
             shape = tf.stack([b, tt, q])
             idx = list(TIME_BAND_GROUPS_IDX).index(g)
@@ -484,7 +487,7 @@ class GalileoEncoder(keras.layers.Layer):
             )
             tokens.append(e + enc)
         for g in [g for g in STATIC_BAND_GROUPS_IDX if g in st]:
-            e = self.static_embed[g](tf.cast(st[g], dtype))
+            e = tf.cast(self.static_embed[g](st[g]), tf.float32)
             shape = tf.shape(e[:, :q])
             idx = list(STATIC_BAND_GROUPS_IDX).index(g)
             enc = tf.concat([self._quarter(self.st_channel_embed[idx], shape), self._zeros(shape, 3)], axis=-1)
@@ -494,7 +497,7 @@ class GalileoEncoder(keras.layers.Layer):
         x = tf.concat(tokens, axis=1) if len(tokens) > 1 else tokens[0]
         for block in self.blocks:
             x = block(x, training=training)
-        x = self.norm(x)
+        x = tf.cast(self.norm(x), tf.float32)
         out_s_t, start = {}, 0
         for g, shape in zip(groups_s_t, s_t_shapes):
             n = tf.reduce_prod(shape[1:4])

@@ -165,7 +165,8 @@ class PrestoEncoder(keras.layers.Layer):
         Returns:
             ``[N, D]``: LayerNorm of the mean of the output tokens.
         """
-        dtype = self.compute_dtype
+        # tokens and encodings are float32 (as under torch autocast); projections use the policy
+        dtype = tf.float32
         months = tf.cast(months, tf.int32)
         n, t = tf.shape(months)[0], tf.shape(months)[1]
         month_emb = tf.gather(tf.cast(self.month_embed, dtype), months)  # [N, T, m]
@@ -174,17 +175,17 @@ class PrestoEncoder(keras.layers.Layer):
         names = list(BANDS_GROUPS_IDX)
         tokens, valid = [], []
         for g in [g for g in BANDS_GROUPS_IDX if g in groups]:
-            x = tf.cast(groups[g], dtype)
+            x = groups[g]
             ch = channel[names.index(g)]
             if g == "SRTM":
-                e = self.eo_patch_embed[g](x[:, 0:1])
+                e = tf.cast(self.eo_patch_embed[g](x[:, 0:1]), dtype)
                 enc = tf.concat(
                     [tf.zeros(tf.stack([n, 1, self.month_dim]), dtype), tf.broadcast_to(ch, tf.stack([n, 1, self.channel_dim])),
                      tf.zeros(tf.stack([n, 1, self.pos_dim]), dtype)],
                     axis=-1,
                 )
             else:
-                e = self.eo_patch_embed[g](x)
+                e = tf.cast(self.eo_patch_embed[g](x), dtype)
                 enc = tf.concat([month_emb, tf.broadcast_to(ch, tf.stack([n, t, self.channel_dim])), pos_emb], axis=-1)
             tokens.append(e + enc)
             valid.append(tf.ones(tf.shape(e)[:2], tf.bool))
@@ -196,7 +197,7 @@ class PrestoEncoder(keras.layers.Layer):
             tokens.append(e + enc)
             valid.append(tf.not_equal(dw, NUM_DYNAMIC_WORLD_CLASSES))
         if latlons is not None:
-            tokens.insert(0, self.latlon_embed(tf.cast(to_cartesian(tf.cast(latlons, tf.float32)), dtype))[:, None, :])
+            tokens.insert(0, tf.cast(self.latlon_embed(to_cartesian(tf.cast(latlons, tf.float32))), dtype)[:, None, :])
             valid.insert(0, tf.ones(tf.stack([n, 1]), tf.bool))
         if not tokens:
             raise ValueError("PrestoEncoder: at least one input group must be given")
@@ -210,7 +211,7 @@ class PrestoEncoder(keras.layers.Layer):
         else:
             w = tf.cast(key_mask, x.dtype)[..., None]
             pooled = tf.reduce_sum(x * w, axis=1) / tf.maximum(tf.reduce_sum(w, axis=1), 1.0)
-        return self.norm(pooled)
+        return tf.cast(self.norm(pooled), tf.float32)
 
     def torch_params(self, prefix: str = "") -> list[TorchParam]:
         out = [TorchParam(join(prefix, "pos_embed"), self.pos_embed)]
