@@ -34,7 +34,12 @@ def backbone_state_dict(path: str) -> dict:
         state = read_state_dict(path)
     else:
         try:
-            obj = load_torch_file(path)
+            # the pure reader first: it also reads the argparse.Namespace that DINO
+            # checkpoints carry, which torch.load(weights_only=True) refuses
+            try:
+                obj = load_torch_file(path, use_torch=False)
+            except CheckpointError:
+                obj = load_torch_file(path)
         except CheckpointError as e:
             raise CheckpointError(
                 f"{e}. SSL4EO-S12 checkpoints may hold training objects next to the weights: extract them once "

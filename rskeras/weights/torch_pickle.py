@@ -3,8 +3,9 @@
 :func:`load_torch_file` uses ``torch.load(..., weights_only=True)`` when torch is
 installed, otherwise :func:`read_torch_zip`: the zip's ``data.pkl`` is unpickled with an
 Unpickler that only resolves ``collections.OrderedDict``,
-``torch._utils._rebuild_tensor_v2`` / ``_rebuild_parameter`` and the
-``torch.<Type>Storage`` classes, and tensors are rebuilt from the raw ``data/<n>``
+``torch._utils._rebuild_tensor_v2`` / ``_rebuild_parameter``, the
+``torch.<Type>Storage`` classes and ``argparse.Namespace`` (as an inert attribute holder),
+and tensors are rebuilt from the raw ``data/<n>``
 storages (offset, shape, strides; bfloat16 widened to float32). Anything else in the
 pickle is refused, so reading an untrusted file executes no code. Legacy (pre-1.6,
 non-zip) torch files need torch.
@@ -72,6 +73,14 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
     return data
 
 
+class _InertNamespace:
+    """Stand-in for ``argparse.Namespace`` (training arguments saved next to the weights,
+    e.g. in DINO checkpoints): keeps the pickled attributes as a dict, runs no code."""
+
+    def __setstate__(self, state):
+        self.state = state
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickler of a torch ``data.pkl`` that resolves only tensor-rebuild globals."""
 
@@ -90,6 +99,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _rebuild_tensor_v2
         if (module, name) == ("torch._utils", "_rebuild_parameter"):
             return _rebuild_parameter
+        if (module, name) == ("argparse", "Namespace"):
+            return _InertNamespace
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)
         raise CheckpointError(
