@@ -149,3 +149,21 @@ def test_saved_model_and_tflite_parity(nano4):
     model = functional(nano4, specs)
     assert saved_model_max_abs(model, specs, data) <= 1e-5
     assert tflite_max_abs(model, specs, data) <= 1e-4
+
+
+def test_padded_timesteps_and_absent_modalities(nano4):
+    """The batch contract of docs/design.md: padded timesteps (mask False) take no part,
+    an input with T = 0 is absent; rslearn itself needs equal T for every example."""
+    batch = with_timestamps(golden_batch(Z, "in", ["s2", "s1"]))
+    single = {k: v[1:, :1] for k, v in batch.items()}  # example 1, first timestep only
+    padded = {k: v.copy() for k, v in batch.items()}
+    for key in ("s2", "s1"):
+        padded[key][1, 1] = 0.0
+        padded[f"{key}_timestamps"][1, 1] = np.nan
+        padded[f"{key}_timestep_mask"] = np.array([[True, True], [True, False]])
+    out = nano4(padded)[0].numpy()
+    np.testing.assert_allclose(out[1], nano4(single)[0].numpy()[0], atol=2e-5)
+    np.testing.assert_allclose(out[0], nano4(batch)[0].numpy()[0], atol=2e-5)
+    s2_only = golden_batch(Z, "in", ["s2"])
+    empty_s1 = {**s2_only, "s1": np.zeros((2, 0, 16, 16, 2), np.float32)}
+    np.testing.assert_array_equal(nano4(empty_s1)[0].numpy(), nano4(s2_only)[0].numpy())

@@ -95,3 +95,20 @@ def test_saved_model_and_tflite_parity(presto):
     model = functional(presto, specs)
     assert saved_model_max_abs(model, specs, data) <= 1e-5
     assert tflite_max_abs(model, specs, data) <= 1e-4
+
+
+def test_padded_timesteps_and_absent_modalities(presto):
+    """Padded timesteps (mask False) take no part; an input with T = 0 is absent."""
+    batch = dated(golden_batch(Z, "in", ["s2", "s1"]))
+    single = {k: v[1:, :2] for k, v in batch.items()}  # example 1, first two timesteps
+    padded = {k: v.copy() for k, v in batch.items()}
+    for key in ("s2", "s1"):
+        padded[key][1, 2] = 0.0
+        padded[f"{key}_timestamps"][1, 2] = np.nan
+        padded[f"{key}_timestep_mask"] = np.array([[True] * 3, [True, True, False]])
+    out = presto(padded)[0].numpy()
+    np.testing.assert_allclose(out[1], presto(single)[0].numpy()[0], atol=2e-5)
+    np.testing.assert_allclose(out[0], presto(batch)[0].numpy()[0], atol=2e-5)
+    s2_only = golden_batch(Z, "in", ["s2"])
+    empty_s1 = {**s2_only, "s1": np.zeros((2, 0, 8, 8, 2), np.float32)}
+    np.testing.assert_array_equal(presto(empty_s1)[0].numpy(), presto(s2_only)[0].numpy())

@@ -4,7 +4,8 @@ rslearn hands a model ``RasterImage(image C×T×H×W, timestamps=[(start, end), 
 example. In rskeras a raster input ``key`` is ``[B, T, H, W, C]`` and, when its DataInput
 sets ``load_timestamps: true`` (and ``passthrough``), the batch also holds
 ``<key>_timestamps`` float64 ``[B, T, 2]``: (start, end) POSIX seconds of every timestep,
-NaN when unknown (rskeras.train.dataset).
+NaN when unknown or padded, and ``<key>_timestep_mask`` bool ``[B, T]`` (False for the
+timesteps ``padded_batch`` adds; the contract of docs/design.md).
 
 Galileo and Presto only use the month of the centre of each time range; this module turns
 the timestamps into months inside the graph, so exported models take the same inputs.
@@ -17,12 +18,19 @@ from typing import Any, Sequence
 import tensorflow as tf
 
 TIMESTAMPS_SUFFIX = "_timestamps"
+TIMESTEP_MASK_SUFFIX = "_timestep_mask"
 SECONDS_PER_DAY = 86400
 
 
 def timestamps_key(key: str) -> str:
     """The batch key holding the timestamps of raster input ``key``."""
     return key + TIMESTAMPS_SUFFIX
+
+
+def timestep_mask_key(key: str) -> str:
+    """The batch key of the bool ``[B, T]`` real-timestep mask of raster input ``key``
+    (present with ``load_timestamps``; padded timesteps are False, docs/design.md)."""
+    return key + TIMESTEP_MASK_SUFFIX
 
 
 def month_of_days(days: tf.Tensor) -> tf.Tensor:
@@ -66,6 +74,6 @@ def input_months(context: Any, keys: Sequence[str], default_month: int) -> tf.Te
     if not isinstance(context, dict):
         return None
     for key in keys:
-        if key in context and timestamps_key(key) in context:
+        if key in context and timestamps_key(key) in context and context[timestamps_key(key)].shape[1] != 0:
             return months_from_timestamps(context[timestamps_key(key)], default_month)
     return None

@@ -22,7 +22,7 @@ from rskeras.models.galileo.single_file_galileo import (
     GalileoEncoder,
     normalization_constants,
 )
-from rskeras.models.time_inputs import input_months
+from rskeras.models.time_inputs import input_months, timestep_mask_key
 from rskeras.models.torch_weights import TorchParam, join, load_torch_state_dict
 
 logger = logging.getLogger(__name__)
@@ -221,19 +221,28 @@ class GalileoModel(FeatureExtractor):
         if x.shape[-1] is not None and x.shape[-1] != want:
             raise ValueError(f"GalileoModel: input '{key}' must have {want} channels, got {x.shape[-1]}")
 
-    def galileo_inputs(self, context: dict) -> tuple[dict, dict, dict, dict, tf.Tensor, Any]:
-        """(s_t, sp, t, st groups, months, height) built from the context as rslearn's
-        ``construct_galileo_input(normalize=True)`` does for the given keys."""
-        present = [k for k in self.input_keys if k in context]
+    def galileo_inputs(self, context: dict) -> tuple[dict, dict, dict, dict, tf.Tensor, Any, dict]:
+        """(s_t, sp, t, st groups, months, height, timestep masks per group) built from the
+        context as rslearn's ``construct_galileo_input(normalize=True)`` does for the given
+        keys. Inputs with T = 0 (absent from the whole batch) are left out; the
+        ``<key>_timestep_mask`` of time-series inputs marks padded timesteps."""
+        present = [k for k in self.input_keys if k in context and context[k].shape[1] != 0]
         if not present:
             raise ValueError(f"GalileoModel: the input dict has none of the keys {self.input_keys}")
         groups: dict[str, dict[str, tf.Tensor]] = {"space_time": {}, "space": {}, "time": {}, "static": {}}
+        masks: dict[str, tf.Tensor] = {}
         timesteps, height, batch = None, None, None
         for key in present:
             x = tf.cast(context[key], tf.float32)
             self._check_channels(key, x)
             kind, slices = INPUT_GROUPS[key]
             batch = tf.shape(x)[0]
+            if kind in ("space_time", "time"):
+                if isinstance(timesteps, int) and x.shape[1] is not None and x.shape[1] != timesteps:
+                    raise ValueError(f"GalileoModel: inputs have different numbers of timesteps ({timesteps} and {x.shape[1]} for '{key}')")
+                mask_key = timestep_mask_key(key)
+                if mask_key in context:
+                    masks.update({g: tf.cast(context[mask_key], tf.bool) for g in slices})
             if kind == "space_time":
                 timesteps = _first(timesteps, x, 1)
                 height = height if height is not None else x.shape[2]
@@ -255,7 +264,7 @@ class GalileoModel(FeatureExtractor):
         months = input_months(context, MONTH_KEYS, DEFAULT_MONTH)
         if months is None:
             months = tf.fill(tf.stack([batch, timesteps]), tf.constant(DEFAULT_MONTH, tf.int32))
-        return groups["space_time"], groups["space"], groups["time"], groups["static"], months, height
+        return groups["space_time"], groups["space"], groups["time"], groups["static"], months, height, masks
 
     def effective_patch_size(self, height: int | None) -> int:
         """The patch size used for an input of ``height`` pixels (reduced to H when smaller)."""
@@ -265,18 +274,30 @@ class GalileoModel(FeatureExtractor):
         return self.patch_size
 
     def call(self, context, training=None):
-        s_t, sp, t, st, months, height = self.galileo_inputs(context)
+        s_t, sp, t, st, months, height, masks = self.galileo_inputs(context)
         patch_size = self.effective_patch_size(height)
-        s_t_tokens, tokens = self.model.encode(s_t, sp, t, st, months, patch_size, training=training)
+        s_t_tokens, tokens, token_mask = self.model.encode(s_t, sp, t, st, months, patch_size, masks, training=training)
         if height is not None and height == patch_size:
             # a single spatial patch: the average of every (unmasked) token
-            return [tf.cast(tf.reduce_mean(tokens, axis=1), tf.float32)[:, None, None, :]]
+            if token_mask is None:
+                pooled = tf.reduce_mean(tokens, axis=1)
+            else:
+                w = tf.cast(token_mask, tokens.dtype)[..., None]
+                pooled = tf.reduce_sum(tokens * w, axis=1) / tf.maximum(tf.reduce_sum(w, axis=1), 1.0)
+            return [pooled[:, None, None, :]]
         if not s_t_tokens:
             raise ValueError("GalileoModel: with H > patch_size the output pools the s1/s2 tokens; give 's1' or 's2'")
-        # mean over time per group, then over the S1/S2 groups: [B, h, w, D]
-        pooled = [tf.reduce_mean(v, axis=1) for v in s_t_tokens.values()]
-        out = tf.add_n(pooled) / float(len(pooled)) if len(pooled) > 1 else pooled[0]
-        return [tf.cast(out, tf.float32)]
+        if not masks:
+            # mean over time per group, then over the S1/S2 groups: [B, h, w, D]
+            pooled = [tf.reduce_mean(v, axis=1) for v in s_t_tokens.values()]
+            return [tf.add_n(pooled) / float(len(pooled)) if len(pooled) > 1 else pooled[0]]
+        # padded timesteps / absent modalities: the mean over the real (timestep, group) tokens
+        total, count = 0.0, 0.0
+        for g, v in s_t_tokens.items():
+            w = tf.cast(masks[g], v.dtype)[:, :, None, None, None] if g in masks else tf.ones_like(v[:, :, :1, :1, :1])
+            total = total + tf.reduce_sum(v * w, axis=1)
+            count = count + tf.reduce_sum(w, axis=1)
+        return [total / tf.maximum(count, 1.0)]
 
     def get_backbone_channels(self) -> list[tuple[int, int]]:
         """``[(patch_size, D)]`` for every size (rslearn raises AttributeError for nano and

@@ -422,8 +422,9 @@ class GalileoEncoder(keras.layers.Layer):
         st: dict[str, tf.Tensor],
         months: tf.Tensor,
         patch_size: int,
+        timestep_masks: dict[str, tf.Tensor] | None = None,
         training=None,
-    ) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+    ) -> tuple[dict[str, tf.Tensor], tf.Tensor, tf.Tensor | None]:
         """Encodes the present channel groups.
 
         Args:
@@ -433,16 +434,20 @@ class GalileoEncoder(keras.layers.Layer):
             st: group -> normalised ``[B, C_g]``.
             months: int ``[B, T]`` months 0-11.
             patch_size: int, patch side in pixels.
+            timestep_masks: optional group -> bool ``[B, T]`` (True = real timestep) for s_t
+                and time groups: tokens of padded timesteps are left out of attention.
 
         Returns:
-            (group -> ``[B, T, H/p, W/p, D]`` s_t tokens, all tokens ``[B, N, D]``), both after
-            the final LayerNorm.
+            (group -> ``[B, T, H/p, W/p, D]`` s_t tokens, all tokens ``[B, N, D]``, both after
+            the final LayerNorm, and the bool ``[B, N]`` token mask or None when no
+            ``timestep_masks`` are given).
         """
+        masks = timestep_masks or {}
         q = self.embedding_size // 4
         month_emb = tf.gather(tf.cast(self.month_embed, tf.float32), tf.cast(months, tf.int32))  # [B, T, q]
         resolution = float(patch_size * BASE_GSD / BASE_GSD)
         groups_s_t = [g for g in SPACE_TIME_BANDS_GROUPS_IDX if g in s_t]
-        tokens, s_t_shapes = [], []
+        tokens, valid, s_t_shapes = [], [], []
         for g in groups_s_t:
             x = s_t[g]
             b, tt, h, w = tf.shape(x)[0], x.shape[1] or tf.shape(x)[1], tf.shape(x)[2], tf.shape(x)[3]
@@ -463,6 +468,8 @@ class GalileoEncoder(keras.layers.Layer):
             e = e + enc
             s_t_shapes.append(tf.shape(e))
             tokens.append(tf.reshape(e, tf.stack([b, -1, self.embedding_size])))
+            m = masks[g][:, :, None, None] if g in masks else tf.ones([1, 1, 1, 1], tf.bool)
+            valid.append(tf.reshape(tf.broadcast_to(m, tf.stack([b, tt, hp, wp])), tf.stack([b, -1])))
         for g in [g for g in SPACE_BAND_GROUPS_IDX if g in sp]:
             e = tf.cast(self.space_embed[g](sp[g], patch_size=patch_size), tf.float32)
             b, hp, wp = tf.shape(e)[0], tf.shape(e)[1], tf.shape(e)[2]
@@ -474,6 +481,7 @@ class GalileoEncoder(keras.layers.Layer):
                 axis=-1,
             )
             tokens.append(tf.reshape(e + enc, tf.stack([b, -1, self.embedding_size])))
+            valid.append(tf.ones(tf.stack([b, hp * wp]), tf.bool))
         for g in [g for g in TIME_BAND_GROUPS_IDX if g in t]:
             x = t[g]
             e = tf.cast(self.time_embed[g](x), tf.float32)
@@ -486,24 +494,27 @@ class GalileoEncoder(keras.layers.Layer):
                 axis=-1,
             )
             tokens.append(e + enc)
+            valid.append(masks[g] if g in masks else tf.ones(tf.stack([b, tt]), tf.bool))
         for g in [g for g in STATIC_BAND_GROUPS_IDX if g in st]:
             e = tf.cast(self.static_embed[g](st[g]), tf.float32)
             shape = tf.shape(e[:, :q])
             idx = list(STATIC_BAND_GROUPS_IDX).index(g)
             enc = tf.concat([self._quarter(self.st_channel_embed[idx], shape), self._zeros(shape, 3)], axis=-1)
             tokens.append((e + enc)[:, None, :])
+            valid.append(tf.ones(tf.stack([tf.shape(e)[0], 1]), tf.bool))
         if not tokens:
             raise ValueError("GalileoEncoder: at least one input must be given")
         x = tf.concat(tokens, axis=1) if len(tokens) > 1 else tokens[0]
+        token_mask = tf.concat(valid, axis=1) if masks else None
         for block in self.blocks:
-            x = block(x, training=training)
+            x = block(x, key_mask=token_mask, training=training)
         x = tf.cast(self.norm(x), tf.float32)
         out_s_t, start = {}, 0
         for g, shape in zip(groups_s_t, s_t_shapes):
             n = tf.reduce_prod(shape[1:4])
             out_s_t[g] = tf.reshape(x[:, start : start + n], shape)
             start = start + n
-        return out_s_t, x
+        return out_s_t, x, token_mask
 
     def torch_params(self, prefix: str = "") -> list[TorchParam]:
         out = [

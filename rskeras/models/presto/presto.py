@@ -16,7 +16,7 @@ from rskeras.models.presto.single_file_presto import (
     PRESTO_DIV_BY,
     PrestoEncoder,
 )
-from rskeras.models.time_inputs import input_months
+from rskeras.models.time_inputs import input_months, timestep_mask_key
 from rskeras.models.torch_weights import TorchParam, join, load_torch_state_dict
 
 logger = logging.getLogger(__name__)
@@ -123,13 +123,15 @@ class Presto(FeatureExtractor):
         return x
 
     def call(self, context, training=None):
-        present = [k for k in INPUTS if k in context]
+        present = [k for k in INPUTS if k in context and context[k].shape[1] != 0]  # T = 0: absent from the batch
         if not present:
             raise ValueError(f"Presto: the input dict has none of the keys {list(INPUTS)}")
-        groups, shape = {}, None
+        groups, shape, masks = {}, None, {}
         for key in present:
             lo, channels, slices = INPUTS[key]
             x = tf.cast(self._series(context, key), tf.float32)
+            if timestep_mask_key(key) in context:
+                masks.update({g: tf.cast(context[timestep_mask_key(key)], tf.bool) for g in slices})
             if x.shape[-1] is not None and x.shape[-1] != channels:
                 raise ValueError(f"Presto: input '{key}' must have {channels} channels, got {x.shape[-1]}")
             if key == "srtm":
@@ -146,7 +148,7 @@ class Presto(FeatureExtractor):
         months = input_months(context, MONTH_KEYS, self.month)
         if months is None:
             months = tf.fill(tf.stack([b, t]), tf.constant(self.month, tf.int32))
-        months = tf.reshape(tf.broadcast_to(months[:, None, None, :], tf.stack([b, h, w, t])), tf.stack([-1, t]))
+        months = self._per_pixel(months, h, w)
         dynamic_world = None
         if "dynamic_world" in context:
             dw = tf.cast(self._series(context, "dynamic_world"), tf.int32)[..., 0]  # [B, T, H, W]
@@ -155,8 +157,16 @@ class Presto(FeatureExtractor):
         latlons = None
         if "latlon" in context:
             latlons = tf.reshape(tf.cast(self._series(context, "latlon"), tf.float32)[:, 0], [-1, 2])
-        out = self.model.encode(groups, months, dynamic_world, latlons, training=training)
+        if masks:
+            masks = {g: self._per_pixel(m, h, w) for g, m in masks.items()}
+        out = self.model.encode(groups, months, dynamic_world, latlons, masks, training=training)
         return [tf.cast(tf.reshape(out, tf.stack([b, h, w, self.model.embedding_size])), tf.float32)]
+
+    @staticmethod
+    def _per_pixel(x: tf.Tensor, h, w) -> tf.Tensor:
+        """``[B, T]`` -> ``[B·H·W, T]`` (the value of each example repeated per pixel)."""
+        s = tf.shape(x)
+        return tf.reshape(tf.broadcast_to(x[:, None, None, :], tf.stack([s[0], h, w, s[1]])), tf.stack([-1, s[1]]))
 
     @staticmethod
     def _pixels(x: tf.Tensor) -> tf.Tensor:

@@ -152,7 +152,7 @@ class PrestoEncoder(keras.layers.Layer):
         self.built = True
 
     def encode(self, groups: dict[str, tf.Tensor], months: tf.Tensor, dynamic_world: tf.Tensor | None = None,
-               latlons: tf.Tensor | None = None, training=None) -> tf.Tensor:
+               latlons: tf.Tensor | None = None, timestep_masks: dict[str, tf.Tensor] | None = None, training=None) -> tf.Tensor:
         """Encodes pixel time series.
 
         Args:
@@ -161,6 +161,8 @@ class PrestoEncoder(keras.layers.Layer):
             months: int ``[N, T]`` months 0-11.
             dynamic_world: int ``[N, T]`` classes 0-8, 9 = missing; None = all missing.
             latlons: ``[N, 2]`` degrees or None.
+            timestep_masks: optional group -> bool ``[N, T]`` (True = real timestep): tokens
+                of padded timesteps are left out of attention and of the mean.
 
         Returns:
             ``[N, D]``: LayerNorm of the mean of the output tokens.
@@ -173,6 +175,7 @@ class PrestoEncoder(keras.layers.Layer):
         pos_emb = tf.broadcast_to(tf.cast(self.pos_embed[:, :t], dtype), tf.stack([n, t, self.pos_dim]))
         channel = tf.cast(self.channel_embed, dtype)
         names = list(BANDS_GROUPS_IDX)
+        masks = timestep_masks or {}
         tokens, valid = [], []
         for g in [g for g in BANDS_GROUPS_IDX if g in groups]:
             x = groups[g]
@@ -188,7 +191,10 @@ class PrestoEncoder(keras.layers.Layer):
                 e = tf.cast(self.eo_patch_embed[g](x), dtype)
                 enc = tf.concat([month_emb, tf.broadcast_to(ch, tf.stack([n, t, self.channel_dim])), pos_emb], axis=-1)
             tokens.append(e + enc)
-            valid.append(tf.ones(tf.shape(e)[:2], tf.bool))
+            if g in masks:
+                valid.append(masks[g][:, :1] if g == "SRTM" else masks[g])
+            else:
+                valid.append(tf.ones(tf.shape(e)[:2], tf.bool))
         key_mask = None
         if dynamic_world is not None:
             dw = tf.cast(dynamic_world, tf.int32)
@@ -202,7 +208,7 @@ class PrestoEncoder(keras.layers.Layer):
         if not tokens:
             raise ValueError("PrestoEncoder: at least one input group must be given")
         x = tf.concat(tokens, axis=1)
-        if dynamic_world is not None:
+        if dynamic_world is not None or masks:
             key_mask = tf.concat(valid, axis=1)
         for block in self.blocks:
             x = block(x, key_mask=key_mask, training=training)
