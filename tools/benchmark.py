@@ -6,6 +6,7 @@ Sections (run one, or ``all``)::
     python tools/benchmark.py input        # input pipeline alone, examples/s
     python tools/benchmark.py train-step   # the model's train step alone, examples/s
     python tools/benchmark.py detection    # detection training rate and inference latency
+    python tools/benchmark.py encoders     # foundation-model configs: ms per train step, 64x64
     python tools/benchmark.py all
 
 ``input`` builds (or reuses, with --sample / --large) two sample datasets
@@ -357,10 +358,50 @@ def run_detection(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+ENCODER_CONFIGS = ["galileo_segmentation.yaml", "presto_segmentation.yaml", "ssl4eo_s12_classification.yaml"]
+
+
+def add_encoders_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sample", help="64x64 sample dataset to use/create (default: a temp dir)")
+    p.add_argument("--configs", nargs="+", default=ENCODER_CONFIGS, help="configs/ files (default: the three foundation-model configs)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=5, help="timed train steps (default 5)")
+    p.add_argument("--warmup-steps", type=int, default=2, help="untimed steps first, the first traces the step (default 2)")
+
+
+def run_encoders(args: argparse.Namespace) -> dict[str, Any]:
+    """ms per train step of each foundation-model config on one cached batch of whole 64x64
+    windows of the sample dataset (12 bands; Galileo/Presto read 10 of them, SSL4EO-S12 13
+    via its config's Concatenate)."""
+    import tensorflow as tf
+
+    workdir = tempfile.mkdtemp(prefix="rskeras-bench-")
+    results: dict[str, Any] = {"load_average_1min": os.getloadavg()[0]}
+    try:
+        os.environ["DATASET_PATH"] = make_or_reuse(args.sample, 64, 300, workdir)
+        for name in args.configs:
+            overrides = [("data.init_args.batch_size", str(args.batch_size)), ("data.init_args.train_config.crop_size", "null")]
+            run = build_run([os.path.join(ROOT, "configs", name)], overrides, os.path.join(workdir, name))
+            cached = run.data.tf_dataset("train").take(1).cache().repeat()
+            run.lm.fit(cached, epochs=1, steps_per_epoch=args.warmup_steps, verbose=0)
+            start = time.perf_counter()
+            run.lm.fit(cached, epochs=1, steps_per_epoch=args.steps, verbose=0)
+            ms = 1000 * (time.perf_counter() - start) / args.steps
+            results[name] = {"batch_size": args.batch_size, "ms_per_step": round(ms, 1)}
+            device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+            print(f"  {name:<34} batch {args.batch_size}, 64x64, {device}: {ms:9.1f} ms/step", flush=True)
+            del run
+        print(f"  (1-min load average at the start: {results['load_average_1min']:.2f})")
+        return results
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 SECTIONS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], dict]]] = {
     "input": ("input pipeline throughput (no cache / disk cache / memory cache)", add_input_arguments, run_input),
     "train-step": ("model train-step throughput on an in-memory batch", add_train_step_arguments, run_train_step),
     "detection": ("detection (configs/detection.yaml): training examples/s, per-image latency Keras/SavedModel/TFLite", add_detection_arguments, run_detection),
+    "encoders": ("ms per train step of the Galileo / Presto / SSL4EO-S12 configs on 64x64 windows", add_encoders_arguments, run_encoders),
 }
 
 
