@@ -5,9 +5,9 @@ import pytest
 import tensorflow as tf
 
 from encoder_helpers import FACTS, day_ranges, functional, golden, golden_batch, nchw, param_count, saved_model_max_abs, tflite_max_abs
-from rskeras.models.checkpoint import write_state_dict
+from rskeras.weights.files import write_state_dict
 from rskeras.models.presto import Presto
-from rskeras.models.torch_weights import load_torch_state_dict, torch_state_dict
+from rskeras.weights.torch_params import load_torch_state_dict, torch_state_dict
 
 Z, CONFIG = golden("presto.npz")
 WEIGHTS = {k[2:]: Z[k] for k in Z.files if k.startswith("w/")}

@@ -10,9 +10,9 @@ import tensorflow as tf
 
 from conftest import FIXTURES
 from encoder_helpers import FACTS, functional, golden, param_count, saved_model_max_abs
-from rskeras.models.checkpoint import write_state_dict
+from rskeras.weights.files import write_state_dict
 from rskeras.models.ssl4eo_s12 import Ssl4eoS12
-from rskeras.models.torch_weights import load_torch_state_dict
+from rskeras.weights.torch_params import load_torch_state_dict
 from seeded_weights import seeded_state_dict
 
 Z, CONFIG = golden("ssl4eo_s12.npz")

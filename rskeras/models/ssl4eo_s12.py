@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from rskeras.models.component import FeatureExtractor, single_timestep
 from rskeras.models.resnet import ResNet
-from rskeras.models.torch_weights import TorchParam, join, load_torch_state_dict
+from rskeras.weights.torch_params import TorchParam, join, load_torch_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -25,9 +25,11 @@ def backbone_state_dict(path: str) -> dict:
     Accepts the DINO checkpoint rslearn reads (``["teacher"]``, keys
     ``module.backbone.<torchvision key>``), a state dict with those keys or with plain
     torchvision keys, or an rslearn-keyed one (``model.<torchvision key>``), in any format
-    of :func:`rskeras.models.checkpoint.read_state_dict`.
+    of :func:`rskeras.weights.files.read_state_dict`.
     """
-    from rskeras.models.checkpoint import CheckpointError, load_torch_file, read_state_dict
+    from rskeras.weights.errors import CheckpointError
+    from rskeras.weights.files import as_state_dict, read_state_dict
+    from rskeras.weights.torch_pickle import load_torch_file
 
     lower = str(path).lower()
     if lower.endswith((".npz", ".safetensors")):
@@ -48,8 +50,6 @@ def backbone_state_dict(path: str) -> dict:
             ) from None
         if isinstance(obj, dict) and "teacher" in obj:
             obj = obj["teacher"]
-        from rskeras.models.checkpoint import as_state_dict
-
         state = as_state_dict(obj, path)
     for prefix in (CHECKPOINT_PREFIX, "model."):
         if any(k.startswith(prefix) for k in state):

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from rskeras.models.swin import StochasticDepth
 from rskeras.models.torch_nn import TORCH_NORM_EPS
-from rskeras.models.torch_weights import TorchParam, dense_params, join, layer_norm_params
+from rskeras.weights.torch_params import TorchParam, dense_params, join, layer_norm_params
 
 _MASK_BIAS = -1e9
 

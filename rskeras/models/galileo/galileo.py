@@ -23,7 +23,7 @@ from rskeras.models.galileo.single_file_galileo import (
     normalization_constants,
 )
 from rskeras.models.time_inputs import input_months, timestep_mask_key
-from rskeras.models.torch_weights import TorchParam, join, load_torch_state_dict
+from rskeras.weights.torch_params import TorchParam, join, load_torch_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class GalileoModel(FeatureExtractor):
         return os.path.join(root, pretrained_weights[GalileoSize(self.size)])
 
     def _read_folder(self) -> tuple[dict, dict]:
-        from rskeras.models.checkpoint import read_state_dict
+        from rskeras.weights.files import read_state_dict
 
         folder = self._folder()
         config_path = os.path.join(folder, CONFIG_FILENAME)

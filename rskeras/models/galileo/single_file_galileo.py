@@ -41,7 +41,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rskeras.models.torch_weights import TorchParam, dense_params, join, layer_norm_params
+from rskeras.weights.torch_params import TorchParam, dense_params, join, layer_norm_params
 from rskeras.models.transformer import Block, layer_norm, xavier_dense
 
 CONFIG_FILENAME = "config.json"

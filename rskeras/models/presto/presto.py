@@ -17,7 +17,7 @@ from rskeras.models.presto.single_file_presto import (
     PrestoEncoder,
 )
 from rskeras.models.time_inputs import input_months, timestep_mask_key
-from rskeras.models.torch_weights import TorchParam, join, load_torch_state_dict
+from rskeras.weights.torch_params import TorchParam, join, load_torch_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class Presto(FeatureExtractor):
         return self.pretrained_path or os.path.join(tempfile.gettempdir(), "rslearn_cache", "presto")
 
     def _read_weights(self) -> dict:
-        from rskeras.models.checkpoint import read_state_dict
+        from rskeras.weights.files import read_state_dict
 
         folder = self._folder()
         candidates = [os.path.join(folder, n) for n in (MODEL_FILENAME, "default_model.safetensors", "default_model.npz")]

@@ -28,7 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rskeras.models.torch_weights import TorchParam, dense_params, join, layer_norm_params
+from rskeras.weights.torch_params import TorchParam, dense_params, join, layer_norm_params
 from rskeras.models.transformer import Block, layer_norm, xavier_dense
 
 PRESTO_S2_BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
