@@ -9,6 +9,8 @@ import yaml
 
 from conftest import ROOT
 from rskeras import lightning_cli
+from rskeras.config.loader import load_config
+from rskeras.run import build_run
 
 
 def config_file(tmp_path, name: str, dataset: str, edit) -> str:
@@ -40,8 +42,8 @@ def test_presto_config_trains_and_exports(sample_dataset, tmp_path):
     assert len(losses) == 2 and losses[-1] < losses[0] - 0.05, losses
 
     # the SavedModel written by fit takes the raw bands and matches the Keras model
-    config = lightning_cli.load_config([cfg], [("trainer.default_root_dir", str(tmp_path / "reload"))])
-    run = lightning_cli.Run(config, [cfg], "test")
+    config = load_config([cfg], [("trainer.default_root_dir", str(tmp_path / "reload"))])
+    run = build_run(config, "test")
     run.lm.load_weights(str(root / "checkpoints" / "best.weights.h5"))  # what fit exported
     served = tf.saved_model.load(str(root / "saved_model")).signatures["serving_default"]
     inputs, _ = next(iter(run.data.tf_dataset("test")))
