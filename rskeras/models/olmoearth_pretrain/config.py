@@ -340,3 +340,53 @@ def encoder_config_from_bundle(config: dict[str, Any], path: str = "config.json"
         )
     encoder.encoder_input_modalities = [m for m in encoder.supported_modality_names if m not in decode_only]
     return encoder
+
+
+def encoder_state_dict_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the encoder's torch state dict, from the architecture alone (what
+    ``Encoder.torch_params`` maps, without building any weights: full-size archs are
+    checked this way). Order: olmoearth_pretrain's module registration order."""
+    d, heads, hd = config.embedding_size, config.num_heads, config.head_dim
+    n = int(d * 0.25)
+    hidden = int(d * config.mlp_ratio)
+    out: dict[str, tuple[int, ...]] = {}
+    for i in range(config.depth):
+        p = f"blocks.{i}."
+        out[p + "norm1.weight"], out[p + "norm1.bias"] = (d,), (d,)
+        if config.position_encoding in ("rope_mixed", "rope_3d_mixed"):
+            out[p + "attn.rope_mixed_freqs"] = (3 if config.position_encoding == "rope_3d_mixed" else 2, heads, hd // 2)
+        for name in ("q", "k", "v"):
+            out[p + f"attn.{name}.weight"], out[p + f"attn.{name}.bias"] = (d, d), (d,)
+        if config.qk_norm:
+            for name in ("q_norm", "k_norm"):
+                out[p + f"attn.{name}.weight"], out[p + f"attn.{name}.bias"] = (hd,), (hd,)
+        out[p + "attn.proj.weight"], out[p + "attn.proj.bias"] = (d, d), (d,)
+        out[p + "norm2.weight"], out[p + "norm2.bias"] = (d,), (d,)
+        out[p + "mlp.fc1.weight"], out[p + "mlp.fc1.bias"] = (hidden, d), (hidden,)
+        out[p + "mlp.fc2.weight"], out[p + "mlp.fc2.bias"] = (d, hidden), (d,)
+    out["composite_encodings.month_embed.weight"] = (12, n)
+    for m in config.supported_modality_names:
+        out[f"composite_encodings.per_modality_channel_embeddings.{m}"] = (config.num_band_groups(m), n)
+    if config.num_register_tokens:
+        out["register_tokens"] = (config.num_register_tokens, d)
+    p0 = config.max_patch_size
+    for m in config.supported_modality_names:
+        for i, indices in enumerate(config.group_indices(m)):
+            p = f"patch_embeddings.per_modality_embeddings.{m}.{m}__{i}."
+            if not config.use_linear_patch_embed:
+                out[p + "proj.weight"], out[p + "proj.bias"] = (d, len(indices), p0, p0), (d,)
+                continue
+            prev = len(indices)
+            for j, h in enumerate(config.patch_embed_hidden_sizes or []):
+                out[p + f"pixel_proj.{2 * j}.weight"], out[p + f"pixel_proj.{2 * j}.bias"] = (h, prev), (h,)
+                prev = h
+            out[p + "proj.weight"], out[p + "proj.bias"] = (d, prev * p0 * p0), (d,)
+            prev = d
+            for j, h in enumerate(config.post_proj_hidden_sizes or []):
+                out[p + f"post_proj.{2 * j + 1}.weight"], out[p + f"post_proj.{2 * j + 1}.bias"] = (h, prev), (h,)
+                prev = h
+    out["norm.weight"], out["norm.bias"] = (d,), (d,)
+    for i in range(config.num_projection_layers):
+        out[f"project_and_aggregate.projection.{2 * i}.weight"] = (d, d)
+        out[f"project_and_aggregate.projection.{2 * i}.bias"] = (d,)
+    return out

@@ -174,9 +174,9 @@ class Encoder(keras.layers.Layer):
         for i, block in enumerate(self.blocks):
             out += block.torch_params(join(prefix, f"blocks.{i}"))
         out += self.composite_encodings.torch_params(join(prefix, "composite_encodings"))
-        out += self.patch_embeddings.torch_params(join(prefix, "patch_embeddings"))
         if self.register_tokens is not None:
             out.append(TorchParam(join(prefix, "register_tokens"), self.register_tokens))
+        out += self.patch_embeddings.torch_params(join(prefix, "patch_embeddings"))
         out += layer_norm_params(self.norm, join(prefix, "norm"))
         for i, layer in enumerate(self.projection):
             out += dense_params(layer, join(prefix, f"project_and_aggregate.projection.{2 * i}"))

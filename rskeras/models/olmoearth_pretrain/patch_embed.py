@@ -155,7 +155,8 @@ class MultiModalPatchEmbeddings(keras.layers.Layer):
         p0 = self.max_patch_size
         shape = tf.shape(x)
         b, t = shape[0], shape[1]
-        h, w = x.shape[2], x.shape[3]
+        h = x.shape[2] if x.shape[2] is not None else shape[2]
+        w = x.shape[3] if x.shape[3] is not None else shape[3]
         images = tf.reshape(x, tf.concat([[-1], shape[2:]], 0))
         if patch_size != p0:
             images = resize_aa_bicubic(images, h // patch_size * p0, w // patch_size * p0)

@@ -49,17 +49,40 @@ def aa_bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def resize_aa_bicubic(x: tf.Tensor, out_h: int, out_w: int) -> tf.Tensor:
-    """``[N, H, W, C]`` (static H, W) -> ``[N, out_h, out_w, C]`` (float32 math)."""
+def aa_bicubic_matrix_tf(in_size, out_size) -> tf.Tensor:
+    """:func:`aa_bicubic_matrix` for sizes known only at run time (float32 graph ops)."""
+    in_f = tf.cast(in_size, tf.float32)
+    out_f = tf.cast(out_size, tf.float32)
+    scale = in_f / out_f
+    up = scale < 1.0
+    support = tf.where(up, 2.0, 2.0 * scale)
+    invscale = tf.where(up, 1.0, 1.0 / scale)
+    center = scale * (tf.cast(tf.range(out_size), tf.float32) + 0.5)[:, None]  # [out, 1]
+    xmin = tf.maximum(tf.cast(center - support + 0.5, tf.int32), 0)  # truncation, as C++
+    xmax = tf.minimum(tf.cast(center + support + 0.5, tf.int32), tf.cast(in_size, tf.int32))
+    j = tf.range(in_size)[None, :]
+    x = tf.abs((tf.cast(j, tf.float32) - center + 0.5) * invscale)
+    a = _A
+    w = tf.where(x < 1.0, ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0, tf.where(x < 2.0, (((x - 5.0) * x + 8.0) * x - 4.0) * a, 0.0))
+    w = tf.where((j >= xmin) & (j < xmax), w, 0.0)
+    total = tf.reduce_sum(w, axis=1, keepdims=True)
+    return tf.where(total != 0.0, w / tf.where(total != 0.0, total, 1.0), w)
+
+
+def resize_aa_bicubic(x: tf.Tensor, out_h, out_w) -> tf.Tensor:
+    """``[N, H, W, C]`` -> ``[N, out_h, out_w, C]`` (float32 math); weights are constants
+    when the sizes are static, computed in the graph otherwise."""
     h, w = x.shape[1], x.shape[2]
-    if h is None or w is None:
-        raise ValueError("the patch-size resize needs a static input height and width")
     dtype = x.dtype
     x = tf.cast(x, tf.float32)
-    if (h, w) == (out_h, out_w):
+    static = all(isinstance(v, int) for v in (h, w, out_h, out_w))
+    if static and (h, w) == (out_h, out_w):
         return tf.cast(x, dtype)
-    wh = tf.constant(aa_bicubic_matrix(h, out_h))
-    ww = tf.constant(aa_bicubic_matrix(w, out_w))
+    if static:
+        wh, ww = tf.constant(aa_bicubic_matrix(h, out_h)), tf.constant(aa_bicubic_matrix(w, out_w))
+    else:
+        shape = tf.shape(x)
+        wh, ww = aa_bicubic_matrix_tf(shape[1], out_h), aa_bicubic_matrix_tf(shape[2], out_w)
     y = tf.einsum("pw,nhwc->nhpc", ww, x)
     y = tf.einsum("oh,nhpc->nopc", wh, y)
     return tf.cast(y, dtype)
