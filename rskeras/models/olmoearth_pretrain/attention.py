@@ -11,7 +11,6 @@ missing-token handling of olmoearth_pretrain maps onto it.
 
 from __future__ import annotations
 
-import math
 
 import keras
 import numpy as np

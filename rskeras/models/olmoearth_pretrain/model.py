@@ -25,7 +25,6 @@ import logging
 import warnings
 from typing import Any
 
-import keras
 import tensorflow as tf
 
 from rskeras.models.component import FeatureExtractor
@@ -251,6 +250,8 @@ class OlmoEarth(FeatureExtractor):
                     self._dropped_warned.add(m)
                     logger.warning("OlmoEarth: ignoring input %r: this encoder was only trained to encode %s", m, encoded)
                 continue
+            if len(context[m].shape) == 5 and context[m].shape[1] == 0:
+                continue  # no example of the batch has it (T = 0): absent, as in rslearn
             out.append(m)
         if not out:
             raise ValueError(f"OlmoEarth: no modality in the inputs (expected some of {[m for m in MODALITY_NAMES if m in encoded]}; got {sorted(context)})")
