@@ -28,7 +28,7 @@ from rskeras.models.olmoearth_pretrain.encoder import Encoder
 from rskeras.models.olmoearth_pretrain.model import EMBEDDING_SIZES, OlmoEarth
 from rskeras.models.olmoearth_pretrain.norm import OlmoEarthNormalize, load_computed_config
 from rskeras.models.olmoearth_pretrain.timestamps import civil_from_posix, parse_timedelta, prepare_merged
-from rskeras.models.torch_weights import torch_state_dict
+from rskeras.weights.torch_params import torch_state_dict
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,11 +112,11 @@ def test_bundle_round_trip(small, tmp_path, fmt):
     full["decoder.some.weight"] = np.ones((2, 2), np.float32)  # the rest of the pretraining model
     full["target_encoder.norm.weight"] = np.ones((64,), np.float32)
     if fmt == "pth":
-        from rskeras.models.checkpoint import write_torch_zip
+        from rskeras.weights.torch_pickle import write_torch_zip
 
         write_torch_zip(full, str(directory / "weights.pth"))
     else:
-        from rskeras.models.checkpoint import write_state_dict
+        from rskeras.weights.files import write_state_dict
 
         write_state_dict(full, str(directory / "weights.safetensors"))
     kwargs = {k: v for k, v in config["wrapper_kwargs"].items() if k != "timestamp_error_tolerance"}
@@ -430,8 +430,8 @@ def _lightning_module():
 
 
 def test_layer_decay_adamw_groups_and_update():
-    from rskeras.models.olmoearth_pretrain.optimizer import LayerDecayAdamW, SimpleFreeze, get_layer_id
-    from rskeras.train.callbacks.freeze_unfreeze import named_trainable_variables
+    from rskeras.train.callbacks.freeze_unfreeze import SimpleFreeze, named_trainable_variables
+    from rskeras.train.layer_decay import LayerDecayAdamW, get_layer_id
 
     assert get_layer_id("model.encoder.0.model.blocks.3.attn.q.weight", 4) == 3
     assert get_layer_id("model.encoder.0.model.patch_embeddings.x", 4) == 0
@@ -464,3 +464,17 @@ def test_layer_decay_adamw_groups_and_update():
     step0 = np.abs(block0.numpy() - before[0]).max()
     step_head = np.abs(head.numpy() - before[1]).max()
     assert step0 == pytest.approx(0.01 * 0.5**4, rel=0.05) and step_head == pytest.approx(0.01, rel=0.05)
+
+
+def test_rslearn_class_paths_resolve():
+    """rslearn's quickstart / example configs name these paths."""
+    from rskeras.config.class_paths import import_class, map_class_path
+
+    for path in (
+        "rslearn.models.olmoearth_pretrain.model.OlmoEarth",
+        "rslearn.models.olmoearth_pretrain.norm.OlmoEarthNormalize",
+        "rslearn.models.olmoearth_pretrain.optimizer.LayerDecayAdamW",
+        "rslearn.models.olmoearth_pretrain.optimizer.SimpleFreeze",
+    ):
+        cls = import_class(map_class_path(path))
+        assert cls.__name__ == path.rsplit(".", 1)[1]

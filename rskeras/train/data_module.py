@@ -257,7 +257,7 @@ class RslearnDataModule:
         zeros = tf.nest.map_structure(zero, element_spec)
         for key, value in zeros[0].items():
             if key.endswith("_timestamps") and value.dtype.is_floating:
-                zeros[0][key] = tf.constant(np.nan, value.dtype)
+                zeros[0][key] = tf.constant(float("nan"), value.dtype)
         overrides = self.task.target_padding_values()
 
         def apply(target_zeros, override):

@@ -306,3 +306,4 @@ class AdamW(OptimizerFactory):
             epsilon=1e-8 if self.eps is None else float(self.eps),
             weight_decay=0.01 if self.weight_decay is None else float(self.weight_decay),
         )
+

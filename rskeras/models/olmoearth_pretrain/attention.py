@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from rskeras.keras_compat import keep_input_dtypes
 from rskeras.models.olmoearth_pretrain import rope
 from rskeras.models.olmoearth_pretrain.config import EncoderConfig
 from rskeras.models.olmoearth_pretrain.patch_embed import xavier_linear
@@ -103,7 +104,7 @@ class Attention(keras.layers.Layer):
             self.rope_mixed_freqs = self.add_weight(
                 name="rope_mixed_freqs", shape=init.shape, initializer=keras.initializers.Constant(init), dtype="float32"
             )
-        self._convert_input_args = False  # key biases and positions stay float32
+        keep_input_dtypes(self)  # key biases and positions stay float32
         self.built = True
 
     def _heads(self, x):
@@ -167,7 +168,7 @@ class Block(keras.layers.Layer):
         self.fc1.build((None, dim))
         self.fc2.build((None, hidden))
         self.drop_path = DropPath(config.drop_path, name="drop_path")
-        self._convert_input_args = False
+        keep_input_dtypes(self)
         self.built = True
 
     def call(self, x, key_bias, positions=None, training=None):

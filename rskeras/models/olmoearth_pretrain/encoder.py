@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from rskeras.keras_compat import keep_input_dtypes
 from rskeras.models.olmoearth_pretrain.attention import MASKED, Block, norm_policy, torch_layer_norm
 from rskeras.models.olmoearth_pretrain.config import EncoderConfig
 from rskeras.models.olmoearth_pretrain.encodings import BASE_GSD, CompositeEncodings
@@ -86,7 +87,7 @@ class Encoder(keras.layers.Layer):
             self.register_tokens = self.add_weight(
                 name="register_tokens", shape=(config.num_register_tokens, dim), initializer="glorot_uniform", dtype="float32"
             )
-        self._convert_input_args = False  # timestamps, positions and biases keep their dtypes
+        keep_input_dtypes(self)  # timestamps, positions and biases keep their dtypes
         self.built = True
 
     # ---- positions --------------------------------------------------------------------

@@ -23,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from rskeras.keras_compat import keep_input_dtypes
 from rskeras.models.olmoearth_pretrain import modalities as mod
 from rskeras.weights.torch_params import TorchParam, join
 
@@ -103,7 +104,7 @@ class CompositeEncodings(keras.layers.Layer):
             trainable=False,
             dtype="float32",
         )
-        self._convert_input_args = False  # months are int; tokens keep their dtype
+        keep_input_dtypes(self)  # months are int; tokens keep their dtype
         self.built = True
 
     def call(self, tokens, months, modality: str = "", gsd_ratio: float = 1.0):

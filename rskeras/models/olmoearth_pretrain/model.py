@@ -25,8 +25,10 @@ import logging
 import warnings
 from typing import Any
 
+import keras
 import tensorflow as tf
 
+from rskeras.keras_compat import keep_input_dtypes
 from rskeras.models.component import FeatureExtractor
 from rskeras.models.olmoearth_pretrain import bundle, modalities
 from rskeras.models.olmoearth_pretrain.config import (
@@ -59,6 +61,7 @@ SDPA_BACKENDS = ("cudnn", "flash", "efficient", "math")
 EMBEDDING_SIZES = {model_id: model_id_config(model_id).embedding_size for model_id in ModelID}
 
 
+@keras.saving.register_keras_serializable(package="rskeras")
 class OlmoEarth(FeatureExtractor):
     """The OlmoEarth encoder on rskeras model inputs.
 
@@ -188,7 +191,7 @@ class OlmoEarth(FeatureExtractor):
             stats = load_computed_config()
             band_names = {m: modalities.get(m).band_order for m in MODALITY_NAMES if m in stats}
             self.normalizer = OlmoEarthNormalize(band_names, std_multiplier=normalize_std_multiplier, skip_missing=True)
-        self._convert_input_args = False  # float64 timestamps must stay float64
+        keep_input_dtypes(self)  # float64 timestamps must stay float64
         self.built = True
 
     # ---- construction -------------------------------------------------------------------

@@ -5,6 +5,10 @@ For every band of a modality's statistics, ``x -> (x - lo) / (hi - lo)`` with
 ``rslearn.models.olmoearth_pretrain.norm.OlmoEarthNormalize``. The statistics are
 olmoearth_pretrain's ``computed.json`` (``norm_stats.json`` beside this module).
 Sentinel-1 values must already be in decibels.
+
+It is a transform (``(input_dict, target_dict) -> (input_dict, target_dict)``, the protocol
+of ``rskeras.train.transforms``) that lives with the model, as in rslearn, and is also
+used by ``OlmoEarth(normalize=True)``; it addresses top-level input keys only.
 """
 
 from __future__ import annotations
@@ -16,8 +20,6 @@ import os
 
 import numpy as np
 import tensorflow as tf
-
-from rskeras.train.transforms.transform import Transform, selector_exists
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ def load_computed_config() -> dict[str, dict[str, dict[str, float]]]:
     return _load(_STATS_FILE)
 
 
-class OlmoEarthNormalize(Transform):
+class OlmoEarthNormalize:
     """Normalizes OlmoEarth modalities with the pretraining statistics.
 
     Args:
@@ -63,7 +65,7 @@ class OlmoEarthNormalize(Transform):
         config_fname: str | None = None,
         skip_missing: bool = False,
     ):
-        super().__init__(skip_missing=skip_missing)
+        self.skip_missing = bool(skip_missing)
         if std_multiplier is None:
             raise ValueError("OlmoEarthNormalize: std_multiplier must be a number")
         if config_fname is None:
@@ -100,9 +102,12 @@ class OlmoEarthNormalize(Transform):
             )
         return (tf.cast(image, tf.float32) - tf.constant(lo)) / tf.constant(width)
 
+    def __call__(self, input_dict, target_dict):
+        return self.forward(input_dict, target_dict)
+
     def forward(self, input_dict, target_dict):
         for modality in self.band_names:
-            if self.skip_missing and not selector_exists(input_dict, target_dict, modality):
+            if self.skip_missing and modality not in input_dict:
                 continue
             if modality not in input_dict:
                 raise KeyError(f"OlmoEarthNormalize: input {modality!r} not found (inputs: {sorted(input_dict)})")

@@ -1,8 +1,9 @@
-"""Layer-wise learning-rate decay for OlmoEarth fine-tuning (rslearn
-``rslearn.models.olmoearth_pretrain.optimizer``): ``LayerDecayAdamW`` and ``SimpleFreeze``.
+"""Layer-wise learning-rate decay for OlmoEarth fine-tuning: rslearn
+``rslearn.models.olmoearth_pretrain.optimizer.LayerDecayAdamW`` (the config path maps
+here, ``rskeras.config.class_paths``; the model room does not import the training room).
 
 ``LayerDecayAdamW`` builds rskeras' ``TorchAdamW`` (torch's AdamW update) with one
-parameter group per encoder depth: parameters are named as in torch (the Lightning
+parameter group per encoder depth. Parameters are named as in torch (the Lightning
 module's tree: ``model.encoder.0.model.blocks.3.attn.q.weight`` for an OlmoEarth first
 encoder, see ``rskeras.train.callbacks.freeze_unfreeze.named_trainable_variables``), and
 group ``i`` gets ``lr * layer_decay_rate ** (num_layers - i)``:
@@ -12,7 +13,7 @@ group ``i`` gets ``lr * layer_decay_rate ** (num_layers - i)``:
 * everything else (the rest of the encoder, decoders, heads) -> ``num_layers`` (full lr).
 
 Every parameter joins its group, frozen or not, so that it composes with ``SimpleFreeze``
-(which only toggles trainability).
+(``rskeras.train.callbacks.freeze_unfreeze``), which only toggles trainability.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import dataclasses
 import logging
 from collections import defaultdict
 
-from rskeras.train.callbacks.base import Callback
-from rskeras.train.callbacks.freeze_unfreeze import named_trainable_variables, select_module, set_trainable
+from rskeras.keras_compat import optimizer_variable_index
+from rskeras.train.callbacks.freeze_unfreeze import named_trainable_variables
 from rskeras.train.optimizer import OptimizerFactory, TorchAdamW
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class LayerDecayTorchAdamW(TorchAdamW):
         super().build(var_list)
         last = len(self.group_lrs) - 1
         for variable in var_list:
-            slot = self._groups[self._get_variable_index(variable)]
+            slot = self._groups[optimizer_variable_index(self, variable)]
             slot.assign(self.group_of_variable.get(id(variable), last))
         self._num_groups.assign(len(self.group_lrs))
         for i, lr in enumerate(self.group_lrs[1:], start=1):
@@ -118,34 +119,3 @@ class LayerDecayAdamW(OptimizerFactory):
             epsilon=1e-8 if self.eps is None else float(self.eps),
             weight_decay=0.01 if self.weight_decay is None else float(self.weight_decay),
         )
-
-
-class SimpleFreeze(Callback):
-    """Freezes a module until ``unfreeze_at_epoch``, then unfreezes it; only toggles
-    trainability (no parameter groups), to compose with ``LayerDecayAdamW``.
-
-    Args:
-        module_selector: attributes / indexes from the Lightning module to the module
-            (e.g. ``[model, encoder, 0]``).
-        unfreeze_at_epoch: the module is trainable from the start of this epoch.
-    """
-
-    def __init__(self, module_selector: list[str | int], unfreeze_at_epoch: int):
-        super().__init__()
-        self.module_selector = list(module_selector)
-        self.unfreeze_at_epoch = int(unfreeze_at_epoch)
-
-    def _apply(self, lm, epoch: int) -> None:
-        _, variables = select_module(lm, self.module_selector)
-        trainable = epoch >= self.unfreeze_at_epoch
-        changed = any(v.trainable != trainable for v in variables)
-        set_trainable(variables, trainable)
-        if changed:
-            lm.trainability_changed()
-
-    def setup(self, trainer, lm) -> None:
-        _, variables = select_module(lm, self.module_selector)
-        set_trainable(variables, self.unfreeze_at_epoch <= 0)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._apply(self.model, epoch)
