@@ -9,6 +9,7 @@ setup(
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["rskeras", "rskeras.*"]),
+    package_data={"rskeras.models.olmoearth_pretrain": ["norm_stats.json"]},
     python_requires=">=3.11",
     install_requires=[
         # tensorflow-cpu on CPU machines; use the `gpu` extra (tensorflow[and-cuda]) on GPU machines.

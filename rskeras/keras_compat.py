@@ -9,6 +9,8 @@ breaks in this one module and its tests rather than across the package:
 * a layer's sub-layers and the variables created trainable, whatever their current flag
   (``Layer._flatten_layers``, ``Layer._trainable_variables``): :func:`sublayers`,
   :func:`created_trainable_variables`;
+* keeping a layer's call arguments in their own dtypes (``Layer._convert_input_args``):
+  :func:`keep_input_dtypes`;
 * multi-worker mode of a strategy (``extended._in_multi_worker_mode``):
   :func:`in_multi_worker_mode`;
 * the model hooks ``Model._maybe_symbolic_build`` and
@@ -51,6 +53,13 @@ def load_weights_file(model: keras.Model, path: str, objects_to_skip: Sequence[A
 def sublayers(layer: keras.layers.Layer, include_self: bool = True) -> list[keras.layers.Layer]:
     """Every layer tracked under ``layer`` (attributes, lists, dicts; depth first), each once."""
     return list(layer._flatten_layers(include_self=include_self))
+
+
+def keep_input_dtypes(layer: keras.layers.Layer) -> None:
+    """Stops Keras from casting ``layer``'s floating call arguments to its compute dtype
+    (e.g. float64 timestamps, float32 attention biases under mixed precision); the layer
+    casts what it needs itself."""
+    layer._convert_input_args = False
 
 
 def created_trainable_variables(layer: keras.layers.Layer, recursive: bool = True) -> list[Any]:

@@ -7,6 +7,7 @@ Sections (run one, or ``all``)::
     python tools/benchmark.py train-step   # the model's train step alone, examples/s
     python tools/benchmark.py detection    # detection training rate and inference latency
     python tools/benchmark.py encoders     # foundation-model configs: ms per train step, 64x64
+    python tools/benchmark.py olmoearth    # OlmoEarth nano/tiny train step on 64x64x12
     python tools/benchmark.py all
 
 ``input`` builds (or reuses, with --sample / --large) two sample datasets
@@ -397,11 +398,60 @@ def run_encoders(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def add_olmoearth_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sample", help="64x64 sample dataset to use/create (default: a temp dir)")
+    p.add_argument("--model-ids", nargs="+", default=["OLMOEARTH_V1_2_NANO", "OLMOEARTH_V1_2_TINY"], help="ModelIDs to time (random init)")
+    p.add_argument("--steps", type=int, default=10, help="timed train steps (default 10)")
+    p.add_argument("--warmup-steps", type=int, default=2, help="untimed train steps first (default 2)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--patch-size", type=int, default=4)
+    p.add_argument("--autocast", default="null", help="OlmoEarth autocast_dtype (default null = float32; bfloat16 for mixed precision)")
+
+
+def run_olmoearth(args: argparse.Namespace) -> dict[str, Any]:
+    """Train steps of configs/olmoearth_segmentation.yaml on one cached 64x64x12 batch."""
+    from rskeras.models.olmoearth_pretrain.config import model_id_config
+
+    workdir = tempfile.mkdtemp(prefix="rskeras-bench-")
+    out: dict[str, Any] = {}
+    try:
+        dataset = make_or_reuse(args.sample, 64, 300, workdir)
+        config = os.path.join(ROOT, "configs", "olmoearth_segmentation.yaml")
+        for model_id in args.model_ids:
+            arch = model_id_config(model_id)
+            enc = "model.init_args.model.init_args.encoder.0.init_args."
+            overrides = [
+                ("data.init_args.path", dataset),
+                ("data.init_args.batch_size", str(args.batch_size)),
+                (enc + "model_id", model_id),
+                (enc + "patch_size", str(args.patch_size)),
+                (enc + "autocast_dtype", args.autocast),
+                ("model.init_args.model.init_args.decoder.0.init_args.in_channels", f"[[{args.patch_size}, {arch.embedding_size}]]"),
+                ("model.init_args.optimizer.init_args.num_layers", str(arch.depth)),
+            ]
+            run = build_run([config], overrides, os.path.join(workdir, model_id))
+            lm, data = run.lm, run.data
+            cached = data.tf_dataset("train").take(1).cache().repeat()
+            lm.fit(cached, epochs=1, steps_per_epoch=args.warmup_steps, verbose=0)
+            start = time.perf_counter()
+            lm.fit(cached, epochs=1, steps_per_epoch=args.steps, verbose=0)
+            ms = 1000 * (time.perf_counter() - start) / args.steps
+            out[model_id] = {"ms_per_step": round(ms, 1), "batch_size": args.batch_size, "patch_size": args.patch_size}
+            print(f"  {model_id:<22} 64x64x12 batch {args.batch_size}, patch {args.patch_size}: {ms:8.1f} ms/train step", flush=True)
+        load = os.getloadavg() if hasattr(os, "getloadavg") else None
+        if load:
+            print(f"  load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+        return out
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 SECTIONS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], dict]]] = {
     "input": ("input pipeline throughput (no cache / disk cache / memory cache)", add_input_arguments, run_input),
     "train-step": ("model train-step throughput on an in-memory batch", add_train_step_arguments, run_train_step),
     "detection": ("detection (configs/detection.yaml): training examples/s, per-image latency Keras/SavedModel/TFLite", add_detection_arguments, run_detection),
     "encoders": ("ms per train step of the Galileo / Presto / SSL4EO-S12 configs on 64x64 windows", add_encoders_arguments, run_encoders),
+    "olmoearth": ("OlmoEarth nano/tiny train step (configs/olmoearth_segmentation.yaml, 64x64x12, cached batch)", add_olmoearth_arguments, run_olmoearth),
 }
 
 

@@ -14,6 +14,10 @@ ALIASES: dict[str, str] = {
     # spec/models.md §2 and §15: the docs place the models in each other's module.
     "rslearn.models.multitask.SingleTaskModel": "rskeras.models.singletask.SingleTaskModel",
     "rslearn.models.singletask.MultiTaskModel": "rskeras.models.multitask.MultiTaskModel",
+    # rslearn keeps the OlmoEarth fine-tuning optimizer and callback next to the model; in
+    # rskeras they belong to the training room (the model room does not import it).
+    "rslearn.models.olmoearth_pretrain.optimizer.LayerDecayAdamW": "rskeras.train.layer_decay.LayerDecayAdamW",
+    "rslearn.models.olmoearth_pretrain.optimizer.SimpleFreeze": "rskeras.train.callbacks.freeze_unfreeze.SimpleFreeze",
 }
 
 # Prefix rewrites, applied in order (first match wins).

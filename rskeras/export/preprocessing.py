@@ -22,6 +22,8 @@ each one how it runs on a batch:
 * random augmentations (Flip, GaussianNoise, RandomTimeDropping, random Crop / Pad) are
   skipped, with a logged warning;
 * Identity is dropped, Sequential is expanded;
+* transforms whose class sets ``applies_to_batches = True`` (their per-example code only
+  addresses trailing axes, e.g. ``OlmoEarthNormalize``) run as they are;
 * any other transform raises ``ExportError`` naming it and its config position.
 
 Selectors that address targets (``target/...``) are dropped: exported models have no
@@ -203,6 +205,10 @@ def _folded(transform: Any, in_key: str, out_key: str) -> Callable[[dict], dict]
 def _plan_one(transform: Any, where: str) -> list[PlannedTransform]:
     name = type(transform).__name__
     module = type(transform).__module__ or ""
+    if getattr(type(transform), "applies_to_batches", False):
+        # The transform declares that its per-example code is channel-wise / trailing-axes
+        # only (e.g. rskeras.models.olmoearth_pretrain.norm.OlmoEarthNormalize).
+        return [PlannedTransform(where, name, "apply", fn=_apply_in_place(transform), transform=transform)]
     if not module.startswith("rskeras.train.transforms"):
         raise ExportError(
             f"{where}: transform {module}.{name} cannot be exported (only rskeras.train.transforms.* transforms are "

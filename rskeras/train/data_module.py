@@ -39,6 +39,15 @@ logger = logging.getLogger(__name__)
 
 STAGES = ("train", "val", "test", "predict")
 
+# Suffix of the bool [T] "real timestep" input of load_timestamps DataInputs.
+TIMESTEP_MASK_SUFFIX = "_timestep_mask"
+
+
+def timed_inputs(md: ModelDataset) -> list[str]:
+    """Passthrough raster inputs with ``load_timestamps``: their model inputs carry
+    ``<key>_timestamps`` and ``<key>_timestep_mask``."""
+    return [k for k, di in md.inputs.items() if di.passthrough and di.load_timestamps and di.data_type == "raster"]
+
 
 class RslearnDataModule:
     """Reads an rslearn dataset for training and prediction (rslearn ``RslearnDataModule``).
@@ -216,7 +225,8 @@ class RslearnDataModule:
     def _process_fn(self, md: ModelDataset):
         skip_targets = md.split.get_skip_targets()
         passthrough = [k for k, di in md.inputs.items() if di.passthrough]
-        stamps = [k + "_timestamps" for k, di in md.inputs.items() if di.passthrough and di.load_timestamps and di.data_type == "raster"]
+        timed = timed_inputs(md)
+        stamps = [k + "_timestamps" for k in timed]
         transforms = list(md.split.transforms or [])
         task = self.task
 
@@ -228,6 +238,10 @@ class RslearnDataModule:
             target_dict = dict(target_dict)
             for key in passthrough + stamps:
                 input_dict[key] = raw[key]
+            # Every timestep of one example is real; padded_batch pads the mask with False
+            # (the time-series contract of docs/design.md).
+            for key in timed:
+                input_dict[key + TIMESTEP_MASK_SUFFIX] = tf.ones(tf.shape(raw[key])[:1], tf.bool)
             for transform in transforms:
                 input_dict, target_dict = transform(input_dict, target_dict)
             return input_dict, target_dict, metadata
@@ -235,8 +249,15 @@ class RslearnDataModule:
         return process
 
     def padding_values(self, element_spec) -> Any:
-        """Padding values for padded_batch: zeros, overridden by the task for targets."""
-        zeros = tf.nest.map_structure(lambda s: tf.constant(b"" if s.dtype == tf.string else 0, s.dtype), element_spec)
+        """Padding values for padded_batch: zeros, overridden by the task for targets;
+        ``<key>_timestamps`` inputs pad with NaN (``<key>_timestep_mask`` with False)."""
+        def zero(spec):
+            return tf.constant(b"" if spec.dtype == tf.string else False if spec.dtype == tf.bool else 0, spec.dtype)
+
+        zeros = tf.nest.map_structure(zero, element_spec)
+        for key, value in zeros[0].items():
+            if key.endswith("_timestamps") and value.dtype.is_floating:
+                zeros[0][key] = tf.constant(float("nan"), value.dtype)
         overrides = self.task.target_padding_values()
 
         def apply(target_zeros, override):

@@ -80,6 +80,8 @@ class TorchAdamW(ClipGradientsHook, PreReducedGradients, keras.optimizers.Optimi
             ``min(1, clip_grad_norm / (global_norm + 1e-6))`` (torch ``clip_grad_norm_``).
         clip_grad_value: if set, clamp every gradient to ``[-v, v]``.
         gradient_accumulation_steps: apply the mean gradient every N steps (Keras option).
+        max_param_groups: how many parameter groups the optimizer can hold (default 16;
+            fixed when it is built, as it sizes an optimizer variable).
         name: optimizer name.
     """
 
@@ -95,6 +97,7 @@ class TorchAdamW(ClipGradientsHook, PreReducedGradients, keras.optimizers.Optimi
         clip_grad_norm: float | None = None,
         clip_grad_value: float | None = None,
         gradient_accumulation_steps: int | None = None,
+        max_param_groups: int = MAX_EXTRA_GROUPS + 1,
         name: str = "adamw",
         **kwargs,
     ):
@@ -108,12 +111,15 @@ class TorchAdamW(ClipGradientsHook, PreReducedGradients, keras.optimizers.Optimi
             raise ValueError(f"TorchAdamW: weight_decay must be >= 0, got {weight_decay}")
         if clip_grad_norm is not None and clip_grad_value is not None:
             raise ValueError("TorchAdamW: set only one of clip_grad_norm and clip_grad_value")
+        if int(max_param_groups) < 1:
+            raise ValueError(f"TorchAdamW: max_param_groups must be >= 1, got {max_param_groups}")
         super().__init__(
             learning_rate=learning_rate,
             name=name,
             gradient_accumulation_steps=gradient_accumulation_steps,
             **kwargs,
         )
+        self.max_extra_groups = int(max_param_groups) - 1
         self.beta_1 = beta_1
         self.beta_2 = beta_2
         self.epsilon = epsilon
@@ -137,7 +143,7 @@ class TorchAdamW(ClipGradientsHook, PreReducedGradients, keras.optimizers.Optimi
             self._groups.append(
                 self.add_variable(shape=(), dtype="int32", initializer=keras.initializers.Constant(group), name=f"{prefix}_group")
             )
-        self._extra_group_lrs = self.add_variable(shape=(MAX_EXTRA_GROUPS,), dtype="float32", name="extra_group_lrs")
+        self._extra_group_lrs = self.add_variable(shape=(max(self.max_extra_groups, 1),), dtype="float32", name="extra_group_lrs")
         self._num_groups = self.add_variable(
             shape=(), dtype="int32", initializer=keras.initializers.Constant(1), name="num_param_groups"
         )
@@ -185,8 +191,8 @@ class TorchAdamW(ClipGradientsHook, PreReducedGradients, keras.optimizers.Optimi
         self._require_built("add_param_group")
         variables = list(variables)
         index = self.num_param_groups
-        if index > MAX_EXTRA_GROUPS:
-            raise RuntimeError(f"TorchAdamW: at most {MAX_EXTRA_GROUPS + 1} parameter groups are supported")
+        if index > self.max_extra_groups:
+            raise RuntimeError(f"TorchAdamW: at most {self.max_extra_groups + 1} parameter groups are supported")
         for variable in variables:
             if not self.knows(variable):
                 raise ValueError(f"TorchAdamW.add_param_group: variable {variable.path} is not known to the optimizer")
@@ -252,6 +258,7 @@ class TorchAdamW(ClipGradientsHook, PreReducedGradients, keras.optimizers.Optimi
                 "weight_decay": self.decoupled_weight_decay,
                 "clip_grad_norm": self.clip_grad_norm,
                 "clip_grad_value": self.clip_grad_value,
+                "max_param_groups": self.max_extra_groups + 1,
             }
         )
         return config
@@ -299,3 +306,4 @@ class AdamW(OptimizerFactory):
             epsilon=1e-8 if self.eps is None else float(self.eps),
             weight_decay=0.01 if self.weight_decay is None else float(self.weight_decay),
         )
+

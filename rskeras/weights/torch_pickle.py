@@ -9,6 +9,9 @@ and tensors are rebuilt from the raw ``data/<n>``
 storages (offset, shape, strides; bfloat16 widened to float32). Anything else in the
 pickle is refused, so reading an untrusted file executes no code. Legacy (pre-1.6,
 non-zip) torch files need torch.
+
+:func:`write_torch_zip` writes a state dict in the same format without torch (what
+``torch.save(state_dict, path)`` writes; e.g. OlmoEarth bundles' ``weights.pth``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import collections
 import importlib.util
 import io
+import os
 import pickle
 import zipfile
 from typing import Any, Mapping
@@ -179,3 +183,83 @@ def load_torch_file(path: str, use_torch: bool | None = None) -> Any:
 
         return _to_numpy(torch.load(path, map_location="cpu", weights_only=True))
     return read_torch_zip(path)
+
+
+# ---- writing torch zip files without torch ------------------------------------------------
+
+_NUMPY_TO_STORAGE = {np.dtype(v): k for k, v in _STORAGE_DTYPES.items() if v != "bfloat16"}
+
+
+class _Global:
+    """A module-level name pickled as GLOBAL ``module name`` without importing it."""
+
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
+
+    def __call__(self, *args):  # pickle wants reduce functions to be callable
+        raise NotImplementedError
+
+
+class _StorageRef:
+    """One tensor's storage, pickled as torch's persistent id."""
+
+    def __init__(self, key: str, array: np.ndarray):
+        self.key, self.array = key, array
+
+
+class _TensorRef:
+    """Pickles as ``torch._utils._rebuild_tensor_v2(storage, 0, size, stride, False, OrderedDict())``."""
+
+    def __init__(self, storage: _StorageRef):
+        self.storage = storage
+
+    def __reduce__(self):
+        shape = tuple(int(s) for s in self.storage.array.shape)
+        stride, acc = [], 1
+        for size in reversed(shape):
+            stride.insert(0, acc)
+            acc *= size
+        return (_Global("torch._utils", "_rebuild_tensor_v2"), (self.storage, 0, shape, tuple(stride), False, collections.OrderedDict()))
+
+
+class _TorchPickler(pickle._Pickler):  # the pure-Python pickler: save() can write GLOBALs by name
+    def save(self, obj, save_persistent_id=True):
+        if isinstance(obj, _Global):
+            self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
+            self.memoize(obj)
+            return
+        super().save(obj, save_persistent_id)
+
+    def persistent_id(self, obj):
+        if isinstance(obj, _StorageRef):
+            storage_type = _Global("torch", _NUMPY_TO_STORAGE[obj.array.dtype])
+            return ("storage", storage_type, obj.key, "cpu", int(obj.array.size))
+        return None
+
+
+def write_torch_zip(state_dict: Mapping[str, np.ndarray], path: str) -> None:
+    """Writes a state dict in torch's zip format (as ``torch.save(state_dict, path)``;
+    ``torch.load`` and :func:`read_torch_zip` read it) without torch. Written to a
+    temporary file, then renamed."""
+    path = os.fspath(path)
+    storages = {}
+    for i, (key, value) in enumerate(state_dict.items()):
+        array = np.ascontiguousarray(np.asarray(value))
+        if array.dtype not in _NUMPY_TO_STORAGE:
+            raise CheckpointError(f"cannot store {key} of dtype {array.dtype} in a torch file")
+        storages[str(key)] = _StorageRef(str(i), array)
+    buffer = io.BytesIO()
+    _TorchPickler(buffer, protocol=2).dump(collections.OrderedDict((k, _TensorRef(v)) for k, v in storages.items()))
+    root = os.path.splitext(os.path.basename(path))[0] or "archive"
+    tmp = path + ".tmp"
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+            zf.writestr(f"{root}/data.pkl", buffer.getvalue())
+            zf.writestr(f"{root}/byteorder", "little")
+            for ref in storages.values():
+                zf.writestr(f"{root}/data/{ref.key}", ref.array.astype(ref.array.dtype.newbyteorder("<")).tobytes())
+            zf.writestr(f"{root}/version", "3\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -327,3 +327,35 @@ class MultiStageFineTuning(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.applied_epochs = set(int(e) for e in state.get("applied_epochs", []))
+
+
+class SimpleFreeze(Callback):
+    """Freezes a module until ``unfreeze_at_epoch``, then unfreezes it; only toggles
+    trainability (no parameter groups), to compose with ``LayerDecayAdamW``
+    (rslearn ``rslearn.models.olmoearth_pretrain.optimizer.SimpleFreeze``).
+
+    Args:
+        module_selector: attributes / indexes from the Lightning module to the module
+            (e.g. ``[model, encoder, 0]``).
+        unfreeze_at_epoch: the module is trainable from the start of this epoch.
+    """
+
+    def __init__(self, module_selector: list[str | int], unfreeze_at_epoch: int):
+        super().__init__()
+        self.module_selector = list(module_selector)
+        self.unfreeze_at_epoch = int(unfreeze_at_epoch)
+
+    def _apply(self, lm, epoch: int) -> None:
+        _, variables = select_module(lm, self.module_selector)
+        trainable = epoch >= self.unfreeze_at_epoch
+        changed = any(v.trainable != trainable for v in variables)
+        set_trainable(variables, trainable)
+        if changed:
+            lm.trainability_changed()
+
+    def setup(self, trainer, lm) -> None:
+        _, variables = select_module(lm, self.module_selector)
+        set_trainable(variables, self.unfreeze_at_epoch <= 0)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._apply(self.model, epoch)

@@ -12,8 +12,8 @@ class RandomTimeDropping(Transform):
 
     If the image has at most ``min_keep`` timesteps it is unchanged; if fewer than
     ``min_keep`` survive the draw, a random subset of ``min_keep`` timesteps (in time
-    order) is kept instead. A ``<name>_timestamps`` item beside the image (DataInput
-    ``load_timestamps``) loses the same timesteps.
+    order) is kept instead. The ``<name>_timestamps`` and ``<name>_timestep_mask`` items
+    beside the image (DataInput ``load_timestamps``) lose the same timesteps.
 
     Args:
         selectors: images to augment (default ["image"]).
@@ -48,6 +48,7 @@ class RandomTimeDropping(Transform):
             keep = self.keep_mask(tf.shape(image)[0])
             holder, key = parent_of(input_dict, target_dict, selector)
             holder[key] = tf.boolean_mask(image, keep)
-            if key + "_timestamps" in holder:
-                holder[key + "_timestamps"] = tf.boolean_mask(holder[key + "_timestamps"], keep)
+            for suffix in ("_timestamps", "_timestep_mask"):
+                if key + suffix in holder:
+                    holder[key + suffix] = tf.boolean_mask(holder[key + suffix], keep)
         return input_dict, target_dict
