@@ -142,6 +142,10 @@ def run_process(cmd: list[str], env: dict[str, str], log_path: str, timeout_s: f
         if nice:
             os.nice(nice)
 
+    def terminated(signum, frame):  # the benchmark itself is stopped: take the run with it
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, terminated) if threading.current_thread() is threading.main_thread() else None
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec, cwd=ROOT)
         monitor = TreeMonitor(proc.pid)
@@ -159,6 +163,8 @@ def run_process(cmd: list[str], env: dict[str, str], log_path: str, timeout_s: f
             raise
         finally:
             monitor.stop()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     wall = time.perf_counter() - t0
     busy = machine_busy_s() - busy0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -173,6 +179,16 @@ def run_process(cmd: list[str], env: dict[str, str], log_path: str, timeout_s: f
         "load_mean": round(float(np.mean(monitor.loads)), 2) if monitor.loads else None,
         "others_cores": round(max(0.0, busy - own_cpu) / max(wall, 1e-9), 2),
     }
+
+
+def log_error(path: str) -> str:
+    """The most telling line of a failed run's log (an exception or unsupported-op line)."""
+    text = log_tail(path, 400).splitlines()
+    for marker in ("Detected unsupported operations", "Error:", "error:", "Error", "Traceback"):
+        hits = [line.strip() for line in text if marker in line and "error_handler" not in line]
+        if hits:
+            return hits[-1][:300]
+    return (text or ["?"])[-1][:300]
 
 
 def log_tail(path: str, lines: int = 15) -> str:
@@ -234,6 +250,15 @@ def ensure_dataset(path: str, size: int, n_train: int, n_val: int, seed: int) ->
         with open(summary) as f:
             return json.load(f).get("args", {})
     return {}
+
+
+def thread_env(threads: int | None) -> dict[str, str]:
+    """Environment that limits torch (OpenMP/MKL) and TensorFlow (intra-op) to ``threads``
+    compute threads; empty for the libraries' defaults (all cores)."""
+    if not threads:
+        return {}
+    n = str(int(threads))
+    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "TF_NUM_INTRAOP_THREADS": n}
 
 
 def parse_overrides(items: list[str], flag: str) -> list[tuple[str, str]]:
@@ -316,7 +341,7 @@ def run_fit(args, system: str, name: str, seed: int, dataset: str, overrides: li
     os.makedirs(anchor)
     os.symlink(os.path.abspath(dataset), os.path.join(anchor, "dataset"))
     env = dict(os.environ)
-    env.update(RSLEARN_ANCHOR=anchor, WANDB_MODE="disabled", TF_CPP_MIN_LOG_LEVEL="2")
+    env.update(RSLEARN_ANCHOR=anchor, WANDB_MODE="disabled", TF_CPP_MIN_LOG_LEVEL="2", **thread_env(args.threads))
     env["PYTHONPATH"] = args.rslearn_callbacks if system == "rslearn" else os.pathsep.join([RSKERAS_SIDE, ROOT])
     cmd = fit_command(system, config_path(name), seed, args.epochs, args.rslearn_python, overrides, export=args.rskeras_export)
     log_path = os.path.join(run_dir, "log.txt")
@@ -331,6 +356,8 @@ def run_fit(args, system: str, name: str, seed: int, dataset: str, overrides: li
         "epochs_requested": args.epochs,
         "command": cmd,
         "overrides": overrides,
+        "threads": args.threads,
+        "nice": args.nice,
         "load_start": round(load_start, 2),
         **figures,
         "epochs": epochs,
@@ -701,20 +728,20 @@ def run_worker(kind: str, opts: dict, log_path: str, timeout_s: float, nice: int
     """Runs a step/inference worker of rskeras in a fresh Python (its own TF state)."""
     out = opts["result"]
     code = f"import json, sys; sys.path.insert(0, {ROOT!r}); from tools import vs_rslearn as v; json.dump(v.{kind}_worker(json.loads(sys.argv[1])), open({out!r}, 'w'))"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT, **thread_env(opts.get("threads")))
     figures = run_process([sys.executable, "-c", code, json.dumps(opts)], env, log_path, timeout_s, nice)
     if figures["rc"] != 0 or not os.path.exists(out):
-        return {"error": f"rc {figures['rc']}: " + (log_tail(log_path, 3).splitlines() or ["?"])[-1], "log": log_path}
+        return {"error": f"rc {figures['rc']}: {log_error(log_path)} (log {log_path})", "log": log_path}
     with open(out) as f:
-        return {**json.load(f), "load_start": None, "others_cores": figures["others_cores"]}
+        return {**json.load(f), "others_cores": figures["others_cores"]}
 
 
 def run_torch_side(args, what: str, extra: list[str], anchor: str, out: str, log_path: str) -> dict:
-    env = dict(os.environ, RSLEARN_ANCHOR=anchor, WANDB_MODE="disabled", PYTHONPATH=args.rslearn_callbacks)
+    env = dict(os.environ, RSLEARN_ANCHOR=anchor, WANDB_MODE="disabled", PYTHONPATH=args.rslearn_callbacks, **thread_env(args.threads))
     cmd = [args.rslearn_python, TORCH_SIDE, what, "--config", args.config, "--out", out] + extra
     figures = run_process(cmd, env, log_path, args.timeout_s, args.nice)
     if figures["rc"] != 0 or not os.path.exists(out):
-        return {"error": f"rc {figures['rc']}: " + (log_tail(log_path, 3).splitlines() or ["?"])[-1], "log": log_path}
+        return {"error": f"rc {figures['rc']}: {log_error(log_path)} (log {log_path})", "log": log_path}
     with open(out) as f:
         return {**json.load(f), "others_cores": figures["others_cores"]}
 
@@ -761,6 +788,7 @@ def run_step(args) -> dict:
             "warmup": args.warmup,
             "batch_out": os.path.join(run_dir, f"rskeras_batch_{variant}.npz"),
             "result": os.path.join(run_dir, f"rskeras_step_{variant}.json"),
+            "threads": args.threads,
         }
         report[f"rskeras {variant}"] = run_worker("step", opts, os.path.join(run_dir, f"rskeras_step_{variant}.log"), args.timeout_s, args.nice)
     # the same batch?
@@ -794,6 +822,8 @@ def print_step_report(report: dict, args) -> None:
             notes.append("NON-FINITE LOSS")
         if "torch_threads" in entry:
             notes.append(f"{entry['torch_threads']} torch threads")
+        if entry.get("others_cores") is not None:
+            notes.append(f"others {entry['others_cores']:.2f} cores")
         print(f"  {label:<22} {entry['median_ms']:9.1f} {entry['p90_ms']:9.1f}  {_fmt(ratio, '.2f', 9)}x  {', '.join(notes)}")
 
 
@@ -826,6 +856,7 @@ def run_inference(args) -> dict:
         "repeats": args.repeats,
         "warmup": args.warmup,
         "result": os.path.join(run_dir, "rskeras_inference.json"),
+        "threads": args.threads,
     }
     report["rskeras"] = run_worker("inference", opts, os.path.join(run_dir, "rskeras_inference.log"), args.timeout_s, args.nice)
     print_inference_report(report)
@@ -878,7 +909,14 @@ def add_common_arguments(p: argparse.ArgumentParser, with_rslearn_required: bool
     p.add_argument("--max-load", type=float, default=1.5, help="runs whose load (see the table) is above this are flagged (default 1.5)")
     p.add_argument("--settle-s", type=float, default=120, help="wait up to this long before each run for the load average to fall to --max-load (default 120)")
     p.add_argument("--nice", type=int, default=0, help="run the benchmarked processes at this nice level (e.g. 19 for learning curves on a shared machine)")
-    p.add_argument("--timeout-s", type=float, default=4 * 3600, help="kill a run after this long (default 4 h)")
+    p.add_argument("--timeout-s", type=float, default=8 * 3600, help="kill a run after this long (default 8 h)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="compute threads of torch and TensorFlow in the runs (default: the libraries' own, all cores); 1 avoids "
+        "torch's spinning threads when the machine is shared (learning curves), never for timing comparisons",
+    )
 
 
 def add_vs_rslearn_arguments(p: argparse.ArgumentParser) -> None:
