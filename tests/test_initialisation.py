@@ -22,6 +22,7 @@ from rskeras.models.conv import Conv
 from rskeras.models.faster_rcnn import FasterRCNN
 from rskeras.models.fpn import Fpn
 from rskeras.models.pooling_decoder import PoolingDecoder
+from rskeras.models.resnet import ResNet
 from rskeras.models.swin import Swin, SwinTransformer
 from rskeras.models.torch_nn import fresh_initializer, linear, normal_initializer
 from rskeras.models.unet import UNetDecoder
@@ -52,6 +53,8 @@ def build(name: str):
         return FasterRCNN(downsample_factors=[4, 8, 16, 32], num_channels=128, num_classes=3, anchor_sizes=[[8], [16], [32], [64]])
     if name == "conv":
         return Conv(in_channels=12, out_channels=32, kernel_size=3)
+    if name == "resnet18":
+        return ResNet("resnet18", in_channels=3, num_classes=7)
     raise KeyError(name)
 
 

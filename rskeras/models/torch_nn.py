@@ -36,6 +36,12 @@ def torch_kernel_initializer() -> keras.initializers.Initializer:
     return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
 
 
+def kaiming_normal_fan_out() -> keras.initializers.Initializer:
+    """A new ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``: N(0, 2 / fan_out)
+    with fan_out = out_channels * kernel area (torchvision's ResNet convs)."""
+    return keras.initializers.VarianceScaling(scale=2.0, mode="fan_out", distribution="untruncated_normal")
+
+
 def normal_initializer(std: float) -> keras.initializers.Initializer:
     """A new N(0, std) initializer: torch's ``normal_(std=...)``, and its
     ``trunc_normal_(std=s)`` for small ``s`` (torch truncates at +-2 in absolute value,
