@@ -620,11 +620,20 @@ def step_worker(opts: dict) -> dict:
     import keras
     import tensorflow as tf
 
+    import inspect
+
+    sys.path.insert(0, ROOT)
+    from rskeras.train.trainer import Trainer
+
     extra, jit = VARIANTS[opts["variant"]]
+    # XLA through the trainer's own switch where it has one (the model step under XLA,
+    # host-side parts outside), else the whole Keras train step compiled.
+    has_key = "jit_compile" in inspect.signature(Trainer.__init__).parameters
+    extra = list(extra) + ([("trainer.jit_compile", "true" if jit else "false")] if has_key else [])
     run = _build_run(opts["config"], opts["anchor"], extra + [tuple(o) for o in opts["overrides"]], opts["root"])
     inputs, targets = next(iter(run.data.tf_dataset("val", shuffle=False)))
     np.savez(opts["batch_out"], image=inputs["image"].numpy())
-    if jit:
+    if jit and not has_key:
         run.lm.compile(optimizer=run.lm.make_optimizer(), jit_compile=True)
     ds = tf.data.Dataset.from_tensors((inputs, targets)).repeat()
 
@@ -650,6 +659,7 @@ def step_worker(opts: dict) -> dict:
     run.lm.fit(ds, epochs=1, steps_per_epoch=opts["steps"], verbose=0, callbacks=[timer])
     return {
         "variant": opts["variant"],
+        "xla": ("trainer.jit_compile" if has_key else "keras compile(jit_compile=True)") if jit else None,
         "median_ms": float(np.median(timer.times)),
         "p90_ms": float(np.percentile(timer.times, 90)),
         "first_step_ms": first_ms,
@@ -818,6 +828,8 @@ def print_step_report(report: dict, args) -> None:
         notes = []
         if "first_step_ms" in entry:
             notes.append(f"first step {entry['first_step_ms'] / 1000:.1f} s")
+        if entry.get("xla"):
+            notes.append(f"XLA via {entry['xla']}")
         if entry.get("finite_loss") is False:
             notes.append("NON-FINITE LOSS")
         if "torch_threads" in entry:
