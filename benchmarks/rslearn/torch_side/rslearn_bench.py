@@ -8,6 +8,7 @@ an rslearn config exactly as ``rslearn model fit`` builds them (RslearnLightning
     python rslearn_bench.py step      --config CFG --out OUT.json [--steps 20] [--warmup 3]
     python rslearn_bench.py inference --config CFG --out OUT.json [--sizes 64 256] [--repeats 20]
     python rslearn_bench.py init      --config CFG --out OUT.npz [--seed 0]
+    python rslearn_bench.py trajectory --config CFG --out OUT.json [--steps 16] [--seed 0]
 
 * ``step``: ms per training step (forward + backward + AdamW step, train mode) on one batch
   held in memory: the first batch of the val split (not shuffled, so rskeras can take the
@@ -20,6 +21,11 @@ an rslearn config exactly as ``rslearn model fit`` builds them (RslearnLightning
   without the Lightning ``model.`` prefix) as .npz, after ``seed_everything(seed)``; the
   first val batch's NHWC images, targets and the eval-mode loss and gradients go to
   ``<OUT>.batch.npz`` (for layer-by-layer comparisons with rskeras).
+
+* ``trajectory``: the training loss of ``--steps`` AdamW steps from the seeded fresh
+  weights (saved as ``<OUT>.init.npz``) on the val batches in order (repeated), in train
+  mode with stochastic depth switched off, so that rskeras can replay exactly the same
+  steps (``benchmarks/rslearn/compare_training.py``).
 
 Environment: ``RSLEARN_ANCHOR`` as the configs need; ``WANDB_MODE=disabled``.
 """
@@ -155,10 +161,34 @@ def run_init(args) -> dict:
     return {"loss": float(loss), "tensors": len(state)}
 
 
+def run_trajectory(args) -> dict:
+    lm, dm = build(args.config, seed=args.seed)
+    state = {k[len("model.") :]: v.detach().numpy() for k, v in lm.state_dict().items() if k.startswith("model.")}
+    np.savez(args.out + ".init.npz", **state)
+    disabled = 0
+    for module in lm.modules():
+        if type(module).__name__ == "StochasticDepth":
+            module.p = 0.0
+            disabled += 1
+    optimizer = lm.configure_optimizers()["optimizer"]
+    lm.train()
+    batches = list(dm.val_dataloader())
+    losses = []
+    for step in range(args.steps):
+        inputs, targets, metadatas = batches[step % len(batches)]
+        optimizer.zero_grad()
+        output = lm.model(context_of(inputs, metadatas), targets)
+        loss = sum(output.loss_dict.values())
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return {"losses": losses, "stochastic_depth_disabled": disabled, "batches": len(batches)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
-    for name in ("step", "inference", "init"):
+    for name in ("step", "inference", "init", "trajectory"):
         p = sub.add_parser(name)
         p.add_argument("--config", required=True)
         p.add_argument("--out", required=True)
@@ -168,7 +198,7 @@ def main(argv=None) -> int:
         p.add_argument("--repeats", type=int, default=20)
         p.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    result = {"step": run_step, "inference": run_inference, "init": run_init}[args.what](args)
+    result = {"step": run_step, "inference": run_inference, "init": run_init, "trajectory": run_trajectory}[args.what](args)
     if args.what != "init":
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
