@@ -600,11 +600,11 @@ def _build_run(config: str, dataset_anchor: str, overrides: list[tuple[str, str]
     """rskeras' Run for a benchmark config (no callbacks, no logger)."""
     os.environ["RSLEARN_ANCHOR"] = dataset_anchor
     sys.path.insert(0, ROOT)
-    from rskeras import lightning_cli
+    from rskeras.config.loader import load_config
+    from rskeras.run import build_run
 
     base = [("trainer.callbacks", "[]"), ("trainer.logger", "false"), ("trainer.default_root_dir", root)]
-    config_dict = lightning_cli.load_config([config], base + list(overrides))
-    return lightning_cli.Run(config_dict, [config], "fit")
+    return build_run(load_config([config], base + list(overrides)), "train")
 
 
 VARIANTS = {

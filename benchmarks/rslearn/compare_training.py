@@ -34,9 +34,9 @@ import vs_rslearn  # noqa: E402
 def rskeras_losses(config: str, anchor: str, init: str, steps: int) -> list[float]:
     import tensorflow as tf
 
-    from rskeras.models.checkpoint import read_state_dict
     from rskeras.models.swin import StochasticDepth
-    from rskeras.models.torch_weights import load_torch_state_dict
+    from rskeras.weights.files import read_state_dict
+    from rskeras.weights.torch_params import load_torch_state_dict
 
     run = vs_rslearn._build_run(config, anchor, [], os.path.join(anchor, "rskeras_run"))
     load_torch_state_dict(run.lm.model, read_state_dict(init), strict=True)
