@@ -836,7 +836,8 @@ def print_step_report(report: dict, args) -> None:
             notes.append(f"{entry['torch_threads']} torch threads")
         if entry.get("others_cores") is not None:
             notes.append(f"others {entry['others_cores']:.2f} cores")
-        print(f"  {label:<22} {entry['median_ms']:9.1f} {entry['p90_ms']:9.1f}  {_fmt(ratio, '.2f', 9)}x  {', '.join(notes)}")
+        vs = f"{_fmt(ratio, '.2f', 9)}x" if ratio == ratio else " " * 10
+        print(f"  {label:<22} {entry['median_ms']:9.1f} {entry['p90_ms']:9.1f}  {vs}  {', '.join(notes)}")
 
 
 def run_inference(args) -> dict:
