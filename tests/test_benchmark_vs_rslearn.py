@@ -200,8 +200,10 @@ def test_orchestration_store_reuse_and_table(tmp_path, monkeypatch, capsys):
     (kit / "anchor_callbacks.py").write_text("")
     argv = ["--rslearn-python", "py", "--rslearn-callbacks", str(kit), "--work", str(tmp_path / "work"), "--dataset", str(tmp_path),
             "--configs", "classification", "--epochs", "3", "--seeds", "0", "1", "--settle-s", "0", "--max-load", "1000"]
-    out = vs_rslearn.run_vs_rslearn(parser.parse_args(argv))
+    out = vs_rslearn.run_vs_rslearn(parser.parse_args(argv + ["--markdown", str(tmp_path / "tables.md")]))
     assert calls == ["rslearn", "rskeras"] * 2
+    md = (tmp_path / "tables.md").read_text()
+    assert "| classification | rskeras/rslearn | | 0.40× |" in md and "| classification | accuracy | 3 | 0.700 0.700 | 0.800 0.800 | ok |" in md
     text = capsys.readouterr().out
     assert text.strip().splitlines()[-1] == "vs-rslearn: worst CPU-s ratio 0.40 (classification), worst RSS ratio 0.50 (classification)"
     entry = out["report"]["configs"]["classification"]

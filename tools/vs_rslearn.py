@@ -475,7 +475,49 @@ def run_vs_rslearn(args) -> dict:
             if stored:
                 results[name][system] = stored
     report = print_vs_table(names, results, args, ds_args, labels)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown_tables(names, report, args, labels))
+        print(f"markdown tables written to {args.markdown}", file=sys.stderr)  # stdout ends with the vs-rslearn line
     return {"report": report, "results": results}
+
+
+def markdown_tables(names: list[str], report: dict, args, labels: dict) -> str:
+    """The side-by-side (and learning-curve) tables as markdown, for docs."""
+
+    def num(value, spec):
+        return "-" if value is None or value != value else format(value, spec)
+
+    lines = [
+        f"| config | system | load | train CPU-s / epoch | samples/s | 1st epoch CPU ×steady | peak RSS GB | val after epoch {args.epochs} |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        per = report["configs"].get(name, {})
+        for system in ("rslearn", "rskeras"):
+            e = per.get(system)
+            if not e:
+                continue
+            metrics = metric_ranges(name, e["metrics_last"]) if len(e["metrics_last"]) > 1 else format_metrics(name, e["metrics_last"][0])
+            lines.append(
+                f"| {name} | {labels.get(system, system)} | {e['load']:.2f}{'*' if e['load'] > args.max_load else ''} | {num(e['cpu_per_epoch'], '.1f')} | "
+                f"{num(e['samples_per_s'], '.2f')} | {num(e['first_epoch_cpu_x'], '.2f')} | {num(e['peak_rss_gb'], '.2f')} | {metrics} |"
+            )
+        r = per.get("ratios")
+        if r:
+            lines.append(f"| {name} | rskeras/rslearn | | {num(r['cpu'], '.2f')}× | {num(r['samples_per_s'], '.2f')}× | {num(r['first_epoch'], '.2f')}× | {num(r['rss'], '.2f')}× | |")
+    out = "\n".join(lines) + "\n"
+    learning = report.get("learning")
+    if learning:
+        rows = ["| config | metric | epoch | rslearn (seeds) | rskeras (seeds) | verdict |", "|---|---|---|---|---|---|"]
+        for name, metrics in learning.items():
+            for short, per_epoch in metrics.items():
+                for epoch, entry in per_epoch.items():
+                    ref = " ".join(f"{v:.3f}" for v in entry["rslearn"]) or "-"
+                    ours = " ".join(f"{v:.3f}" for v in entry["rskeras"]) or "-"
+                    rows.append(f"| {name} | {short} | {epoch} | {ref} | {ours} | {entry['verdict']} |")
+        out += "\n" + "\n".join(rows) + "\n"
+    return out
 
 
 def print_vs_table(names: list[str], results: dict, args, ds_args: dict, labels: dict) -> dict:
@@ -940,6 +982,7 @@ def add_vs_rslearn_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--systems", nargs="+", default=["rslearn", "rskeras"], choices=["rslearn", "rskeras"], help="systems to run now (stored results of the others are reused)")
     p.add_argument("--tag", default=None, help="name of this rskeras variant in stored results (default: a hash of --rskeras-override)")
     p.add_argument("--rerun", action="store_true", help="run again even if a stored result exists")
+    p.add_argument("--markdown", default=None, metavar="PATH", help="also write the tables as markdown to PATH")
     p.add_argument("--rskeras-export", action="store_true", help="keep train.py's post-fit SavedModel export in the rskeras runs (default: skipped, as rslearn's fit exports nothing)")
     p.add_argument("--strict-load", action="store_true", help="do not run (report 'skipped') when the load stays above --max-load")
 
