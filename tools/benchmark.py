@@ -31,6 +31,28 @@ and with it the NMS cost, then differs from a trained model's)::
     python tools/benchmark.py detection --sample data/sample \\
         --ckpt_path runs/detection/checkpoints/best.weights.h5
 
+Side by side with rslearn (PyTorch), on the six configs of ``benchmarks/rslearn/`` and the
+anchor dataset (``tools/make_anchor_dataset.py``, built on first use); rslearn runs in its
+own venv (``--rslearn-python``, see benchmarks/rslearn/README.md)::
+
+    python tools/benchmark.py vs-rslearn --rslearn-python ~/rsenv/bin/python [--configs classification] \
+        [--epochs 2] [--seeds 0 1 2] [--rskeras-override trainer.precision=bf16-mixed --tag bf16]
+    python tools/benchmark.py step --rslearn-python ~/rsenv/bin/python        # ms/step, same cached batch
+    python tools/benchmark.py inference --rslearn-python ~/rsenv/bin/python   # per-tile latency
+
+``vs-rslearn`` runs ``fit`` of each config with rslearn and rskeras alternately and prints per
+config: train CPU-s per epoch of the process tree (epochs after the first), samples/s,
+first-epoch CPU relative to a steady epoch, peak RSS of the process tree, val metrics and
+the rskeras/rslearn ratios; the last line names the worst CPU-s and RSS ratios. Each run's
+figures are stored under ``--work`` and reused (``--rerun`` repeats), so configs can be run
+one at a time. Runs whose load (1-minute load average before the run, or the CPU other
+processes used during it) exceeded ``--max-load`` are flagged. With several seeds or more
+than 2 epochs it adds a learning-curve table (val metrics after epoch 2 and the last).
+``step`` times the train step of both systems on the first val batch held in memory
+(segmentation config; rskeras fp32, bf16-mixed and jit_compile). ``inference`` times one
+tile (batch 1) at 64x64 and 256x256: rslearn eager torch against rskeras Keras, SavedModel,
+TFLite fp32 and int8. ``all`` runs the rskeras-only sections.
+
 Nothing here asserts a time; figures depend on the machine and its load.
 
 Adding a section: write ``def run_<name>(args) -> dict`` plus an ``add_<name>_arguments``
@@ -445,6 +467,7 @@ def run_olmoearth(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
+import vs_rslearn  # noqa: E402  (tools/ is on sys.path)
 
 SECTIONS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], dict]]] = {
     "input": ("input pipeline throughput (no cache / disk cache / memory cache)", add_input_arguments, run_input),
@@ -452,7 +475,20 @@ SECTIONS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "detection": ("detection (configs/detection.yaml): training examples/s, per-image latency Keras/SavedModel/TFLite", add_detection_arguments, run_detection),
     "encoders": ("ms per train step of the Galileo / Presto / SSL4EO-S12 configs on 64x64 windows", add_encoders_arguments, run_encoders),
     "olmoearth": ("OlmoEarth nano/tiny train step (configs/olmoearth_segmentation.yaml, 64x64x12, cached batch)", add_olmoearth_arguments, run_olmoearth),
+    "vs-rslearn": (
+        "rslearn vs rskeras on the six benchmarks/rslearn configs: CPU-s/epoch, samples/s, RSS, val metrics",
+        vs_rslearn.add_vs_rslearn_arguments,
+        vs_rslearn.guarded(vs_rslearn.run_vs_rslearn),
+    ),
+    "step": ("train step of rslearn and rskeras (fp32/bf16/XLA) on the same cached batch, ms/step", vs_rslearn.add_step_arguments, vs_rslearn.guarded(vs_rslearn.run_step)),
+    "inference": (
+        "per-tile latency: rslearn eager vs rskeras Keras/SavedModel/TFLite fp32/int8",
+        vs_rslearn.add_inference_arguments,
+        vs_rslearn.guarded(vs_rslearn.run_inference),
+    ),
 }
+# Sections that compare with rslearn need its venv; ``all`` runs the others.
+RSLEARN_SECTIONS = ("vs-rslearn", "step", "inference")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -461,10 +497,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="section", required=True)
     for name, (help_text, add_args, _) in SECTIONS.items():
         add_args(sub.add_parser(name, help=help_text, description=help_text))
-    all_parser = sub.add_parser("all", help="every section with default options")
+    all_parser = sub.add_parser("all", help="every rskeras-only section (input, train-step, detection) with default options")
     all_parser.add_argument("--sample", help="64x64 sample dataset to use/create")
     args = parser.parse_args(argv)
-    names = list(SECTIONS) if args.section == "all" else [args.section]
+    names = [n for n in SECTIONS if n not in RSLEARN_SECTIONS] if args.section == "all" else [args.section]
     for name in names:
         section_parser = argparse.ArgumentParser()
         SECTIONS[name][1](section_parser)

@@ -42,14 +42,17 @@ class Fpn(IntermediateComponent):
         self.in_channels = [int(c) for c in in_channels]
         self.out_channels = int(out_channels)
         self.prepend = bool(prepend)
-        # torchvision initialises FPN convs with kaiming_uniform(a=1) and zero bias.
-        init = keras.initializers.VarianceScaling(scale=1.0, mode="fan_in", distribution="uniform")
+        # torchvision initialises FPN convs with kaiming_uniform(a=1) and zero bias
+        # (a new initializer per conv: a shared unseeded one repeats its values).
+        def init():
+            return keras.initializers.VarianceScaling(scale=1.0, mode="fan_in", distribution="uniform")
+
         self.inner_blocks = [
-            Conv2d(c, self.out_channels, 1, kernel_initializer=init, bias_initializer="zeros", name=f"inner_{i}")
+            Conv2d(c, self.out_channels, 1, kernel_initializer=init(), bias_initializer="zeros", name=f"inner_{i}")
             for i, c in enumerate(self.in_channels)
         ]
         self.layer_blocks = [
-            Conv2d(self.out_channels, self.out_channels, 3, padding=1, kernel_initializer=init, bias_initializer="zeros", name=f"layer_{i}")
+            Conv2d(self.out_channels, self.out_channels, 3, padding=1, kernel_initializer=init(), bias_initializer="zeros", name=f"layer_{i}")
             for i in range(len(self.in_channels))
         ]
         self.built = True  # the Conv2d layers build themselves

@@ -2,7 +2,9 @@
 
 Used as the SatlasPretrain ResNet-50/152 backbone. Torch keys follow torchvision:
 ``conv1``, ``bn1``, ``layer<k>.<i>.{conv1,bn1,conv2,bn2,conv3,bn3,downsample.0,downsample.1}``,
-``fc``. All paddings are explicit and symmetric as in torch.
+``fc``. All paddings are explicit and symmetric as in torch. Fresh weights as torchvision's
+constructor draws them: convs kaiming-normal (fan_out, ReLU), BatchNorm ones/zeros, ``fc``
+torch's Linear default.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from rskeras.models.torch_nn import Conv2d, batch_norm, linear
+from rskeras.models.torch_nn import Conv2d, batch_norm, kaiming_normal_fan_out, linear
 from rskeras.weights.torch_params import TorchParam, batch_norm_params, dense_params, join
 
 # arch -> (block type, blocks per stage); torchvision's table.
@@ -36,21 +38,21 @@ class _Block(keras.layers.Layer):
         out = width * _EXPANSION[kind]
         if kind == "bottleneck":
             self.convs = [
-                Conv2d(in_channels, width, 1, use_bias=False, name="conv1"),
-                Conv2d(width, width, 3, stride=stride, padding=1, use_bias=False, name="conv2"),
-                Conv2d(width, out, 1, use_bias=False, name="conv3"),
+                Conv2d(in_channels, width, 1, use_bias=False, kernel_initializer=kaiming_normal_fan_out(), name="conv1"),
+                Conv2d(width, width, 3, stride=stride, padding=1, use_bias=False, kernel_initializer=kaiming_normal_fan_out(), name="conv2"),
+                Conv2d(width, out, 1, use_bias=False, kernel_initializer=kaiming_normal_fan_out(), name="conv3"),
             ]
         else:
             self.convs = [
-                Conv2d(in_channels, width, 3, stride=stride, padding=1, use_bias=False, name="conv1"),
-                Conv2d(width, width, 3, padding=1, use_bias=False, name="conv2"),
+                Conv2d(in_channels, width, 3, stride=stride, padding=1, use_bias=False, kernel_initializer=kaiming_normal_fan_out(), name="conv1"),
+                Conv2d(width, width, 3, padding=1, use_bias=False, kernel_initializer=kaiming_normal_fan_out(), name="conv2"),
             ]
         self.bns = [batch_norm(name=f"bn{i + 1}") for i in range(len(self.convs))]
         for conv, bn in zip(self.convs, self.bns):
             bn.build((None, None, None, conv.out_channels))
         self.downsample = None
         if stride != 1 or in_channels != out:
-            self.downsample = Conv2d(in_channels, out, 1, stride=stride, use_bias=False, name="downsample_0")
+            self.downsample = Conv2d(in_channels, out, 1, stride=stride, use_bias=False, kernel_initializer=kaiming_normal_fan_out(), name="downsample_0")
             self.downsample_bn = batch_norm(name="downsample_1")
             self.downsample_bn.build((None, None, None, out))
         self.built = True
@@ -98,7 +100,7 @@ class ResNet(keras.layers.Layer):
         self.in_channels = int(in_channels)
         self.num_classes = int(num_classes)
         kind, counts = ARCHS[arch]
-        self.conv1 = Conv2d(self.in_channels, 64, 7, stride=2, padding=3, use_bias=False, name="conv1")
+        self.conv1 = Conv2d(self.in_channels, 64, 7, stride=2, padding=3, use_bias=False, kernel_initializer=kaiming_normal_fan_out(), name="conv1")
         self.bn1 = batch_norm(name="bn1")
         self.bn1.build((None, None, None, 64))
         self.layers_ = []

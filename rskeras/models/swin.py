@@ -37,7 +37,7 @@ import tensorflow as tf
 
 from rskeras.models.component import FeatureExtractor, single_timestep
 from rskeras.models.shapes import dims, spatial_size
-from rskeras.models.torch_nn import Conv2d, layer_norm
+from rskeras.models.torch_nn import Conv2d, layer_norm, normal_initializer
 from rskeras.weights.torch_params import (
     TorchParam,
     dense_params,
@@ -183,15 +183,16 @@ class ShiftedWindowAttention(keras.layers.Layer):
         self.shift_size = tuple(int(s) for s in shift_size)
         self.num_heads = num_heads
         self.version = version
-        init = keras.initializers.RandomNormal(stddev=0.02)  # torchvision: trunc_normal(std=0.02), zero bias
-        self.qkv = keras.layers.Dense(3 * dim, kernel_initializer=init, name="qkv")
-        self.proj = keras.layers.Dense(dim, kernel_initializer=init, name="proj")
+        # torchvision: trunc_normal_(std=0.02) and zero bias on every Linear; one
+        # initializer instance per weight (a shared one would give identical values)
+        self.qkv = keras.layers.Dense(3 * dim, kernel_initializer=normal_initializer(0.02), name="qkv")
+        self.proj = keras.layers.Dense(dim, kernel_initializer=normal_initializer(0.02), name="proj")
         n = self.window_size[0] * self.window_size[1]
         self._index = _relative_position_index(self.window_size)
         self._n = n
         if version == 2:
-            self.cpb_fc1 = keras.layers.Dense(512, kernel_initializer=init, name="cpb_mlp_0")
-            self.cpb_fc2 = keras.layers.Dense(num_heads, use_bias=False, kernel_initializer=init, name="cpb_mlp_2")
+            self.cpb_fc1 = keras.layers.Dense(512, kernel_initializer=normal_initializer(0.02), name="cpb_mlp_0")
+            self.cpb_fc2 = keras.layers.Dense(num_heads, use_bias=False, kernel_initializer=normal_initializer(0.02), name="cpb_mlp_2")
             self._coords = _relative_coords_table(self.window_size)
             # key third of the qkv bias is zeroed at run time, as torchvision does
             self._qkv_bias_mask = np.concatenate([np.ones(dim), np.zeros(dim), np.ones(dim)]).astype(np.float32)
@@ -203,7 +204,7 @@ class ShiftedWindowAttention(keras.layers.Layer):
         if self.version == 1:
             self.relative_position_bias_table = self.add_weight(
                 shape=(table_rows, self.num_heads),
-                initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+                initializer=normal_initializer(0.02),  # torch trunc_normal_(std=.02) cuts at +-2, not 2 std
                 name="relative_position_bias_table",
             )
         else:
@@ -333,9 +334,8 @@ class SwinTransformerBlock(keras.layers.Layer):
         self.attn = ShiftedWindowAttention(dim, window_size, shift_size, num_heads, version, name="attn")
         self.stochastic_depth = StochasticDepth(stochastic_depth_prob, name="stochastic_depth")
         self.norm2 = layer_norm(name="norm2")
-        init = keras.initializers.RandomNormal(stddev=0.02)
-        self.mlp_fc1 = keras.layers.Dense(self.hidden, kernel_initializer=init, name="mlp_0")
-        self.mlp_fc2 = keras.layers.Dense(dim, kernel_initializer=init, name="mlp_3")
+        self.mlp_fc1 = keras.layers.Dense(self.hidden, kernel_initializer=normal_initializer(0.02), name="mlp_0")
+        self.mlp_fc2 = keras.layers.Dense(dim, kernel_initializer=normal_initializer(0.02), name="mlp_3")
 
     def build(self, input_shape=None):
         self.norm1.build((None, self.dim))
@@ -380,7 +380,7 @@ class PatchMerging(keras.layers.Layer):
         super().__init__(**kwargs)
         self.dim = dim
         self.version = version
-        self.reduction = keras.layers.Dense(2 * dim, use_bias=False, kernel_initializer=keras.initializers.RandomNormal(stddev=0.02), name="reduction")
+        self.reduction = keras.layers.Dense(2 * dim, use_bias=False, kernel_initializer=normal_initializer(0.02), name="reduction")
         self.norm = layer_norm(name="norm")
 
     def build(self, input_shape=None):
@@ -478,7 +478,7 @@ class SwinTransformer(keras.layers.Layer):
                 self.mergers.append(PatchMerging(dim, self.version, name=f"merge{s}"))
         self.num_features = self.embed_dim * 2 ** (len(self.depths) - 1)
         self.norm = layer_norm(name="norm")
-        self.head = keras.layers.Dense(self.num_classes, kernel_initializer=keras.initializers.RandomNormal(stddev=0.02), name="head")
+        self.head = keras.layers.Dense(self.num_classes, kernel_initializer=normal_initializer(0.02), name="head")
 
     def build(self, input_shape=None):
         self.patch_norm.build((None, self.embed_dim))

@@ -10,7 +10,11 @@ get wrong for our purpose:
   momentum 0.1 (Keras: 0.99 as the *keep* fraction, i.e. torch momentum 0.1 is Keras 0.9).
 * default initialisation (kaiming-uniform with a=sqrt(5), bias U(+-1/sqrt(fan_in))),
   reproduced by :func:`torch_kernel_initializer` / :class:`TorchBiasInitializer`, so that
-  a freshly built model trains like its torch counterpart.
+  a freshly built model trains like its torch counterpart. Every weight needs an
+  initializer *instance of its own*: an unseeded Keras initializer draws its seed once, when
+  it is created, and returns the same values at every call, so two weights sharing one
+  instance start as copies (or reshaped prefixes) of each other, which can keep a model
+  from learning. :func:`fresh_initializer` / :func:`normal_initializer` give new instances.
 * weight names and layouts, handled by ``torch_params`` (``rskeras.weights.torch_params``).
 """
 
@@ -30,6 +34,31 @@ TORCH_NORM_EPS = 1e-5
 def torch_kernel_initializer() -> keras.initializers.Initializer:
     """torch's default Conv/Linear weight init: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in))."""
     return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
+
+
+def kaiming_normal_fan_out() -> keras.initializers.Initializer:
+    """A new ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``: N(0, 2 / fan_out)
+    with fan_out = out_channels * kernel area (torchvision's ResNet convs)."""
+    return keras.initializers.VarianceScaling(scale=2.0, mode="fan_out", distribution="untruncated_normal")
+
+
+def normal_initializer(std: float) -> keras.initializers.Initializer:
+    """A new N(0, std) initializer: torch's ``normal_(std=...)``, and its
+    ``trunc_normal_(std=s)`` for small ``s`` (torch truncates at +-2 in absolute value,
+    i.e. nowhere for s = 0.02; Keras' TruncatedNormal would cut at 2 std)."""
+    return keras.initializers.RandomNormal(stddev=std)
+
+
+def fresh_initializer(initializer: Any) -> Any:
+    """``initializer`` as a new instance with its own seed if it is an unseeded Keras
+    random initializer (see the module docstring); anything else unchanged (strings and
+    None already give a new instance per weight; an explicitly seeded initializer is kept
+    as the caller's choice)."""
+    if isinstance(initializer, keras.initializers.Initializer):
+        config = initializer.get_config()
+        if "seed" in config and config["seed"] is None:
+            return type(initializer).from_config(config)
+    return initializer
 
 
 @keras.saving.register_keras_serializable(package="rskeras")
@@ -125,8 +154,8 @@ class Conv2d(keras.layers.Layer):
             strides=self.stride,
             padding="valid",
             use_bias=self.use_bias,
-            kernel_initializer=kernel_initializer or torch_kernel_initializer(),
-            bias_initializer=bias_initializer or TorchBiasInitializer(fan_in),
+            kernel_initializer=fresh_initializer(kernel_initializer) or torch_kernel_initializer(),
+            bias_initializer=fresh_initializer(bias_initializer) or TorchBiasInitializer(fan_in),
             name="conv",
         )
         self.build((None, None, None, self.in_channels))
@@ -170,7 +199,7 @@ def linear(in_features: int, out_features: int, use_bias: bool = True, kernel_in
     return keras.layers.Dense(
         out_features,
         use_bias=use_bias,
-        kernel_initializer=kernel_initializer or torch_kernel_initializer(),
+        kernel_initializer=fresh_initializer(kernel_initializer) or torch_kernel_initializer(),
         bias_initializer=TorchBiasInitializer(in_features),
         name=name,
     )

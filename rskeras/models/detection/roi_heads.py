@@ -19,7 +19,8 @@ from rskeras.weights.torch_params import TorchParam, dense_params, join
 
 
 def _torch_linear_init(fan_in: int) -> dict:
-    """torch.nn.Linear's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias."""
+    """torch.nn.Linear's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias
+    (new initializer instances at every call: give each layer its own)."""
     limit = 1.0 / float(np.sqrt(fan_in))
     uniform = keras.initializers.RandomUniform(-limit, limit)
     return {"kernel_initializer": uniform, "bias_initializer": keras.initializers.RandomUniform(-limit, limit)}
@@ -106,9 +107,8 @@ class FastRCNNPredictor(keras.layers.Layer):
             )
         self.in_channels = in_channels
         self.num_classes = num_classes
-        init = _torch_linear_init(in_channels)
-        self.cls_score = keras.layers.Dense(num_classes, name="cls_score", **init)
-        self.bbox_pred = keras.layers.Dense(4 * num_classes, name="bbox_pred", **init)
+        self.cls_score = keras.layers.Dense(num_classes, name="cls_score", **_torch_linear_init(in_channels))
+        self.bbox_pred = keras.layers.Dense(4 * num_classes, name="bbox_pred", **_torch_linear_init(in_channels))
         self.cls_score.build((None, in_channels))
         self.bbox_pred.build((None, in_channels))
 

@@ -13,6 +13,7 @@ from rskeras.models.detection.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESH
 from rskeras.models.detection.nms import batched_nms
 from rskeras.models.detection.sampler import BalancedPositiveNegativeSampler
 from rskeras.models.shapes import dim, flatten_dims, split_last
+from rskeras.models.torch_nn import normal_initializer
 from rskeras.weights.torch_params import TorchParam, conv_params, join
 
 
@@ -37,10 +38,14 @@ class RPNHead(keras.layers.Layer):
             raise ValueError(f"RPNHead: num_channels ({num_channels}) and num_anchors ({num_anchors}) must be > 0")
         self.num_channels = num_channels
         self.num_anchors = num_anchors
-        init = dict(kernel_initializer=keras.initializers.RandomNormal(stddev=0.01), bias_initializer="zeros")
-        self.conv = keras.layers.Conv2D(num_channels, 3, padding="same", activation="relu", name="conv", **init)
-        self.cls_logits = keras.layers.Conv2D(num_anchors, 1, name="cls_logits", **init)
-        self.bbox_pred = keras.layers.Conv2D(4 * num_anchors, 1, name="bbox_pred", **init)
+        # torchvision: normal_(std=0.01), zero bias; one initializer per weight (a shared
+        # unseeded Keras initializer returns the same values at every call)
+        def init():
+            return dict(kernel_initializer=normal_initializer(0.01), bias_initializer="zeros")
+
+        self.conv = keras.layers.Conv2D(num_channels, 3, padding="same", activation="relu", name="conv", **init())
+        self.cls_logits = keras.layers.Conv2D(num_anchors, 1, name="cls_logits", **init())
+        self.bbox_pred = keras.layers.Conv2D(4 * num_anchors, 1, name="bbox_pred", **init())
         self.conv.build((None, None, None, num_channels))
         self.cls_logits.build((None, None, None, num_channels))
         self.bbox_pred.build((None, None, None, num_channels))
