@@ -292,12 +292,15 @@ def split_batch(value: Any, size: int) -> list[Any]:
 
 
 def model_outputs_fn(lm: Any):
-    """A ``tf.function`` running the model in inference mode on an input batch."""
+    """A ``tf.function`` running the model in inference mode on an input batch (under XLA
+    when the trainer's ``jit_compile`` chose it, see ``RslearnLightningModule.forward``)."""
     import tensorflow as tf
 
     @tf.function(reduce_retracing=True)
     def run(inputs):
-        return lm.model(inputs, training=False)["outputs"]
+        forward = getattr(lm, "forward", None)
+        out = forward(inputs, training=False) if forward is not None else lm.model(inputs, training=False)
+        return out["outputs"]
 
     return run
 
@@ -327,6 +330,8 @@ def run_predict(run: Any) -> list[RslearnWriter]:
     for writer in writers:
         writer.setup(run.data.path)
     task = run.lm.task
+    if hasattr(run.trainer, "configure_jit"):
+        run.trainer.configure_jit(run.lm)
     limit = run.trainer.steps(run.data, "predict") if hasattr(run.trainer, "steps") else None
     count = 0
     for _, _, outputs, metadata in iterate_with_outputs(run.lm, run.data, "predict", limit, desc="predict"):
