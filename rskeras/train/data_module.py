@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from rskeras.dataset.dataset import Dataset
+from rskeras.train import randomness
 from rskeras.train.dataset import DataInput, ModelDataset, SplitConfig
 from rskeras.train.input_cache import InputCache, MemoryCache, parse_unit
 from rskeras.train.tasks.task import Task
@@ -354,6 +355,10 @@ class RslearnDataModule:
 
     # ---- tf.data ------------------------------------------------------------------------
 
+    def _run_seed(self, stage: str) -> int | None:
+        """The seed of ``seed_everything`` for the train pipeline (None: not reproducible)."""
+        return randomness.global_seed() if stage == "train" else None
+
     def _index_dataset(
         self, md: ModelDataset, n: int, per_window: bool, shuffle: bool, seed: int | None, subset: np.ndarray | None = None
     ) -> tf.data.Dataset:
@@ -400,7 +405,13 @@ class RslearnDataModule:
         md = self.model_dataset(stage)
         train = stage == "train"
         parallel = self.num_workers if self.num_workers > 0 else tf.data.AUTOTUNE
-        ds = ds.map(self._process_fn(md), num_parallel_calls=parallel, deterministic=not train)
+        run_seed = self._run_seed(stage)
+        process = self._process_fn(md)
+        if run_seed is not None:  # reproducible transforms: per-element stateless draws
+            ds = randomness.with_element_seeds(ds, run_seed, 2)
+            process = randomness.seeded(process)
+        ordered = not train or run_seed is not None
+        ds = ds.map(process, num_parallel_calls=parallel, deterministic=ordered)
         if not with_metadata:
             ds = ds.map(lambda inputs, targets, metadata: (inputs, targets))
         if batch:
@@ -408,7 +419,7 @@ class RslearnDataModule:
                 self.batch_size, padding_values=self.padding_values(ds.element_spec), drop_remainder=drop_remainder
             )
         options = tf.data.Options()
-        options.deterministic = not train
+        options.deterministic = ordered
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         ds = ds.with_options(options)
         return ds.prefetch(tf.data.AUTOTUNE)
@@ -421,7 +432,12 @@ class RslearnDataModule:
             raise ValueError(f"the {stage} split of dataset {self.path} has no examples (check groups/tags/required inputs)")
         train = stage == "train"
         shuffle = train if shuffle is None else shuffle
-        deterministic = not train
+        deterministic = not train  # fixed draws seeded by the example index (val/test/predict)
+        run_seed = self._run_seed(stage)
+        if seed is None:
+            seed = run_seed
+        # A seeded train pipeline keeps example order and draws from per-element seeds.
+        ordered = deterministic or run_seed is not None
         parallel = self.num_workers if self.num_workers > 0 else tf.data.AUTOTUNE
         if not hasattr(self, "_window_tables"):
             self._window_tables: dict[int, dict[str, tf.Tensor]] = {}
@@ -487,7 +503,10 @@ class RslearnDataModule:
                         crop, choice = self._random_crop(md, unit), self._random_choice(md, unit)
                     return unit, crop, choice, i
 
-            ds = index_ds.map(unit_fn, num_parallel_calls=parallel, deterministic=deterministic)
+            if run_seed is not None:
+                index_ds = randomness.with_element_seeds(index_ds, run_seed, 1)
+                unit_fn = randomness.seeded(unit_fn)
+            ds = index_ds.map(unit_fn, num_parallel_calls=parallel, deterministic=ordered)
             if self.skip_bad_windows and paths is None:  # the memory cache decodes lazily
                 ds = ds.filter(lambda unit, *rest: unit["ok"])
             kept = ids if per_window else np.asarray([examples[i][0] for i in ids], np.int64)
@@ -505,12 +524,17 @@ class RslearnDataModule:
                 read = lambda i, seed: md.guarded(int(ex_window[i]), lambda: self._host_read(md.host_unit, i, None if seed < 0 else seed))  # noqa: E731
             index_ds = self._index_dataset(md, n, per_window, shuffle, seed)
             ex_window_t = tf.constant(ex_window)
+            def unseeded(i):
+                # train: the element's seed when the run is seeded, else fresh entropy (-1)
+                element = randomness.current_seed()
+                return tf.constant(-1, tf.int64) if element is None else randomness.host_seed(element)
+
             if per_window:
-                seeds = lambda i: i if deterministic else tf.constant(-1, tf.int64)  # noqa: E731
+                seeds = lambda i: i if deterministic else unseeded(i)  # noqa: E731
             elif md.map_all_crops:
-                seeds = lambda i: tf.gather(ex_window_t, i) if deterministic else tf.constant(-1, tf.int64)  # noqa: E731
+                seeds = lambda i: tf.gather(ex_window_t, i) if deterministic else unseeded(i)  # noqa: E731
             else:
-                seeds = lambda i: i if deterministic else tf.constant(-1, tf.int64)  # noqa: E731
+                seeds = lambda i: i if deterministic else unseeded(i)  # noqa: E731
             host = self._py_unit(md, read)
 
             if per_window:
@@ -525,7 +549,10 @@ class RslearnDataModule:
                     unit = host(i, seeds(i))
                     return unit, unit["crop_bounds"], unit["choice"], i
 
-            ds = index_ds.map(unit_fn, num_parallel_calls=parallel, deterministic=deterministic)
+            if run_seed is not None:
+                index_ds = randomness.with_element_seeds(index_ds, run_seed, 1)
+                unit_fn = randomness.seeded(unit_fn)
+            ds = index_ds.map(unit_fn, num_parallel_calls=parallel, deterministic=ordered)
             if self.skip_bad_windows:
                 ds = ds.filter(lambda unit, *rest: unit["ok"])
             kept = np.arange(len(md.windows), dtype=np.int64) if per_window else ex_window
@@ -555,7 +582,7 @@ class RslearnDataModule:
                     md, unit, crop, choice, tf.gather(ex_crop_idx_t, i), tf.gather(ex_num_t, i), all_crops_slicing=False, crop_filter=False
                 )
 
-            ds = ds.map(example, num_parallel_calls=parallel, deterministic=deterministic)
+            ds = ds.map(example, num_parallel_calls=parallel, deterministic=ordered)
         # Tell Keras the epoch length when it is known up front (no lazy bad-window
         # filtering): progress bars and steps work from the first epoch.
         lazily_filtered = self.skip_bad_windows and (not cached or not self.cache_dir)
@@ -580,7 +607,7 @@ class RslearnDataModule:
             n = bounds[axis + 2] - bounds[axis]
             lo = tf.minimum(tf.constant(0, tf.int64), n - k)
             hi = tf.maximum(tf.constant(0, tf.int64), n - k)
-            offset = tf.random.uniform([], lo, hi + 1, dtype=tf.int64)
+            offset = randomness.uniform([], lo, hi + 1, dtype=tf.int64)
             out.append(bounds[axis] + offset)
         return tf.stack([out[0], out[1], out[0] + md.crop_size[0], out[1] + md.crop_size[1]])
 
@@ -593,5 +620,5 @@ class RslearnDataModule:
                 continue
             u = unit["inputs"][key]
             g = tf.shape(u["group_t"], out_type=tf.int32)[0] - 1 if di.data_type == "raster" else u["num_groups"]
-            out.append(tf.random.uniform([], 0, tf.maximum(g, 1), dtype=tf.int32))
+            out.append(randomness.uniform([], 0, tf.maximum(g, 1), dtype=tf.int32))
         return tf.stack(out) if out else tf.zeros([1], tf.int32)

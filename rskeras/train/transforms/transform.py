@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 import tensorflow as tf
 
+from rskeras.train import randomness
+
 
 def split_selector(input_dict: dict, target_dict: dict, selector: str) -> tuple[dict, list[str]]:
     """(dict addressed by the prefix, remaining path parts)."""
@@ -122,17 +124,17 @@ def parent_of(input_dict: dict, target_dict: dict, selector: str) -> tuple[dict 
 
 
 def random_int(low: int, high: int) -> tf.Tensor:
-    """A uniform random int32 in ``[low, high)`` (graph; the global TF RNG)."""
+    """A uniform random int32 in ``[low, high)`` (graph; see ``rskeras.train.randomness``)."""
     if high <= low:
         raise ValueError(f"empty random range [{low}, {high})")
     if high - low == 1:
         return tf.constant(low, tf.int32)
-    return tf.random.uniform([], low, high, dtype=tf.int32)
+    return randomness.uniform([], low, high, dtype=tf.int32)
 
 
 def coin() -> tf.Tensor:
-    """A fair random boolean (graph; the global TF RNG)."""
-    return tf.random.uniform([]) < 0.5
+    """A fair random boolean (graph; see ``rskeras.train.randomness``)."""
+    return randomness.uniform([]) < 0.5
 
 
 def int_range(value: int | list[int] | tuple[int, int], name: str) -> tuple[int, int]:
