@@ -37,8 +37,12 @@ STAGES = ("train", "val", "test", "predict")
 
 
 def seed_everything(seed: Any) -> int | None:
-    """``seed_everything``: an int seeds Python/NumPy/TF; true picks (and logs) a random seed."""
+    """``seed_everything``: an int seeds Python/NumPy/TF and the train input pipeline
+    (``rskeras.train.randomness``); true picks (and logs) a random seed."""
+    from rskeras.train import randomness
+
     if seed is None or seed is False:
+        randomness.set_seed(None)
         return None
     if seed is True:
         seed = random.randrange(2**31)
@@ -49,6 +53,7 @@ def seed_everything(seed: Any) -> int | None:
 
     keras.utils.set_random_seed(seed)
     random.seed(seed)
+    randomness.set_seed(seed)
     return seed
 
 

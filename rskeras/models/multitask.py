@@ -57,7 +57,14 @@ class MultiTaskModel(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, targets=None, training=None):
-        x = run_encoder(self.encoder, inputs, training=training)
+        return self.decode(self.encode(inputs, training=training), inputs, targets=targets, training=training)
+
+    def encode(self, inputs, training=None):
+        """The shared encoder's features (the part of ``call`` that never needs the targets)."""
+        return run_encoder(self.encoder, inputs, training=training)
+
+    def decode(self, x, inputs, targets=None, training=None):
+        """Every task's decoder on ``encode``'s features."""
         outputs, losses = {}, {}
         for name in self.task_names:
             task_targets = None if targets is None else targets.get(name)

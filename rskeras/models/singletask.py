@@ -65,8 +65,15 @@ class SingleTaskModel(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, targets=None, training=None):
-        x = run_encoder(self.encoder, inputs, training=training)
-        return run_decoder(self.decoder, x, inputs, targets=targets, training=training)
+        return self.decode(self.encode(inputs, training=training), inputs, targets=targets, training=training)
+
+    def encode(self, inputs, training=None):
+        """The encoder's features (the part of ``call`` that never needs the targets)."""
+        return run_encoder(self.encoder, inputs, training=training)
+
+    def decode(self, features, inputs, targets=None, training=None):
+        """The decoder on ``encode``'s features: ``call = decode(encode(inputs), inputs)``."""
+        return run_decoder(self.decoder, features, inputs, targets=targets, training=training)
 
     def loss_names(self) -> list[str]:
         return list(self.decoder[-1].loss_names())

@@ -79,6 +79,19 @@ def _roll(x: tf.Tensor, shift: Any, axis: int) -> tf.Tensor:
     return tf.concat([x[tuple(begin)], x[tuple(end)]], axis=axis)
 
 
+def _normalize(x: tf.Tensor) -> tf.Tensor:
+    """torch ``F.normalize(x, dim=-1)`` (``x / max(||x||, 1e-12)``) with torch's gradient.
+
+    Written as ``x * rsqrt(max(sum(x^2), 1e-24))`` in float32: the zero vectors of the
+    unmasked padding tokens then get torch's gradient (``1 / eps`` through the numerator,
+    nothing through the norm) instead of the ``0 * inf = NaN`` of a ``sqrt`` gradient at 0,
+    which XLA produces; float32 also keeps ``1e-24`` from flushing to zero in float16.
+    """
+    x32 = tf.cast(x, tf.float32)
+    x32 = x32 * tf.math.rsqrt(tf.maximum(tf.reduce_sum(tf.square(x32), axis=-1, keepdims=True), 1e-24))
+    return tf.cast(x32, x.dtype)
+
+
 def _region_ids(n: Any, window: int, shift: Any) -> Any:
     """Shifted-window region index (0, 1, 2) of each position along one padded axis.
 
@@ -276,8 +289,7 @@ class ShiftedWindowAttention(keras.layers.Layer):
         qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])
         q, k, v = qkv[0], qkv[1], qkv[2]
         if self.version == 2:
-            q = q / tf.maximum(tf.sqrt(tf.reduce_sum(tf.square(q), axis=-1, keepdims=True)), 1e-12)
-            k = k / tf.maximum(tf.sqrt(tf.reduce_sum(tf.square(k), axis=-1, keepdims=True)), 1e-12)
+            q, k = _normalize(q), _normalize(k)
             attn = tf.matmul(q, k, transpose_b=True) * tf.exp(tf.minimum(tf.cast(self.logit_scale, dtype), _LOG_100))
         else:
             attn = tf.matmul(q * (c // heads) ** -0.5, k, transpose_b=True)

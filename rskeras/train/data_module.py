@@ -30,6 +30,7 @@ from typing import Any
 import tensorflow as tf
 
 from rskeras.dataset.dataset import Dataset
+from rskeras.train import randomness
 from rskeras.train.dataset import DataInput, ModelDataset, SplitConfig
 from rskeras.train.input_cache import InputCache, MemoryCache
 from rskeras.train.raw_examples import FileCacheSource, HostReadSource, MemoryCacheSource, UnitSource, raw_examples
@@ -273,6 +274,10 @@ class RslearnDataModule:
 
     # ---- tf.data ------------------------------------------------------------------------
 
+    def _run_seed(self, stage: str) -> int | None:
+        """The seed of ``seed_everything`` for the train pipeline (None: not reproducible)."""
+        return randomness.global_seed() if stage == "train" else None
+
     def tf_dataset(
         self,
         stage: str,
@@ -298,7 +303,13 @@ class RslearnDataModule:
         md = self.model_dataset(stage)
         train = stage == "train"
         parallel = self.num_workers if self.num_workers > 0 else tf.data.AUTOTUNE
-        ds = ds.map(self._process_fn(md), num_parallel_calls=parallel, deterministic=not train)
+        run_seed = self._run_seed(stage)
+        process = self._process_fn(md)
+        if run_seed is not None:  # reproducible transforms: per-element stateless draws
+            ds = randomness.with_element_seeds(ds, run_seed, 2)
+            process = randomness.seeded(process)
+        ordered = not train or run_seed is not None
+        ds = ds.map(process, num_parallel_calls=parallel, deterministic=ordered)
         if not with_metadata:
             ds = ds.map(lambda inputs, targets, metadata: (inputs, targets))
         if batch:
@@ -306,7 +317,7 @@ class RslearnDataModule:
                 self.batch_size, padding_values=self.padding_values(ds.element_spec), drop_remainder=drop_remainder
             )
         options = tf.data.Options()
-        options.deterministic = not train
+        options.deterministic = ordered
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         ds = ds.with_options(options)
         return ds.prefetch(tf.data.AUTOTUNE)
@@ -329,6 +340,7 @@ class RslearnDataModule:
             parallel=self.num_workers if self.num_workers > 0 else tf.data.AUTOTUNE,
             crop_shuffle_buffer=max(4 * self.batch_size, 16) if train and shuffle else None,
             dataset_source=self.name or "",
+            run_seed=self._run_seed(stage),
         )
 
     def unit_source(self, stage: str) -> UnitSource:

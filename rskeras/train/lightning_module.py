@@ -39,6 +39,11 @@ from rskeras.train.optimizer import AdamW, unwrap_optimizer
 logger = logging.getLogger(__name__)
 
 
+def _supports_jit(layer) -> bool:
+    """False when ``layer`` or any layer inside it declares ``supports_jit = False``."""
+    return all(getattr(sub, "supports_jit", True) for sub in layer._flatten_layers(include_self=True))
+
+
 class RestoreConfig:
     """Initial weights from a PyTorch state dict at the start of a fresh fit.
 
@@ -130,6 +135,10 @@ class RslearnLightningModule(ModelHooks, keras.Model):
         self.nonscalar_results: dict[str, Any] = {}
         # The built scheduler (rslearn's ``schedulers["scheduler"]``), set by the trainer.
         self.lr_scheduler = None
+        # What the train/test/predict steps run under XLA (``configure_jit``): None, "model"
+        # or "encoder" (the model has components that XLA cannot compile, e.g. FasterRCNN).
+        self.jit_scope: str | None = None
+        self._jit_functions: dict[str, Any] = {}
 
     # ---- Keras plumbing ---------------------------------------------------------------
 
@@ -198,6 +207,46 @@ class RslearnLightningModule(ModelHooks, keras.Model):
         if getattr(self, "train_function", None) is not None:
             self.make_train_function(force=True)
 
+    # ---- XLA ----------------------------------------------------------------------------
+
+    def configure_jit(self, enabled: bool) -> str | None:
+        """Runs the model's forward (and, through the tape, its backward) pass under XLA.
+
+        Only the model is compiled: loss trackers, task metrics (host-side ones such as
+        AUROC/mAP run ``tf.py_function``), the optimizer update and replica all-reduces stay
+        in the ordinary graph. A model with a layer that declares ``supports_jit = False``
+        (FasterRCNN: NMS, samplers) compiles only its encoder when every encoder component
+        supports XLA. Returns the scope: None, "model" or "encoder".
+        """
+        scope = None
+        if enabled:
+            if _supports_jit(self.model):
+                scope = "model"
+            elif hasattr(self.model, "encode") and all(_supports_jit(c) for c in getattr(self.model, "encoder", [])):
+                scope = "encoder"
+            else:
+                logger.warning("jit_compile: no part of %s supports XLA; running without it", type(self.model).__name__)
+        if scope != self.jit_scope:
+            self.jit_scope = scope
+            self._jit_functions = {}
+            self.train_function = self.test_function = self.predict_function = None
+        return scope
+
+    def _jitted(self, name: str, fn):
+        if name not in self._jit_functions:
+            self._jit_functions[name] = tf.function(fn, jit_compile=True, reduce_retracing=True)
+        return self._jit_functions[name]
+
+    def forward(self, inputs, targets=None, training=None) -> dict[str, Any]:
+        """``self.model(inputs, targets, training)``, under XLA as ``configure_jit`` chose."""
+        if self.jit_scope == "model":
+            fn = self._jitted("model", lambda x, y, training: self.model(x, targets=y, training=training))
+            return fn(inputs, targets, bool(training))
+        if self.jit_scope == "encoder":
+            fn = self._jitted("encoder", lambda x, training: self.model.encode(x, training=training))
+            return self.model.decode(fn(inputs, bool(training)), inputs, targets=targets, training=training)
+        return self.model(inputs, targets=targets, training=training)
+
     def load_weights(self, filepath, skip_mismatch=False, **kwargs):
         """Loads model weights (and the optimizer state when the optimizer is built) from an
         rskeras checkpoint; metric accumulators are never loaded."""
@@ -233,7 +282,7 @@ class RslearnLightningModule(ModelHooks, keras.Model):
         else:
             active = tf.constant(float(num_replicas))
         with tf.GradientTape() as tape:
-            out = self.model(inputs, targets=targets, training=True)
+            out = self.forward(inputs, targets, training=True)
             loss = tf.where(nonempty, self.total_loss(out["loss_dict"]), 0.0)
             scaled = loss / tf.maximum(active, 1.0)
             if hasattr(self.optimizer, "scale_loss"):
@@ -257,7 +306,7 @@ class RslearnLightningModule(ModelHooks, keras.Model):
 
     def test_step(self, data):
         inputs, targets = data[0], data[1]
-        out = self.model(inputs, targets=targets, training=False)
+        out = self.forward(inputs, targets, training=False)
         weight = self.batch_size_of(inputs)
         nonempty = weight > 0
         self.eval_trackers["loss"].update_state(tf.where(nonempty, self.total_loss(out["loss_dict"]), 0.0), sample_weight=weight)
@@ -278,7 +327,7 @@ class RslearnLightningModule(ModelHooks, keras.Model):
 
     def predict_step(self, data):
         inputs = data[0] if isinstance(data, (tuple, list)) else data
-        return self.model(inputs, training=False)["outputs"]
+        return self.forward(inputs, training=False)["outputs"]
 
     def epoch_metric_results(self) -> dict[str, float]:
         """Eval losses and task metrics as logged scalars; non-scalars kept aside."""

@@ -297,12 +297,15 @@ def split_batch(value: Any, size: int) -> list[Any]:
 
 
 def model_outputs_fn(lm: Any):
-    """A ``tf.function`` running the model in inference mode on an input batch."""
+    """A ``tf.function`` running the model in inference mode on an input batch (under XLA
+    when the trainer's ``jit_compile`` chose it, see ``RslearnLightningModule.forward``)."""
     import tensorflow as tf
 
     @tf.function(reduce_retracing=True)
     def run(inputs):
-        return lm.model(inputs, training=False)["outputs"]
+        forward = getattr(lm, "forward", None)
+        out = forward(inputs, training=False) if forward is not None else lm.model(inputs, training=False)
+        return out["outputs"]
 
     return run
 
@@ -333,6 +336,7 @@ def run_predict(trainer: Trainer, lm: RslearnLightningModule, data: RslearnDataM
     for writer in writers:
         writer.setup(data.path)
     task = lm.task
+    trainer.configure_jit(lm)
     limit = trainer.steps(data, "predict")
     count = 0
     for _, _, outputs, metadata in iterate_with_outputs(lm, data, "predict", limit, desc="predict"):

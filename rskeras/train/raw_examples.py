@@ -29,6 +29,7 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 
+from rskeras.train import randomness
 from rskeras.train.dataset import ModelDataset
 from rskeras.train.input_cache import MemoryCache, parse_unit
 
@@ -90,7 +91,7 @@ def random_crop(md: ModelDataset, table: WindowTable, unit: dict[str, Any]) -> t
         n = bounds[axis + 2] - bounds[axis]
         lo = tf.minimum(tf.constant(0, tf.int64), n - k)
         hi = tf.maximum(tf.constant(0, tf.int64), n - k)
-        offset = tf.random.uniform([], lo, hi + 1, dtype=tf.int64)
+        offset = randomness.uniform([], lo, hi + 1, dtype=tf.int64)
         out.append(bounds[axis] + offset)
     return tf.stack([out[0], out[1], out[0] + md.crop_size[0], out[1] + md.crop_size[1]])
 
@@ -104,7 +105,7 @@ def random_choice(md: ModelDataset, unit: dict[str, Any]) -> tf.Tensor:
             continue
         u = unit["inputs"][key]
         g = tf.shape(u["group_t"], out_type=tf.int32)[0] - 1 if di.data_type == "raster" else u["num_groups"]
-        out.append(tf.random.uniform([], 0, tf.maximum(g, 1), dtype=tf.int32))
+        out.append(randomness.uniform([], 0, tf.maximum(g, 1), dtype=tf.int32))
     return tf.stack(out) if out else tf.zeros([1], tf.int32)
 
 
@@ -240,9 +241,11 @@ class HostReadSource(UnitSource):
 
     def _seed(self, index: tf.Tensor) -> tf.Tensor:
         """rslearn's seed of the element's draws (the example index, or the window index for
-        all crops), -1 for fresh randomness."""
+        all crops); for train the element's seed when the run is seeded
+        (``rskeras.train.randomness``), else -1 for fresh randomness."""
         if not self.deterministic:
-            return tf.constant(-1, tf.int64)
+            element = randomness.current_seed()
+            return tf.constant(-1, tf.int64) if element is None else randomness.host_seed(element)
         if self.md.map_all_crops:
             return tf.gather(self._example_window_t, index)
         return index
@@ -367,6 +370,7 @@ def raw_examples(
     parallel: int,
     crop_shuffle_buffer: int | None = None,
     dataset_source: str = "",
+    run_seed: int | None = None,
 ) -> tf.data.Dataset:
     """The ``(raw_inputs, metadata)`` examples of ``source``'s split.
 
@@ -376,13 +380,22 @@ def raw_examples(
         parallel: parallel calls of the maps.
         crop_shuffle_buffer: shuffle the crops of whole-window units with this buffer.
         dataset_source: the ``dataset_source`` metadata.
+        run_seed: the seed of ``seed_everything`` (train only): the draws become reproducible.
     """
     md = source.md
-    deterministic = source.deterministic
+    # A seeded train pipeline (``run_seed``) keeps example order and draws from per-element
+    # seeds; val/test/predict draws are fixed by the example index.
+    ordered = source.deterministic or run_seed is not None
+    if seed is None:
+        seed = run_seed
     iterable_crops = md.all_crops and not md.map_all_crops
     example = functools.partial(materialize, md, source.table, dataset_source, iterable_crops)
     ds = index_dataset(md, source.ids, source.per_window, shuffle, seed)
-    ds = ds.map(source.element, num_parallel_calls=parallel, deterministic=deterministic)
+    element = source.element
+    if run_seed is not None and not source.deterministic:
+        ds = randomness.with_element_seeds(ds, run_seed, 1)
+        element = randomness.seeded(element)
+    ds = ds.map(element, num_parallel_calls=parallel, deterministic=ordered)
     if source.filters_lazily:
         ds = ds.filter(_unit_ok)
     if source.per_window:
@@ -395,7 +408,7 @@ def raw_examples(
         if crop_shuffle_buffer:
             ds = ds.shuffle(crop_shuffle_buffer, seed=seed)
     else:
-        ds = ds.map(example, num_parallel_calls=parallel, deterministic=deterministic)
+        ds = ds.map(example, num_parallel_calls=parallel, deterministic=ordered)
     # Tell Keras the epoch length when it is known up front (no lazy bad-window
     # filtering): progress bars and steps work from the first epoch.
     if not source.filters_lazily:

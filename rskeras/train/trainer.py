@@ -223,6 +223,8 @@ class Trainer:
             Lightning's default).
         backup_and_restore: (rskeras) keep ``<root>/backup`` to resume killed runs.
         stop_on_nonfinite_loss: (rskeras) stop with an error on a NaN/inf training loss.
+        jit_compile: (rskeras) run the model's forward/backward pass under XLA: true,
+            false, or "auto" (on when a GPU is visible; on CPU XLA was measured slower).
     """
 
     def __init__(
@@ -254,6 +256,7 @@ class Trainer:
         log_every_n_steps: int | None = None,
         backup_and_restore: bool = True,
         stop_on_nonfinite_loss: bool = True,
+        jit_compile: bool | str = "auto",
         use_distributed_sampler: bool | None = None,
         benchmark: bool | None = None,
         inference_mode: bool | None = None,
@@ -288,6 +291,8 @@ class Trainer:
             raise ConfigError(f"trainer.gradient_clip_val must be >= 0, got {gradient_clip_val}")
         if str(precision) not in PRECISIONS and precision is not None:
             raise ConfigError(f"trainer.precision={precision!r} is not supported (use one of {sorted(PRECISIONS)})")
+        if jit_compile not in (True, False, "auto"):
+            raise ConfigError(f"trainer.jit_compile must be true, false or auto, got {jit_compile!r}")
         if deterministic not in (None, True, False, "warn"):
             raise ConfigError(f"trainer.deterministic must be a bool or 'warn', got {deterministic!r}")
         for stage, limit in (
@@ -337,6 +342,7 @@ class Trainer:
         self.num_sanity_val_steps = 2 if num_sanity_val_steps is None else num_sanity_val_steps
         self.backup_and_restore = backup_and_restore
         self.stop_on_nonfinite_loss = stop_on_nonfinite_loss
+        self.jit_compile = jit_compile
         self.is_chief, self.worker_name = worker_info()
         for c in self.callbacks:
             if isinstance(c, TQDMProgressBar) and c.refresh_rate == 0:
@@ -358,6 +364,19 @@ class Trainer:
             logger.info("precision %s: Keras dtype policy %s", self.precision, policy)
         if self.deterministic:
             tf.config.experimental.enable_op_determinism()
+
+    def use_jit(self) -> bool:
+        """``jit_compile`` resolved: "auto" means XLA on GPUs only (slower than TF's oneDNN
+        kernels on CPU, see docs/training.md)."""
+        if self.jit_compile == "auto":
+            return bool(tf.config.list_physical_devices("GPU"))
+        return bool(self.jit_compile)
+
+    def configure_jit(self, lm) -> None:
+        if hasattr(lm, "configure_jit"):
+            scope = lm.configure_jit(self.use_jit())
+            if scope:
+                logger.info("jit_compile: the model's %s runs under XLA", "encoder" if scope == "encoder" else "forward/backward pass")
 
     def make_strategy(self) -> tf.distribute.Strategy:
         from rskeras.train.distribute import make_strategy
@@ -571,6 +590,7 @@ class Trainer:
             elif getattr(lm, "restore_config", None) is not None:
                 restore_from_config(lm.model, lm.restore_config)
         self._print_summary(lm)
+        self.configure_jit(lm)
 
         # Under several replicas a last batch smaller than the replica count would leave a
         # replica with no examples, which some CPU kernels (oneDNN conv backprop) reject.
@@ -646,6 +666,7 @@ class Trainer:
             if isinstance(c, ManagedBestLastCheckpoint):
                 c.dirpath = self.root
         prefix = "val" if stage == "val" else "test"
+        self.configure_jit(lm)
         logs = lm.evaluate(
             self.limited(dm.tf_dataset(stage), dm, stage),
             return_dict=True,

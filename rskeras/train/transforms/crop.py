@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from rskeras.train import randomness
+
 from rskeras.train.transforms.transform import Transform, int_range, parent_of, read_selector, selector_exists, write_selector
 
 
@@ -53,7 +55,7 @@ class Crop(Transform):
     def sample_state(self, ref_hw: tf.Tensor) -> dict[str, tf.Tensor]:
         """Crop size and offsets for the reference image of size ``ref_hw`` (int32 [2])."""
         lo, hi = self.crop_size
-        size = tf.constant(lo, tf.int32) if hi - lo == 1 else tf.random.uniform([], lo, hi, dtype=tf.int32)
+        size = tf.constant(lo, tf.int32) if hi - lo == 1 else randomness.uniform([], lo, hi, dtype=tf.int32)
         h, w = ref_hw[0], ref_hw[1]
         fits = tf.debugging.Assert((h >= size) & (w >= size), ["Crop: crop size", size, "exceeds the image size (h, w)", h, w])
         with tf.control_dependencies([fits]):
@@ -67,8 +69,8 @@ class Crop(Transform):
                 with tf.control_dependencies([ok]):
                     left, top = tf.identity(left), tf.identity(top)
             else:
-                left = tf.random.uniform([], 0, w - size + 1, dtype=tf.int32)
-                top = tf.random.uniform([], 0, h - size + 1, dtype=tf.int32)
+                left = randomness.uniform([], 0, w - size + 1, dtype=tf.int32)
+                top = randomness.uniform([], 0, h - size + 1, dtype=tf.int32)
         return {"ref_hw": ref_hw, "crop_size": size, "left": left, "top": top}
 
     def apply_image(self, image: tf.Tensor, state: dict[str, tf.Tensor]) -> tf.Tensor:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from rskeras.train import randomness
+
 from rskeras.train.transforms.transform import Transform
 
 
@@ -28,7 +30,7 @@ class GaussianNoise(Transform):
     def apply_image(self, image: tf.Tensor) -> tf.Tensor:
         if not image.dtype.is_floating:
             image = tf.cast(image, tf.float32)
-        return image + tf.random.normal(tf.shape(image), stddev=self.std, dtype=image.dtype)
+        return image + randomness.normal(tf.shape(image), stddev=self.std, dtype=image.dtype)
 
     def forward(self, input_dict, target_dict):
         self.apply_fn(self.apply_image, input_dict, target_dict, self.selectors)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from rskeras.train import randomness
+
 from rskeras.train.transforms.transform import Transform, int_range
 
 
@@ -69,6 +71,6 @@ class Pad(Transform):
         if self.box_selectors:
             raise NotImplementedError("Pad: box_selectors are not supported (as in rslearn)")
         lo, hi = self.size
-        size = tf.constant(lo, tf.int32) if hi - lo == 1 else tf.random.uniform([], lo, hi, dtype=tf.int32)
+        size = tf.constant(lo, tf.int32) if hi - lo == 1 else randomness.uniform([], lo, hi, dtype=tf.int32)
         self.apply_fn(self.apply_image, input_dict, target_dict, self.image_selectors, size=size)
         return input_dict, target_dict

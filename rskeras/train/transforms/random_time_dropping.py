@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from rskeras.train import randomness
+
 from rskeras.train.transforms.transform import Transform, parent_of, read_selector, selector_exists
 
 
@@ -34,8 +36,8 @@ class RandomTimeDropping(Transform):
 
     def keep_mask(self, t: tf.Tensor) -> tf.Tensor:
         """bool [T]: the timesteps to keep."""
-        keep = tf.random.uniform([t]) >= self.drop_ratio
-        order = tf.argsort(tf.random.uniform([t]))
+        keep = randomness.uniform([t]) >= self.drop_ratio
+        order = tf.argsort(randomness.uniform([t]))
         forced = tf.scatter_nd(tf.reshape(order[: self.min_keep], [-1, 1]), tf.ones([tf.minimum(t, self.min_keep)], tf.bool), [t])
         keep = tf.where(tf.reduce_sum(tf.cast(keep, tf.int32)) < self.min_keep, forced, keep)
         return tf.where(t <= self.min_keep, tf.ones([t], tf.bool), keep)

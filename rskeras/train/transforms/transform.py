@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 import tensorflow as tf
 
+from rskeras.train import randomness
+
 
 def split_selector(input_dict: dict, target_dict: dict, selector: str) -> tuple[dict, list[str]]:
     """(dict addressed by the prefix, remaining path parts)."""
@@ -122,8 +124,8 @@ def parent_of(input_dict: dict, target_dict: dict, selector: str) -> tuple[dict 
 
 
 def coin() -> tf.Tensor:
-    """A fair random boolean (graph; the global TF RNG)."""
-    return tf.random.uniform([]) < 0.5
+    """A fair random boolean (graph; see ``rskeras.train.randomness``)."""
+    return randomness.uniform([]) < 0.5
 
 
 def int_range(value: int | list[int] | tuple[int, int], name: str) -> tuple[int, int]:
