@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from rskeras.train.dataset import ModelDataset
+from rskeras.train.host_calls import host_call
 from rskeras.train.input_cache import MemoryCache, parse_unit
 
 
@@ -67,6 +68,7 @@ def py_unit(md: ModelDataset, fn: Callable[..., Any]) -> Callable[..., Any]:
     signature = md.unit_signature()
     flat_specs = tf.nest.flatten(signature)
 
+    @host_call  # errors surfaced by surface_errors; no hang at exit (rskeras.train.host_calls)
     def call(*args):
         unit = fn(*[int(a.numpy()) for a in args])
         return [np.asarray(v) for v in tf.nest.flatten(unit)]

@@ -41,6 +41,7 @@ from rskeras.train.callbacks.checkpointing import (
 )
 from rskeras.train.callbacks.lightning import ModelCheckpoint, TQDMProgressBar
 from rskeras.train.distribute import worker_info
+from rskeras.train.host_calls import surface_errors
 from rskeras.train.loggers import Logger, MetricsFileLogger, TensorBoardLogger
 from rskeras.train.optimizer import TorchAdamW, to_numpy, unwrap_optimizer
 from rskeras.weights.restore import load_torch_weights, restore_from_config
@@ -584,19 +585,21 @@ class Trainer:
         if val is not None and self.num_sanity_val_steps != 0:
             available = self.steps(dm, "val") or dm.num_batches("val")
             sanity = available if self.num_sanity_val_steps < 0 else min(self.num_sanity_val_steps, available)
-            lm.evaluate(val.take(sanity), verbose=0)
+            with surface_errors():
+                lm.evaluate(val.take(sanity), verbose=0)
         epochs = self._num_epochs(dm)
         start = time.time()
-        history = lm.fit(
-            train,
-            validation_data=val,
-            epochs=epochs,
-            initial_epoch=initial_epoch,
-            validation_freq=self.check_val_every_n_epoch,
-            callbacks=self._fit_callbacks(),
-            shuffle=False,  # tf.data shuffles the train split itself
-            verbose=(1 if self.enable_progress_bar else 2) if self.is_chief else 0,
-        )
+        with surface_errors():
+            history = lm.fit(
+                train,
+                validation_data=val,
+                epochs=epochs,
+                initial_epoch=initial_epoch,
+                validation_freq=self.check_val_every_n_epoch,
+                callbacks=self._fit_callbacks(),
+                shuffle=False,  # tf.data shuffles the train split itself
+                verbose=(1 if self.enable_progress_bar else 2) if self.is_chief else 0,
+            )
         if history.epoch:
             logger.info("fit: epochs %d..%d in %.1fs", history.epoch[0], history.epoch[-1], time.time() - start)
         else:
@@ -646,9 +649,10 @@ class Trainer:
             if isinstance(c, ManagedBestLastCheckpoint):
                 c.dirpath = self.root
         prefix = "val" if stage == "val" else "test"
-        logs = lm.evaluate(
-            self.limited(dm.tf_dataset(stage), dm, stage),
-            return_dict=True,
-            verbose=(1 if self.enable_progress_bar else 0) if self.is_chief else 0,
-        )
+        with surface_errors():
+            logs = lm.evaluate(
+                self.limited(dm.tf_dataset(stage), dm, stage),
+                return_dict=True,
+                verbose=(1 if self.enable_progress_bar else 0) if self.is_chief else 0,
+            )
         return {f"{prefix}_{k}": float(v) for k, v in logs.items()}
