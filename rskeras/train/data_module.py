@@ -32,7 +32,7 @@ import tensorflow as tf
 from rskeras.dataset.dataset import Dataset
 from rskeras.train.dataset import DataInput, ModelDataset, SplitConfig
 from rskeras.train.input_cache import InputCache, MemoryCache
-from rskeras.train.raw_examples import FileCacheSource, HostReadSource, MemoryCacheSource, UnitSource, raw_examples
+from rskeras.train.raw_examples import FileCacheSource, HostReadSource, MemoryCacheSource, UnitSource, graph_fn, raw_examples
 from rskeras.train.tasks.task import Task
 
 logger = logging.getLogger(__name__)
@@ -277,7 +277,7 @@ class RslearnDataModule:
         md = self.model_dataset(stage)
         train = stage == "train"
         parallel = self.num_workers if self.num_workers > 0 else tf.data.AUTOTUNE
-        ds = ds.map(self._process_fn(md), num_parallel_calls=parallel, deterministic=not train)
+        ds = ds.map(graph_fn(self._process_fn(md)), num_parallel_calls=parallel, deterministic=not train)
         if not with_metadata:
             ds = ds.map(lambda inputs, targets, metadata: (inputs, targets))
         if batch:

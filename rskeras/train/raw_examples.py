@@ -63,6 +63,12 @@ def slice_region(image: tf.Tensor, y0: tf.Tensor, x0: tf.Tensor, h: int | tf.Ten
     return padded[:, :h, :w, :]
 
 
+# The pipeline's map functions (tasks' process_inputs, transforms, unit slicing) are
+# graph-mode TF without Python control flow on tensors (docs/design.md), so AutoGraph's
+# source conversion, which took most of the time a pipeline takes to build, is skipped.
+graph_fn = tf.autograph.experimental.do_not_convert
+
+
 def py_unit(md: ModelDataset, fn: Callable[..., Any]) -> Callable[..., Any]:
     """A graph function (args int64 scalars) calling ``fn(*python ints) -> unit`` on the host."""
     signature = md.unit_signature()
@@ -384,20 +390,20 @@ def raw_examples(
     iterable_crops = md.all_crops and not md.map_all_crops
     example = functools.partial(materialize, md, source.table, dataset_source, iterable_crops)
     ds = index_dataset(md, source.ids, source.per_window, shuffle, seed)
-    ds = ds.map(source.element, num_parallel_calls=parallel, deterministic=deterministic)
+    ds = ds.map(graph_fn(source.element), num_parallel_calls=parallel, deterministic=deterministic)
     if source.filters_lazily:
         ds = ds.filter(_unit_ok)
     if source.per_window:
 
         def expand(element):
             count = tf.shape(element["unit"]["crops"], out_type=tf.int64)[0]
-            return tf.data.Dataset.range(count).map(lambda k: example(crop_element(element, k)))
+            return tf.data.Dataset.range(count).map(graph_fn(lambda k: example(crop_element(element, k))))
 
-        ds = ds.flat_map(expand)
+        ds = ds.flat_map(graph_fn(expand))
         if crop_shuffle_buffer:
             ds = ds.shuffle(crop_shuffle_buffer, seed=seed)
     else:
-        ds = ds.map(example, num_parallel_calls=parallel, deterministic=deterministic)
+        ds = ds.map(graph_fn(example), num_parallel_calls=parallel, deterministic=deterministic)
     # Tell Keras the epoch length when it is known up front (no lazy bad-window
     # filtering): progress bars and steps work from the first epoch.
     if not source.filters_lazily:
