@@ -30,7 +30,7 @@ from typing import Any
 import tensorflow as tf
 
 from rskeras.dataset.dataset import Dataset
-from rskeras.train.dataset import DataInput, ModelDataset, SplitConfig
+from rskeras.train.dataset import DataInput, DataReadError, ModelDataset, SplitConfig
 from rskeras.train.input_cache import InputCache, MemoryCache
 from rskeras.train.raw_examples import FileCacheSource, HostReadSource, MemoryCacheSource, UnitSource, graph_fn, raw_examples
 from rskeras.train.tasks.task import Task
@@ -69,9 +69,14 @@ class RslearnDataModule:
         skip_bad_windows: rskeras extension: skip windows that cannot be read (malformed
             metadata.json, missing or corrupt rasters, invalid GeoJSON, NaN pixels with
             ``check_nan``) with a warning naming them, instead of failing.
-        check_nan: rskeras extension: NaN pixels in raster inputs are bad input (error,
-            or skipped window with ``skip_bad_windows``). Off by default, as rslearn
-            passes NaN through (e.g. NaN elevation nodata for ElevationToSlopeAspect).
+        check_nan: rskeras extension: non-finite pixels (NaN, +-Inf) in raster inputs are
+            bad input (error, or skipped window with ``skip_bad_windows``). Off by default,
+            as rslearn passes NaN through (e.g. NaN elevation nodata for
+            ElevationToSlopeAspect); a non-finite training loss then names the windows
+            whose pixels were not finite.
+        strict: rskeras extension: a raster that does not cover its whole window (wrong
+            CRS or transform: the rest reads as nodata) is an error; by default a raster
+            covering none of its window is a warning naming the window.
     """
 
     def __init__(
@@ -97,6 +102,7 @@ class RslearnDataModule:
         cache_dir: str | None = None,
         skip_bad_windows: bool = False,
         check_nan: bool = False,
+        strict: bool = False,
     ):
         if not path:
             raise ValueError("path (the dataset root) is required")
@@ -125,6 +131,7 @@ class RslearnDataModule:
         self.cache_dir = cache_dir
         self.skip_bad_windows = skip_bad_windows
         self.check_nan = check_nan
+        self.strict = strict
         default = default_config or SplitConfig()
         self.split_configs = {
             stage: SplitConfig.merge_and_validate([default, cfg or SplitConfig()])
@@ -158,6 +165,7 @@ class RslearnDataModule:
                 dataset_source=self.name,
                 skip_bad_windows=self.skip_bad_windows,
                 check_nan=self.check_nan,
+                strict=self.strict,
                 map_all_crops=self.use_map_all_crops_dataset,
             )
             self._model_datasets[stage] = md
@@ -186,6 +194,7 @@ class RslearnDataModule:
             "split": md.split.describe(),
             "map_all_crops": md.map_all_crops,
             "check_nan": md.check_nan,
+            **({"strict": True} if md.checks.strict else {}),
         }
 
     def build_cache(self, stage: str, progress: bool = True) -> tuple[list[str], list[int]]:
@@ -295,12 +304,15 @@ class RslearnDataModule:
         transforms (what rslearn's ``get_raw_inputs`` returns, per crop)."""
         md = self.model_dataset(stage)
         if len(md) == 0:
-            raise ValueError(f"the {stage} split of dataset {self.path} has no examples (check groups/tags/required inputs)")
+            raise DataReadError(
+                f"the {stage} split of dataset {self.path} has no examples (check {stage}_config / default_config: "
+                "groups, names, tags, and the windows' completed required inputs)"
+            )
         train = stage == "train"
         shuffle = train if shuffle is None else shuffle
         source = self.unit_source(stage)
         if len(source.ids) == 0:
-            raise ValueError(f"the {stage} split of dataset {self.path} has no readable windows ({len(source.bad)} bad)")
+            raise DataReadError(f"the {stage} split of dataset {self.path} has no readable windows ({len(source.bad)} bad)")
         return raw_examples(
             source,
             shuffle=shuffle,

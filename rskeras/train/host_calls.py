@@ -94,17 +94,42 @@ def recorded_error(error: BaseException) -> BaseException | None:
     return None
 
 
+def pipeline_assertion(error: BaseException) -> str | None:
+    """The message of a ``tf.debugging.Assert`` that failed inside a tf.data pipeline
+    (a task's check of one example, e.g. an unknown class name, naming the window), else
+    None."""
+    import tensorflow as tf
+
+    if not isinstance(error, tf.errors.InvalidArgumentError):
+        return None
+    text = getattr(error, "message", None) or str(error)
+    first = text.splitlines()[0] if text else ""
+    marker = "assertion failed: "
+    if "Iterator::" not in first or marker not in first:
+        return None
+    payload = first.split(marker, 1)[1].strip()
+    if payload.startswith("[") and payload.endswith("]"):
+        payload = payload[1:-1]
+    return payload.replace("] [", " ").replace("\\'", "'").strip() or None
+
+
 @contextlib.contextmanager
 def surface_errors() -> Iterator[None]:
     """Inside this block, a TensorFlow error that reports a host call's exception is
-    replaced by that exception (e.g. the ``DataReadError`` naming the window)."""
+    replaced by that exception (e.g. the ``DataReadError`` naming the window), and a
+    failed data assertion of a task by a ``DataReadError`` with its message."""
     try:
         yield
     except Exception as e:
         original = recorded_error(e)
-        if original is None:
+        if original is not None:
+            raise original.with_traceback(None) from None
+        message = pipeline_assertion(e)
+        if message is None:
             raise
-        raise original.with_traceback(None) from None
+        from rskeras.train.dataset import DataReadError
+
+        raise DataReadError(message) from None
 
 
 def _install_exit_hook() -> None:
