@@ -241,6 +241,8 @@ def run(argv: list[str] | None = None) -> int:
     if ckpt_path is not None and not isinstance(ckpt_path, str):
         raise ConfigError(f"ckpt_path: expected a path, got {ckpt_path!r}")
     r = build_run(config, SUBCOMMAND_STAGES[args.subcommand], default_root_dir(args.config))
+    if args.subcommand == "fit":
+        r.trainer.lock_run_dir()  # before anything is written to the run directory
     if r.trainer.is_chief:
         r.save_config()
     if args.subcommand == "fit":

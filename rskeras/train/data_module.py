@@ -185,6 +185,24 @@ class RslearnDataModule:
             out.extend(md.bad_windows)
         return out
 
+    def non_finite_windows(self, stage: str = "train", budget_s: float = 60.0) -> tuple[dict[str, int], int, bool]:
+        """Windows of ``stage`` whose raster inputs hold non-finite pixels (NaN, +-Inf):
+        ``(window -> pixel count, windows checked, whether all were)``. The windows read so
+        far are known (``check_nan`` off: the reads record them); when none was recorded,
+        the split's windows are read again, for at most ``budget_s`` seconds."""
+        md = self.model_dataset(stage)
+        if md.checks.non_finite:
+            return dict(md.checks.non_finite), len(md.windows), True
+        start = time.monotonic()
+        for wi in range(len(md.windows)):
+            if time.monotonic() - start > budget_s:
+                return dict(md.checks.non_finite), wi, False
+            try:
+                md.cache_unit(wi)
+            except Exception:  # noqa: BLE001 - unreadable windows are another error
+                continue
+        return dict(md.checks.non_finite), len(md.windows), True
+
     def cache_description(self, stage: str) -> dict[str, Any]:
         md = self.model_dataset(stage)
         return {

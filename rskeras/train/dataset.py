@@ -43,7 +43,7 @@ from rskeras.config.dataset import DType, LayerConfig
 from rskeras.dataset.dataset import Dataset
 from rskeras.dataset.window import Window, WindowError, parse_layer_dir_name, parse_time
 from rskeras.train.model_context import SampleMetadata
-from rskeras.utils.feature import Feature, features_to_tensors
+from rskeras.utils.feature import Feature, features_to_tensors, utf8_array
 from rskeras.utils.geometry import PixelBounds, ResolutionFactor
 from rskeras.utils.raster_format import RasterReadError, read_geotiff_coverage, read_timestep_metadata
 from rskeras.utils.vector_format import VectorReadError, geojson_coordinate_mode, read_features_for_window
@@ -1151,8 +1151,8 @@ class ModelDataset:
         """Per-window metadata columns (indexed by window index in the graph)."""
         n = len(self.windows)
         return {
-            "group": np.asarray([w.group for w in self.windows] or [""], dtype=object).astype(bytes),
-            "name": np.asarray([w.name for w in self.windows] or [""], dtype=object).astype(bytes),
+            "group": utf8_array([w.group for w in self.windows] or [""]),
+            "name": utf8_array([w.name for w in self.windows] or [""]),
             "bounds": np.asarray([w.bounds for w in self.windows] or [(0, 0, 0, 0)], np.int64).reshape(max(n, 1), 4),
         }
 
