@@ -261,6 +261,18 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """Errors about the user's data, checkpoints or run directory (one line, rc 2)."""
+    from rskeras.dataset.window import WindowError
+    from rskeras.train.dataset import DataReadError
+    from rskeras.train.run_dir import DiskFullError
+    from rskeras.utils.raster_format import RasterReadError
+    from rskeras.utils.vector_format import VectorReadError
+    from rskeras.weights.errors import CheckpointError, WeightLoadError
+
+    return (WindowError, DataReadError, DiskFullError, RasterReadError, VectorReadError, CheckpointError, WeightLoadError)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return run(argv)
@@ -268,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        if not isinstance(e, _user_error_types()):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:

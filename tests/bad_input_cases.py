@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
-from training_scripts.tiny_config import CONFIG
+from training_scripts.tiny_config import tiny_config
 
 BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
 S2_DIR = "_".join(BANDS)
@@ -56,16 +56,18 @@ class Spec:
     command: str = "validate"
     rc: int = 2
     data: dict[str, Any] = dataclasses.field(default_factory=dict)  # data.init_args overrides
+    trainer: dict[str, Any] = dataclasses.field(default_factory=dict)  # trainer overrides
     extra_argv: tuple[str, ...] = ()
     hang: bool = False  # a case of the data-error hang (run repeatedly)
 
 
-def val_windows(dataset: str) -> list[str]:
+def windows_of(dataset: str, split: str) -> list[str]:
+    """The window directories of a split of the sample dataset, in name order."""
     root = os.path.join(dataset, "windows", "default")
     out = []
     for name in sorted(os.listdir(root)):
         with open(os.path.join(root, name, "metadata.json")) as f:
-            if json.load(f)["options"].get("split") == "val":
+            if json.load(f)["options"].get("split") == split:
                 out.append(os.path.join(root, name))
     return out
 
@@ -74,14 +76,15 @@ def prepare(name: str, spec: Spec, sample: str, base: str) -> Case:
     case_dir = os.path.join(base, name)
     dataset = os.path.join(case_dir, "ds")
     shutil.copytree(sample, dataset)
-    config = yaml.safe_load(CONFIG.replace("DATASET", dataset))
+    config = tiny_config(dataset)
     run_dir = os.path.join(case_dir, "run")
     config["trainer"].update(default_root_dir=run_dir, logger=False, max_epochs=1)
     config["data"]["init_args"].update(spec.data)
+    config["trainer"].update(spec.trainer)
     config_path = os.path.join(case_dir, "config.yaml")
     with open(config_path, "w") as f:
         yaml.safe_dump(config, f)
-    victim = val_windows(dataset)[0]
+    victim = windows_of(dataset, "train" if spec.command == "fit" else "val")[0]
     argv = [spec.command, "--config", config_path, *spec.extra_argv]
     case = Case(name, case_dir, dataset, config_path, run_dir, victim, argv, spec.rc)
     spec.mutate(case)
@@ -263,3 +266,88 @@ DATA_CASES: dict[str, Spec] = {
     "truncated_geotiff": Spec(truncated_geotiff, ("{victim}", "sentinel2", "geotiff.tif")),
     "missing_metadata_json": Spec(lambda c: os.remove(os.path.join(c.victim, "metadata.json")), ("{victim}", "metadata.json")),
 }
+
+# Suspicious but readable input: the command succeeds and the log names the window.
+WARN_CASES: dict[str, Spec] = {
+    "wrong_crs_warns": Spec(wrong_crs, ("{victim}", "covers 0%", "EPSG:4326"), rc=0),
+    "transform_elsewhere_warns": Spec(transform_elsewhere, ("{victim}", "covers 0%"), rc=0),
+    "float32_stored_as_uint16_warns": Spec(lambda c: write_s2(c, read_s2(c).astype(np.float32)), ("geotiff.tif", "float32", "uint16"), rc=0),
+    "non_ascii_window_name": Spec(rename_victim("praça 01 ü"), ("val_accuracy",), rc=0),
+}
+
+
+# ---- weights files (validate --ckpt_path FILE) ----------------------------------------
+
+
+def weights_argv(case: Case, path: str) -> None:
+    case.argv += ["--ckpt_path", path]
+
+
+def weights_file(make: Callable[[str], None], name: str) -> Callable[[Case], None]:
+    def mutate(case: Case) -> None:
+        path = os.path.join(case.dir, name)
+        make(path)
+        weights_argv(case, path)
+
+    return mutate
+
+
+def write_bytes(data: bytes) -> Callable[[str], None]:
+    def make(path: str) -> None:
+        with open(path, "wb") as f:
+            f.write(data)
+
+    return make
+
+
+def truncated_copy(source: str) -> Callable[[str], None]:
+    def make(path: str) -> None:
+        with open(source, "rb") as f:
+            data = f.read()
+        write_bytes(data[: len(data) // 2])(path)
+
+    return make
+
+
+def foreign_h5(path: str) -> None:
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.create_dataset("something/else", data=np.zeros(3))
+
+
+def npz_with_objects(path: str) -> None:
+    np.savez(path, **{"encoder.0.weight": np.array([{"a": 1}], dtype=object)})
+
+
+def safetensors_bytes(header: dict, data: bytes = b"", length: int | None = None) -> Callable[[str], None]:
+    import struct
+
+    def make(path: str) -> None:
+        text = json.dumps(header).encode()
+        write_bytes(struct.pack("<Q", len(text) if length is None else length) + text + data)(path)
+
+    return make
+
+
+def weights_cases(checkpoint: str) -> dict[str, Spec]:
+    """Cases on a real checkpoint of the tiny model (``checkpoint``)."""
+    named = ("{dir}",)
+    return {
+        "weights_h5_zero_byte": Spec(weights_file(write_bytes(b""), "zero.weights.h5"), named + ("zero.weights.h5", "empty")),
+        "weights_h5_truncated": Spec(weights_file(truncated_copy(checkpoint), "trunc.weights.h5"), named + ("trunc.weights.h5",)),
+        "weights_h5_random": Spec(weights_file(write_bytes(np.random.default_rng(0).bytes(4096)), "random.weights.h5"), ("random.weights.h5", "not a readable HDF5")),
+        "weights_h5_foreign": Spec(weights_file(foreign_h5, "foreign.weights.h5"), ("foreign.weights.h5",)),
+        "fit_ckpt_path_truncated": Spec(weights_file(truncated_copy(checkpoint), "trunc.weights.h5"), ("trunc.weights.h5",), command="fit"),
+        "npz_object_arrays": Spec(weights_file(npz_with_objects, "objects.npz"), ("objects.npz", "object array", "encoder.0.weight")),
+        "safetensors_header_2_62": Spec(weights_file(safetensors_bytes({}, length=2**62), "huge.safetensors"), ("huge.safetensors", "header claims")),
+        "safetensors_offsets_past_end": Spec(
+            weights_file(safetensors_bytes({"encoder.0.weight": {"dtype": "F32", "shape": [1000, 1000], "data_offsets": [0, 4000000]}}, b"\0" * 16), "short.safetensors"),
+            ("short.safetensors", "encoder.0.weight", "past the end"),
+        ),
+        "state_dict_on_rskeras_only_component": Spec(
+            weights_file(safetensors_bytes({"encoder.0.weight": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4), "plain.safetensors"),
+            ("plain.safetensors", "SimpleCNN", "no PyTorch counterpart"),
+        ),
+        "random_torch_file": Spec(weights_file(write_bytes(np.random.default_rng(1).bytes(4096)), "random.pth"), ("random.pth",)),
+    }

@@ -1,7 +1,7 @@
 """A fit's run directory (``trainer.default_root_dir``): one fit at a time, the leftovers
 of killed runs, a finished fit recognised as finished, a full disk as a clear error.
 
-* **Lock.** A fit holds an exclusive ``fcntl`` lock on ``<root>/.fit.lock`` (which holds
+* **Lock.** A fit holds an exclusive ``fcntl`` lock on ``<root>/fit.lock`` (which holds
   its PID) for the rest of its process, from before anything is written there (the CLI
   takes it before saving ``config.yaml``). A second fit on the same run directory is
   refused with an error naming the first one's PID. The kernel releases the lock when the
@@ -42,7 +42,7 @@ from rskeras.config.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-LOCK_NAME = ".fit.lock"
+LOCK_NAME = "fit.lock"
 FIT_STATE_NAME = "fit_state.json"
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # Leftovers of interrupted atomic writes (rskeras.utils.fileio, checkpointing, SavedModel).
@@ -170,7 +170,7 @@ def is_disk_full(error: BaseException) -> bool:
     if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
         return True
     text = str(error)
-    return "No space left on device" in text or "errno = 28" in text or "Disk quota exceeded" in text
+    return any(m in text for m in ("No space left on device", "errno = 28", "Disk quota exceeded", "errno = 122", "File too large", "errno = 27"))
 
 
 def disk_full_message(path: str, needed: int | None = None) -> str:
@@ -180,7 +180,7 @@ def disk_full_message(path: str, needed: int | None = None) -> str:
         free = f", {_mb(shutil.disk_usage(directory).free)} free"
     need = f" (needs about {_mb(needed)}{free})" if needed is not None else (f" ({free[2:]})" if free else "")
     return (
-        f"cannot write {path}: no space left on device in {directory}{need}; the files already written "
+        f"cannot write {path}: no space left in {directory} (disk full, quota or file size limit){need}; the files already written "
         "(checkpoints of earlier epochs) are kept. Free some space and run the same command again to resume"
     )
 
