@@ -241,6 +241,8 @@ def run(argv: list[str] | None = None) -> int:
     if ckpt_path is not None and not isinstance(ckpt_path, str):
         raise ConfigError(f"ckpt_path: expected a path, got {ckpt_path!r}")
     r = build_run(config, SUBCOMMAND_STAGES[args.subcommand], default_root_dir(args.config))
+    if args.subcommand == "fit":
+        r.trainer.lock_run_dir()  # before anything is written to the run directory
     if r.trainer.is_chief:
         r.save_config()
     if args.subcommand == "fit":
@@ -259,6 +261,18 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """Errors about the user's data, checkpoints or run directory (one line, rc 2)."""
+    from rskeras.dataset.window import WindowError
+    from rskeras.train.dataset import DataReadError
+    from rskeras.train.run_dir import DiskFullError
+    from rskeras.utils.raster_format import RasterReadError
+    from rskeras.utils.vector_format import VectorReadError
+    from rskeras.weights.errors import CheckpointError, WeightLoadError
+
+    return (WindowError, DataReadError, DiskFullError, RasterReadError, VectorReadError, CheckpointError, WeightLoadError)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return run(argv)
@@ -266,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        if not isinstance(e, _user_error_types()):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:

@@ -132,6 +132,7 @@ def build_run(config: dict[str, Any], stage: str, default_root: str | None = Non
             the trainer's default, ``runs/default``.
     """
     from rskeras.config.instantiate import build, instantiate
+    from rskeras.train.host_calls import surface_errors
     from rskeras.train.trainer import Trainer
 
     if stage not in STAGES:
@@ -166,6 +167,8 @@ def build_run(config: dict[str, Any], stage: str, default_root: str | None = Non
         # One pipeline gives both the input specs and the batch that builds the weights.
         dataset = data.tf_dataset(stage, shuffle=False)
         input_specs = dataset.element_spec[0]
-        lm.build_from_batch(next(iter(dataset))[0])
+        with surface_errors():
+            batch = next(iter(dataset))[0]
+        lm.build_from_batch(batch)
         lm.compile(optimizer=lm.make_optimizer(), jit_compile=False)
     return Run(config, stage, trainer, strategy, data, lm, input_specs)

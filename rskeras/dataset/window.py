@@ -92,6 +92,11 @@ class Window:
         bounds = md.get("bounds")
         if not isinstance(bounds, list) or len(bounds) != 4 or not all(isinstance(b, int) and not isinstance(b, bool) for b in bounds):
             raise WindowError(f"{where}: 'bounds' must be a list of 4 integers, got {bounds!r}")
+        if bounds[2] <= bounds[0] or bounds[3] <= bounds[1]:
+            raise WindowError(
+                f"{where}: 'bounds' {bounds} have a zero or negative size "
+                f"({bounds[2] - bounds[0]}x{bounds[3] - bounds[1]} pixels; expected [x0, y0, x1, y1] with x1 > x0 and y1 > y0)"
+            )
         time_range = None
         if md.get("time_range"):
             try:

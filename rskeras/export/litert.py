@@ -49,7 +49,13 @@ class LiteRTModel:
             raise FileNotFoundError(f"{path}: no such TFLite model")
         self.path = path
         kwargs: dict[str, Any] = {"num_threads": num_threads} if num_threads else {}
-        self.interpreter = Interpreter(model_path=path, **kwargs) if path else Interpreter(model_content=content, **kwargs)
+        try:
+            self.interpreter = Interpreter(model_path=path, **kwargs) if path else Interpreter(model_content=content, **kwargs)
+        except (ValueError, RuntimeError) as e:
+            from rskeras.weights.errors import CheckpointError
+
+            size = f"{os.path.getsize(path)} bytes" if path else f"{len(content or b'')} bytes"
+            raise CheckpointError(f"{path or 'model'}: not a valid TFLite model ({size}; {e})") from None
         signatures = self.interpreter.get_signature_list()
         if not signatures:
             raise ValueError(f"LiteRTModel: {path or 'model'} has no signature (export it with rskeras)")

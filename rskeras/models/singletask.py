@@ -6,6 +6,7 @@ from typing import Any
 
 import keras
 
+from rskeras.weights.errors import WeightLoadError
 from rskeras.weights.torch_params import TorchParam, join
 
 
@@ -31,7 +32,10 @@ def components_torch_params(components: list, prefix: str) -> list[TorchParam]:
         if hasattr(component, "torch_params"):
             out.extend(component.torch_params(join(prefix, str(i))))
         elif component.weights:
-            raise ValueError(f"{type(component).__name__} at {join(prefix, str(i))} has weights but no torch_params")
+            raise WeightLoadError(
+                f"component {type(component).__name__} ({join(prefix, str(i))}) has no PyTorch counterpart, so torch "
+                "weights cannot fill it: load an rskeras .weights.h5 checkpoint instead"
+            )
     return out
 
 

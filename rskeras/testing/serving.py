@@ -53,6 +53,54 @@ class ServingError(ValueError):
         self.code = code
 
 
+# The largest request accepted (REST body, or the values of one gRPC TensorProto), as the
+# gRPC server's message limit.
+MAX_REQUEST_BYTES = 256 << 20
+
+
+def warn_non_finite(name: str, value: np.ndarray) -> int:
+    """Logs a warning with the count of NaN / +-Infinity values of a float input (TF
+    Serving accepts the NaN and Infinity JSON tokens, and so does the stand-in; models
+    rarely expect them). Returns the count."""
+    if value.dtype.kind != "f" or value.size == 0:
+        return 0
+    bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+    if bad:
+        nan = int(np.count_nonzero(np.isnan(value)))
+        logger.warning("input %r: %d non-finite value(s) of %d (NaN: %d, +-Infinity: %d)", name, bad, value.size, nan, bad - nan)
+    return bad
+
+
+def tensor_from_proto(name: str, proto: Any) -> np.ndarray:
+    """``tf.make_ndarray`` of a request's TensorProto, checked first: a known dtype, a
+    shape of non-negative dims within :data:`MAX_REQUEST_BYTES`, and content that matches
+    it; anything else is a ServingError naming the input."""
+    from tensorflow.core.framework import types_pb2
+
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if proto.tensor_shape.unknown_rank or any(d < 0 for d in dims):
+        raise ServingError(f"input {name!r}: malformed TensorProto: shape {dims} is not fully defined")
+    if proto.dtype == types_pb2.DT_INVALID:
+        raise ServingError(f"input {name!r}: malformed TensorProto: no dtype")
+    try:
+        dtype = tf.dtypes.as_dtype(proto.dtype)
+        itemsize = np.dtype(dtype.as_numpy_dtype).itemsize if dtype != tf.string else 1
+    except (TypeError, ValueError) as e:
+        raise ServingError(f"input {name!r}: malformed TensorProto: unsupported dtype {proto.dtype} ({e})") from None
+    count = 1
+    for d in dims:
+        count *= d
+    if count * itemsize > MAX_REQUEST_BYTES:
+        raise ServingError(f"input {name!r}: TensorProto shape {dims} of {dtype.name} is {count * itemsize} bytes, more than {MAX_REQUEST_BYTES}")
+    content = len(proto.tensor_content)
+    if content and content != count * itemsize:
+        raise ServingError(f"input {name!r}: malformed TensorProto: tensor_content has {content} bytes, shape {dims} of {dtype.name} needs {count * itemsize}")
+    try:
+        return tf.make_ndarray(proto)
+    except Exception as e:  # noqa: BLE001 - protobuf / numpy errors on inconsistent protos
+        raise ServingError(f"input {name!r}: malformed TensorProto: {type(e).__name__}: {e}") from None
+
+
 def resolve_version(base_path: str) -> tuple[str, int]:
     """(SavedModel directory, version) of a model base path (highest numeric version
     folder) or of a SavedModel directory itself (version 1)."""
@@ -112,6 +160,7 @@ class ServedModel:
                 raise ServingError(f"input {key!r}: cannot convert to {spec.dtype.name}: {e}") from None
             if not spec.shape.is_compatible_with(value.shape):
                 raise ServingError(f"input {key!r}: shape {list(value.shape)} does not match the signature {spec.shape.as_list()}")
+            warn_non_finite(key, value)
             feed[key] = tf.constant(value)
         outputs = fn(**feed)
         names = list(outputs)
@@ -161,7 +210,7 @@ def _grpc_servicer_class():
             self._check_spec(request.model_spec, context)
             signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
             try:
-                inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+                inputs = {k: tensor_from_proto(k, v) for k, v in request.inputs.items()}
                 outputs = self.model.predict(inputs, signature, list(request.output_filter))
             except ServingError as e:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
@@ -284,6 +333,17 @@ def rest_predict_body(model: ServedModel, body: dict[str, Any]) -> dict[str, Any
     return {"outputs": {k: v.tolist() for k, v in outputs.items()}}
 
 
+def parse_json_body(data: bytes) -> Any:
+    """A request body's JSON (``null`` when empty); malformed or too deeply nested JSON is
+    a ServingError (400)."""
+    try:
+        return json.loads(data or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ServingError(f"malformed JSON: {e}") from None
+    except RecursionError:
+        raise ServingError("malformed JSON: nested too deeply") from None
+
+
 def _metadata_json(model: ServedModel) -> dict[str, Any]:
     signatures = {}
     for name in model.signatures:
@@ -297,6 +357,9 @@ def _metadata_json(model: ServedModel) -> dict[str, Any]:
 class _RestHandler(BaseHTTPRequestHandler):
     model: ServedModel  # set on the subclass made by start_rest_server
     server_version = "rskeras-serving"
+    # Seconds a connection may stay silent (a client that sends less than its
+    # Content-Length must not hold a server thread forever).
+    timeout = 30
 
     def log_message(self, format, *args):  # noqa: A002 (BaseHTTPRequestHandler API)
         logger.debug("%s %s", self.address_string(), format % args)
@@ -308,6 +371,23 @@ class _RestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+    def _read_body(self) -> bytes:
+        text = self.headers.get("Content-Length")
+        if text is None:
+            raise ServingError("the request has no Content-Length header", 411)
+        try:
+            length = int(text.strip())
+        except ValueError:
+            length = -1
+        if length < 0:
+            raise ServingError(f"invalid Content-Length {text!r} (expected a number of bytes >= 0)")
+        if length > MAX_REQUEST_BYTES:
+            raise ServingError(f"request body of {length} bytes is larger than the limit of {MAX_REQUEST_BYTES}", 413)
+        data = self.rfile.read(length)
+        if len(data) != length:
+            raise ServingError(f"request body ended after {len(data)} of its {length} bytes (Content-Length)")
+        return data
 
     def _check_model(self, name: str, version: str | None) -> None:
         if name != self.model.name:
@@ -335,11 +415,7 @@ class _RestHandler(BaseHTTPRequestHandler):
             if not match:
                 raise ServingError(f"unknown path {self.path} (expected /v1/models/<name>[/versions/<v>]:predict)", 404)
             self._check_model(match.group(1), match.group(2))
-            length = int(self.headers.get("Content-Length") or 0)
-            try:
-                body = json.loads(self.rfile.read(length) or b"null")
-            except json.JSONDecodeError as e:
-                raise ServingError(f"malformed JSON: {e}") from None
+            body = parse_json_body(self._read_body())
             self._send(200, rest_predict_body(self.model, body))
         except ServingError as e:
             self._send(e.code, {"error": str(e)})

@@ -31,9 +31,9 @@ import tensorflow as tf
 
 from rskeras.dataset.dataset import Dataset
 from rskeras.train import randomness
-from rskeras.train.dataset import DataInput, ModelDataset, SplitConfig
+from rskeras.train.dataset import DataInput, DataReadError, ModelDataset, SplitConfig
 from rskeras.train.input_cache import InputCache, MemoryCache
-from rskeras.train.raw_examples import FileCacheSource, HostReadSource, MemoryCacheSource, UnitSource, raw_examples
+from rskeras.train.raw_examples import FileCacheSource, HostReadSource, MemoryCacheSource, UnitSource, graph_fn, raw_examples
 from rskeras.train.tasks.task import Task
 
 logger = logging.getLogger(__name__)
@@ -79,9 +79,14 @@ class RslearnDataModule:
         skip_bad_windows: rskeras extension: skip windows that cannot be read (malformed
             metadata.json, missing or corrupt rasters, invalid GeoJSON, NaN pixels with
             ``check_nan``) with a warning naming them, instead of failing.
-        check_nan: rskeras extension: NaN pixels in raster inputs are bad input (error,
-            or skipped window with ``skip_bad_windows``). Off by default, as rslearn
-            passes NaN through (e.g. NaN elevation nodata for ElevationToSlopeAspect).
+        check_nan: rskeras extension: non-finite pixels (NaN, +-Inf) in raster inputs are
+            bad input (error, or skipped window with ``skip_bad_windows``). Off by default,
+            as rslearn passes NaN through (e.g. NaN elevation nodata for
+            ElevationToSlopeAspect); a non-finite training loss then names the windows
+            whose pixels were not finite.
+        strict: rskeras extension: a raster that does not cover its whole window (wrong
+            CRS or transform: the rest reads as nodata) is an error; by default a raster
+            covering none of its window is a warning naming the window.
     """
 
     def __init__(
@@ -107,6 +112,7 @@ class RslearnDataModule:
         cache_dir: str | None = None,
         skip_bad_windows: bool = False,
         check_nan: bool = False,
+        strict: bool = False,
     ):
         if not path:
             raise ValueError("path (the dataset root) is required")
@@ -135,6 +141,7 @@ class RslearnDataModule:
         self.cache_dir = cache_dir
         self.skip_bad_windows = skip_bad_windows
         self.check_nan = check_nan
+        self.strict = strict
         default = default_config or SplitConfig()
         self.split_configs = {
             stage: SplitConfig.merge_and_validate([default, cfg or SplitConfig()])
@@ -168,6 +175,7 @@ class RslearnDataModule:
                 dataset_source=self.name,
                 skip_bad_windows=self.skip_bad_windows,
                 check_nan=self.check_nan,
+                strict=self.strict,
                 map_all_crops=self.use_map_all_crops_dataset,
             )
             self._model_datasets[stage] = md
@@ -187,6 +195,24 @@ class RslearnDataModule:
             out.extend(md.bad_windows)
         return out
 
+    def non_finite_windows(self, stage: str = "train", budget_s: float = 60.0) -> tuple[dict[str, int], int, bool]:
+        """Windows of ``stage`` whose raster inputs hold non-finite pixels (NaN, +-Inf):
+        ``(window -> pixel count, windows checked, whether all were)``. The windows read so
+        far are known (``check_nan`` off: the reads record them); when none was recorded,
+        the split's windows are read again, for at most ``budget_s`` seconds."""
+        md = self.model_dataset(stage)
+        if md.checks.non_finite:
+            return dict(md.checks.non_finite), len(md.windows), True
+        start = time.monotonic()
+        for wi in range(len(md.windows)):
+            if time.monotonic() - start > budget_s:
+                return dict(md.checks.non_finite), wi, False
+            try:
+                md.cache_unit(wi)
+            except Exception:  # noqa: BLE001 - unreadable windows are another error
+                continue
+        return dict(md.checks.non_finite), len(md.windows), True
+
     def cache_description(self, stage: str) -> dict[str, Any]:
         md = self.model_dataset(stage)
         return {
@@ -196,6 +222,7 @@ class RslearnDataModule:
             "split": md.split.describe(),
             "map_all_crops": md.map_all_crops,
             "check_nan": md.check_nan,
+            **({"strict": True} if md.checks.strict else {}),
         }
 
     def build_cache(self, stage: str, progress: bool = True) -> tuple[list[str], list[int]]:
@@ -304,10 +331,10 @@ class RslearnDataModule:
         train = stage == "train"
         parallel = self.num_workers if self.num_workers > 0 else tf.data.AUTOTUNE
         run_seed = self._run_seed(stage)
-        process = self._process_fn(md)
+        process = graph_fn(self._process_fn(md))
         if run_seed is not None:  # reproducible transforms: per-element stateless draws
             ds = randomness.with_element_seeds(ds, run_seed, 2)
-            process = randomness.seeded(process)
+            process = graph_fn(randomness.seeded(self._process_fn(md)))
         ordered = not train or run_seed is not None
         ds = ds.map(process, num_parallel_calls=parallel, deterministic=ordered)
         if not with_metadata:
@@ -327,12 +354,15 @@ class RslearnDataModule:
         transforms (what rslearn's ``get_raw_inputs`` returns, per crop)."""
         md = self.model_dataset(stage)
         if len(md) == 0:
-            raise ValueError(f"the {stage} split of dataset {self.path} has no examples (check groups/tags/required inputs)")
+            raise DataReadError(
+                f"the {stage} split of dataset {self.path} has no examples (check {stage}_config / default_config: "
+                "groups, names, tags, and the windows' completed required inputs)"
+            )
         train = stage == "train"
         shuffle = train if shuffle is None else shuffle
         source = self.unit_source(stage)
         if len(source.ids) == 0:
-            raise ValueError(f"the {stage} split of dataset {self.path} has no readable windows ({len(source.bad)} bad)")
+            raise DataReadError(f"the {stage} split of dataset {self.path} has no readable windows ({len(source.bad)} bad)")
         return raw_examples(
             source,
             shuffle=shuffle,

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import threading
 import warnings
 from typing import Any
 
@@ -42,9 +43,9 @@ from rskeras.config.dataset import DType, LayerConfig
 from rskeras.dataset.dataset import Dataset
 from rskeras.dataset.window import Window, WindowError, parse_layer_dir_name, parse_time
 from rskeras.train.model_context import SampleMetadata
-from rskeras.utils.feature import Feature, features_to_tensors
+from rskeras.utils.feature import Feature, features_to_tensors, utf8_array
 from rskeras.utils.geometry import PixelBounds, ResolutionFactor
-from rskeras.utils.raster_format import RasterReadError, read_geotiff, read_timestep_metadata
+from rskeras.utils.raster_format import RasterReadError, read_geotiff_coverage, read_timestep_metadata
 from rskeras.utils.vector_format import VectorReadError, geojson_coordinate_mode, read_features_for_window
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,104 @@ logger = logging.getLogger(__name__)
 
 class DataReadError(ValueError):
     """Reading one input of one window failed; the message names window, input and layer."""
+
+
+# Warnings about one kind of suspicious read are logged for this many windows, then at
+# every power of ten (with the running count).
+WARN_FIRST = 5
+
+
+class ReadChecks:
+    """The checks made on raster values as they are read, and what they found
+    (shared by the reading threads of one split).
+
+    * dtype: a GeoTIFF whose values do not fit the band set's dtype in config.json (e.g.
+      float64 values in the millions for ``uint16``) is an error; a different but fitting
+      dtype is a warning (once per layer and dtype).
+    * coverage: a GeoTIFF that covers none of the window (another CRS, or a transform
+      elsewhere: the input reads as nodata) is a warning naming the window and the
+      fraction covered; with ``strict`` any window not fully covered is an error.
+    * non-finite pixels (NaN, +-Inf): an error with ``check_nan``; otherwise the windows
+      holding them are recorded (:attr:`non_finite`), so that a non-finite loss can
+      name them.
+    """
+
+    def __init__(self, check_nan: bool = False, strict: bool = False):
+        self.check_nan = check_nan
+        self.strict = strict
+        self.non_finite: dict[str, int] = {}
+        self.uncovered: dict[str, float] = {}
+        self._dtype_warned: set[tuple[str, str, str]] = set()
+        self._lock = threading.Lock()
+
+    def dtype(self, where: str, path: str, layer: str, data: np.ndarray, band_set) -> None:
+        expected = np.dtype(band_set.numpy_dtype)
+        if data.dtype == expected or data.size == 0:
+            return
+        if np.issubdtype(expected, np.integer):
+            info = np.iinfo(expected)
+            finite = bool(np.isfinite(data).all()) if data.dtype.kind == "f" else True
+            lo, hi = (data.min(), data.max()) if finite else (None, None)
+            fits = finite and lo >= info.min and hi <= info.max and (data.dtype.kind != "f" or bool((data == np.round(data)).all()))
+        else:
+            finite_values = data[np.isfinite(data)] if data.dtype.kind == "f" else data
+            lo, hi = (finite_values.min(), finite_values.max()) if finite_values.size else (0, 0)
+            fits = bool(np.abs(finite_values).max(initial=0) <= np.finfo(expected).max)
+        if not fits:
+            span = f"values {lo:g} to {hi:g}" if lo is not None else "non-finite values"
+            raise DataReadError(
+                f"{where}: {path} stores {data.dtype.name} pixels but config.json declares band set "
+                f"{band_set.bands} as {expected.name}: {span} do not fit {expected.name} (wrong file, or wrong dtype in config.json)"
+            )
+        key = (layer, str(band_set.bands), data.dtype.name)
+        with self._lock:
+            if key in self._dtype_warned:
+                return
+            self._dtype_warned.add(key)
+        logger.warning(
+            "%s: %s stores %s pixels, config.json declares %s for band set %s (values fit; further windows of this layer not reported)",
+            where,
+            path,
+            data.dtype.name,
+            expected.name,
+            band_set.bands,
+        )
+
+    def coverage(self, where: str, window_label: str, path: str, fraction: float | None, window_crs: str, file_crs: Any) -> None:
+        if fraction is None or fraction >= 1.0 - 1e-9:
+            return
+        detail = f"{path} covers {fraction:.0%} of the window (file CRS {file_crs}, window CRS {window_crs}): the rest reads as nodata"
+        if self.strict:
+            raise DataReadError(f"{where}: {detail} (strict is set)")
+        if fraction > 0:
+            logger.debug("%s: %s", where, detail)
+            return
+        with self._lock:
+            self.uncovered[window_label] = fraction
+            count = len(self.uncovered)
+        if count <= WARN_FIRST or _power_of_ten(count):
+            logger.warning("%s: %s [%d window(s) so far; set strict to make this an error]", where, detail, count)
+
+    def non_finite_values(self, where: str, window_label: str, image: np.ndarray) -> None:
+        if image.dtype.kind != "f" or image.size == 0:
+            return
+        finite = np.isfinite(image)
+        if finite.all():
+            return
+        nan = int(np.isnan(image).sum())
+        pos = int(np.isposinf(image).sum())
+        neg = int(np.isneginf(image).sum())
+        if self.check_nan:
+            parts = [f"{n} {name}" for n, name in ((nan, "NaN"), (pos, "+Inf"), (neg, "-Inf")) if n]
+            raise DataReadError(f"{where}: {', '.join(parts)} pixel values (check_nan is set)")
+        with self._lock:
+            self.non_finite[window_label] = self.non_finite.get(window_label, 0) + nan + pos + neg
+
+
+def _power_of_ten(n: int) -> bool:
+    while n >= 10 and n % 10 == 0:
+        n //= 10
+    return n == 1
 
 
 # ---- DataInput --------------------------------------------------------------------------
@@ -582,9 +681,15 @@ def read_raster_group(
     region: PixelBounds,
     data_input: DataInput,
     strict: bool = True,
+    checks: ReadChecks | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """One item group over ``region`` (window grid): (``[T, H, W, C]`` in the input's
-    dtype at its resolution factor, timestamps float64 ``[T, 2]`` or None)."""
+    dtype at its resolution factor, timestamps float64 ``[T, 2]`` or None).
+
+    ``strict``: the region must be divisible by the resolution factor's denominator.
+    ``checks``: the value checks to apply (:class:`ReadChecks`; default: dtype only).
+    """
+    checks = checks or ReadChecks()
     where = f"window {window.label}, input {key}, layer {layer}" + (f".{group_idx}" if group_idx else "")
     layer_config: LayerConfig | None = dataset.layers.get(layer)
     if layer_config is None:
@@ -616,10 +721,14 @@ def read_raster_group(
         t = sidecar["num_timesteps"] if sidecar and sidecar.get("num_timesteps") else 1
         # File band index c*T + t (channel-major), 1-based for rasterio.
         indexes = [src_c * t + ts + 1 for _, src_c in wanted for ts in range(t)]
+        path = f"{raster_dir}/geotiff.tif"
         try:
-            data = read_geotiff(f"{raster_dir}/geotiff.tif", projection, target, indexes)
+            data, covered = read_geotiff_coverage(path, projection, target, indexes)
         except RasterReadError as e:
             raise DataReadError(f"{where}: {e}") from None
+        checks.dtype(where, path, layer, data, band_set)
+        if covered is not None and covered < 1.0:
+            checks.coverage(where, window.label, path, covered, projection.crs, _file_crs(path))
         data = data.reshape(len(wanted), t, height, width)
         if out is None:
             out = np.zeros((t, height, width, len(bands)), dtype=dtype)
@@ -650,6 +759,16 @@ def read_raster_group(
     return out, timestamps
 
 
+def _file_crs(path: str) -> str:
+    import rasterio
+
+    try:
+        with rasterio.open(path) as src:
+            return str(src.crs)
+    except Exception:  # noqa: BLE001 - only for a message
+        return "unknown"
+
+
 def read_vector_group(dataset: Dataset, window: Window, key: str, layer: str, group_idx: int) -> list[Feature]:
     """Features of one vector item group intersecting the window (window pixel coords)."""
     where = f"window {window.label}, input {key}, layer {layer}" + (f".{group_idx}" if group_idx else "")
@@ -678,8 +797,10 @@ class ModelDataset:
         dataset_source: data module ``name`` (SampleMetadata.dataset_source).
         skip_bad_windows: skip windows that cannot be read (malformed metadata.json,
             missing/corrupt files, ...) with a warning instead of raising.
-        check_nan: treat NaN pixels in raster inputs as bad input (error, or skipped
-            window with ``skip_bad_windows``).
+        check_nan: treat non-finite pixels (NaN, +-Inf) in raster inputs as bad input
+            (error, or skipped window with ``skip_bad_windows``).
+        strict: a raster that does not cover its whole window is an error (default: a
+            warning when it covers none of it); see :class:`ReadChecks`.
         map_all_crops: read each crop of ``load_all_crops`` from disk (rslearn's
             ``use_map_all_crops_dataset``) instead of slicing it from the whole window.
     """
@@ -695,6 +816,7 @@ class ModelDataset:
         skip_bad_windows: bool = False,
         check_nan: bool = False,
         map_all_crops: bool = False,
+        strict: bool = False,
     ):
         self.dataset = dataset
         self.split = split
@@ -705,6 +827,7 @@ class ModelDataset:
         self.dataset_source = dataset_source
         self.skip_bad_windows = skip_bad_windows
         self.check_nan = check_nan
+        self.checks = ReadChecks(check_nan=check_nan, strict=strict)
         self.bad_windows: list[tuple[str, str]] = []
         self.bands = {k: di.resolve_bands(dataset) for k, di in self.inputs.items() if di.data_type == "raster"}
         self.crop_size = split.get_crop_size()
@@ -851,12 +974,9 @@ class ModelDataset:
     ) -> dict[str, Any]:
         parts, stamps, group_t = [], [], [0]
         for layer, idx in groups:
-            image, ts = read_raster_group(self.dataset, window, key, layer, idx, self.bands[key], region, di, strict)
-            if self.check_nan and image.dtype.kind == "f" and np.isnan(image).any():
-                raise DataReadError(
-                    f"window {window.label}, input {key}, layer {layer}{'.' + str(idx) if idx else ''}: "
-                    f"{int(np.isnan(image).sum())} NaN pixel values (check_nan is set)"
-                )
+            image, ts = read_raster_group(self.dataset, window, key, layer, idx, self.bands[key], region, di, strict, self.checks)
+            where = f"window {window.label}, input {key}, layer {layer}{'.' + str(idx) if idx else ''}"
+            self.checks.non_finite_values(where, window.label, image)
             parts.append(image)
             stamps.append(ts if ts is not None else np.full((image.shape[0], 2), np.nan))
             group_t.append(group_t[-1] + image.shape[0])
@@ -1031,8 +1151,8 @@ class ModelDataset:
         """Per-window metadata columns (indexed by window index in the graph)."""
         n = len(self.windows)
         return {
-            "group": np.asarray([w.group for w in self.windows] or [""], dtype=object).astype(bytes),
-            "name": np.asarray([w.name for w in self.windows] or [""], dtype=object).astype(bytes),
+            "group": utf8_array([w.group for w in self.windows] or [""]),
+            "name": utf8_array([w.name for w in self.windows] or [""]),
             "bounds": np.asarray([w.bounds for w in self.windows] or [(0, 0, 0, 0)], np.int64).reshape(max(n, 1), 4),
         }
 
@@ -1068,6 +1188,7 @@ __all__ = [
     "DataInput",
     "DataReadError",
     "ModelDataset",
+    "ReadChecks",
     "RandomSamplerFactory",
     "SplitConfig",
     "WeightedRandomSamplerFactory",

@@ -84,7 +84,7 @@ class SampleMetadata:
 
         def text(key):
             v = get(key)
-            return v.decode() if isinstance(v, bytes) else str(v)
+            return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 
         source = text("dataset_source") if "dataset_source" in md else ""
         return cls(

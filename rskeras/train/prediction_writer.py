@@ -314,14 +314,17 @@ def iterate_with_outputs(lm: Any, data: Any, stage: str, limit: int | None = Non
     """Yields (inputs, targets, outputs, metadata) numpy batches of ``stage``."""
     from tqdm import tqdm
 
+    from rskeras.train.host_calls import surface_errors
+
     run = model_outputs_fn(lm)
     ds = data.tf_dataset(stage, with_metadata=True, shuffle=False)
     if limit is not None:
         ds = ds.take(limit)
     total = data.num_batches(stage) if limit is None else min(limit, data.num_batches(stage))
-    for inputs, targets, metadata in tqdm(ds, total=total, desc=desc or stage, unit="batch"):
-        outputs = run(inputs)
-        yield inputs, targets, outputs, metadata
+    with surface_errors():  # a window that cannot be read: its DataReadError
+        for inputs, targets, metadata in tqdm(ds, total=total, desc=desc or stage, unit="batch"):
+            outputs = run(inputs)
+            yield inputs, targets, outputs, metadata
 
 
 def run_predict(trainer: Trainer, lm: RslearnLightningModule, data: RslearnDataModule) -> list[RslearnWriter]:

@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from rskeras.train import randomness
 from rskeras.train.dataset import ModelDataset
+from rskeras.train.host_calls import host_call
 from rskeras.train.input_cache import MemoryCache, parse_unit
 
 
@@ -63,11 +64,18 @@ def slice_region(image: tf.Tensor, y0: tf.Tensor, x0: tf.Tensor, h: int | tf.Ten
     return padded[:, :h, :w, :]
 
 
+# The pipeline's map functions (tasks' process_inputs, transforms, unit slicing) are
+# graph-mode TF without Python control flow on tensors (docs/design.md), so AutoGraph's
+# source conversion, which took most of the time a pipeline takes to build, is skipped.
+graph_fn = tf.autograph.experimental.do_not_convert
+
+
 def py_unit(md: ModelDataset, fn: Callable[..., Any]) -> Callable[..., Any]:
     """A graph function (args int64 scalars) calling ``fn(*python ints) -> unit`` on the host."""
     signature = md.unit_signature()
     flat_specs = tf.nest.flatten(signature)
 
+    @host_call  # errors surfaced by surface_errors; no hang at exit (rskeras.train.host_calls)
     def call(*args):
         unit = fn(*[int(a.numpy()) for a in args])
         return [np.asarray(v) for v in tf.nest.flatten(unit)]
@@ -395,20 +403,20 @@ def raw_examples(
     if run_seed is not None and not source.deterministic:
         ds = randomness.with_element_seeds(ds, run_seed, 1)
         element = randomness.seeded(element)
-    ds = ds.map(element, num_parallel_calls=parallel, deterministic=ordered)
+    ds = ds.map(graph_fn(element), num_parallel_calls=parallel, deterministic=ordered)
     if source.filters_lazily:
         ds = ds.filter(_unit_ok)
     if source.per_window:
 
         def expand(element):
             count = tf.shape(element["unit"]["crops"], out_type=tf.int64)[0]
-            return tf.data.Dataset.range(count).map(lambda k: example(crop_element(element, k)))
+            return tf.data.Dataset.range(count).map(graph_fn(lambda k: example(crop_element(element, k))))
 
-        ds = ds.flat_map(expand)
+        ds = ds.flat_map(graph_fn(expand))
         if crop_shuffle_buffer:
             ds = ds.shuffle(crop_shuffle_buffer, seed=seed)
     else:
-        ds = ds.map(example, num_parallel_calls=parallel, deterministic=ordered)
+        ds = ds.map(graph_fn(example), num_parallel_calls=parallel, deterministic=ordered)
     # Tell Keras the epoch length when it is known up front (no lazy bad-window
     # filtering): progress bars and steps work from the first epoch.
     if not source.filters_lazily:

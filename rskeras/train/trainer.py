@@ -20,6 +20,7 @@ cannot honour is an error naming ``trainer.<key>``, never silently ignored.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -37,12 +38,24 @@ from rskeras.train.callbacks.checkpointing import (
     BestLastCheckpoint,
     ManagedBestLastCheckpoint,
     load_training_checkpoint,
+    read_training_state,
     save_training_checkpoint,
 )
 from rskeras.train.callbacks.lightning import ModelCheckpoint, TQDMProgressBar
 from rskeras.train.distribute import worker_info
+from rskeras.train.host_calls import surface_errors
+from rskeras.train.run_dir import (
+    clear_fit_state,
+    disk_full_as_error,
+    fit_state_path,
+    lock_run_dir,
+    read_fit_state,
+    remove_leftovers,
+    write_fit_state,
+)
 from rskeras.train.loggers import Logger, MetricsFileLogger, TensorBoardLogger
 from rskeras.train.optimizer import TorchAdamW, to_numpy, unwrap_optimizer
+from rskeras.weights.errors import CheckpointError
 from rskeras.weights.restore import load_torch_weights, restore_from_config
 
 logger = logging.getLogger(__name__)
@@ -91,6 +104,24 @@ def check_unsupported_arguments(arguments: dict[str, Any]) -> None:
 
 class NonFiniteLossError(RuntimeError):
     """A training loss became NaN or infinite; the message names the step and the loss term."""
+
+
+def non_finite_inputs_note(dm) -> str:
+    """What a non-finite-loss error adds about the inputs: the windows whose raster pixels
+    were not finite (NaN, +-Inf), or that none were found."""
+    try:
+        found, checked, complete = dm.non_finite_windows("train")
+    except Exception as e:  # noqa: BLE001 - a note must not hide the error it annotates
+        return f"(the inputs could not be checked for non-finite pixels: {e})"
+    if found:
+        names = sorted(found)
+        listed = ", ".join(f"{n} ({found[n]} px)" for n in names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        return (
+            f"Non-finite input pixels (NaN/Inf) are in {len(names)} train window(s): {listed}; set "
+            "data.init_args.check_nan: true to stop at such windows (or skip_bad_windows: true to skip them)."
+        )
+    scope = f"all {checked} train windows" if complete else f"{checked} train windows (the check's time ran out)"
+    return f"No non-finite input pixels in {scope}: the loss itself diverged (a lower learning rate or gradient_clip_val may help)."
 
 
 def warn_if_cpu_replicas_with_onednn(strategy: tf.distribute.Strategy, batch_size: int) -> None:
@@ -573,8 +604,9 @@ class Trainer:
         """Trains ``lm`` on ``dm``; resumes from the backup of an interrupted run of the same
         root, else from ``ckpt_path``; applies ``lm.restore_config`` on a fresh fit."""
         self.lm = lm
-        os.makedirs(self.root, exist_ok=True)
+        self.lock_run_dir()
         self._prepare_callbacks()
+        remove_leftovers(self.root, [c.dirpath for c in self.checkpoint_callbacks() if getattr(c, "dirpath", None)])
         for c in self.callbacks:
             if isinstance(c, Callback):
                 c.setup(self, lm)
@@ -585,6 +617,11 @@ class Trainer:
             lm.lr_scheduler = factory.build(unwrap_optimizer(lm.optimizer)) if factory is not None else None
             initial_epoch = 0
             resume = self.backup_path if self.backup_and_restore and os.path.exists(self.backup_path) else ckpt_path
+            finished = read_fit_state(self.root) if self.backup_and_restore else None
+            if finished is not None:
+                resume = self._after_finished_fit(lm, dm, finished, resume)
+                if resume is None:
+                    return keras.callbacks.History()
             if resume:
                 initial_epoch = self.resume(lm, resume)
             elif getattr(lm, "restore_config", None) is not None:
@@ -604,26 +641,96 @@ class Trainer:
         if val is not None and self.num_sanity_val_steps != 0:
             available = self.steps(dm, "val") or dm.num_batches("val")
             sanity = available if self.num_sanity_val_steps < 0 else min(self.num_sanity_val_steps, available)
-            lm.evaluate(val.take(sanity), verbose=0)
+            with surface_errors():
+                lm.evaluate(val.take(sanity), verbose=0)
         epochs = self._num_epochs(dm)
         start = time.time()
-        history = lm.fit(
-            train,
-            validation_data=val,
-            epochs=epochs,
-            initial_epoch=initial_epoch,
-            validation_freq=self.check_val_every_n_epoch,
-            callbacks=self._fit_callbacks(),
-            shuffle=False,  # tf.data shuffles the train split itself
-            verbose=(1 if self.enable_progress_bar else 2) if self.is_chief else 0,
-        )
+        try:
+            with surface_errors(), disk_full_as_error(self.root):
+                history = lm.fit(
+                    train,
+                    validation_data=val,
+                    epochs=epochs,
+                    initial_epoch=initial_epoch,
+                    validation_freq=self.check_val_every_n_epoch,
+                    callbacks=self._fit_callbacks(),
+                    shuffle=False,  # tf.data shuffles the train split itself
+                    verbose=(1 if self.enable_progress_bar else 2) if self.is_chief else 0,
+                )
+        except NonFiniteLossError as e:
+            raise NonFiniteLossError(f"{e} {non_finite_inputs_note(dm)}") from None
         if history.epoch:
             logger.info("fit: epochs %d..%d in %.1fs", history.epoch[0], history.epoch[-1], time.time() - start)
         else:
             logger.info("fit: nothing to train (resumed at epoch %d of max_epochs=%d)", initial_epoch, epochs)
+        if self.backup_and_restore:
+            self._record_finished_fit(lm, epochs)
         if self.backup_and_restore and os.path.exists(os.path.dirname(self.backup_path)):
             shutil.rmtree(os.path.dirname(self.backup_path), ignore_errors=True)
         return history
+
+    # ---- the run directory (rskeras.train.run_dir) ---------------------------------------
+
+    def lock_run_dir(self) -> None:
+        """Takes this fit's lock on the run directory (refused while another fit holds
+        it; kept until the process ends). ``fit`` takes it; the CLI takes it earlier,
+        before writing anything there."""
+        lock_run_dir(self.root)
+
+    def _final_checkpoints(self) -> dict[str, int]:
+        """Checkpoint files the callbacks wrote -> the epoch their training state records."""
+        out: dict[str, int] = {}
+        for c in self.checkpoint_callbacks():
+            for attr in ("last_path", "best_path", "last_model_path", "best_model_path"):
+                path = getattr(c, attr, None)
+                if path and os.path.isfile(path) and path not in out:
+                    with contextlib.suppress(ValueError, OSError):
+                        out[path] = int((read_training_state(path) or {}).get("epoch", -1))
+        return out
+
+    def _record_finished_fit(self, lm, epochs: int) -> None:
+        """Writes ``fit_state.json``: this fit finished (when a checkpoint holds its weights)."""
+        checkpoints = self._final_checkpoints()
+        if not checkpoints:
+            return
+        final = max(checkpoints, key=lambda p: (checkpoints[p], os.path.basename(p).startswith("last")))
+        write_fit_state(
+            self.root,
+            {
+                "epoch": checkpoints[final],
+                "global_step": self.global_step(),
+                "max_epochs": epochs,
+                "max_steps": self.max_steps,
+                "checkpoints": checkpoints,
+                "final_checkpoint": final,
+                "best_checkpoint": self.best_checkpoint(),
+            },
+        )
+
+    def _after_finished_fit(self, lm, dm, state: dict[str, Any], resume: str | None) -> str | None:
+        """A fit of this run directory finished before: returns None after loading its
+        final weights (nothing to train), or the checkpoint to continue from when this
+        fit asks for more epochs or steps."""
+        final = state.get("final_checkpoint")
+        if not final or not os.path.isfile(final):
+            logger.warning("%s: the finished fit's checkpoint %s is gone; training afresh", fit_state_path(self.root), final)
+            clear_fit_state(self.root)
+            return resume
+        epochs = self._num_epochs(dm)
+        more_epochs = epochs > int(state.get("max_epochs") or 0)
+        more_steps = self.max_steps != -1 and (int(state.get("max_steps", -1)) == -1 or self.max_steps > int(state["max_steps"]))
+        if more_epochs or more_steps:
+            logger.info("the fit in %s finished; this one asks for more (max_epochs %s, max_steps %s): continuing from %s", self.root, epochs, self.max_steps, final)
+            clear_fit_state(self.root)
+            return resume if resume == self.backup_path else final
+        load_training_checkpoint(lm, final, with_optimizer=False)
+        self._finished_best = state.get("best_checkpoint")
+        print(
+            f"fit in {self.root} already finished (epoch {state.get('epoch')}, global step {state.get('global_step')}): "
+            f"not training again; weights from {final}. To train afresh, delete {fit_state_path(self.root)} "
+            "or set another trainer.default_root_dir"
+        )
+        return None
 
     def resume(self, lm, path: str) -> int:
         """Loads a checkpoint for fit; returns the first epoch to run."""
@@ -632,8 +739,8 @@ class Trainer:
                 state = load_training_checkpoint(lm, path, with_optimizer=True)
             except ValueError as e:
                 if path == self.backup_path:
-                    raise ValueError(
-                        f"{e}\nThis is the backup of an interrupted run with another configuration; delete "
+                    raise CheckpointError(
+                        f"{e}; this is the backup of an interrupted run with another configuration: delete "
                         f"{os.path.dirname(path)} to start afresh"
                     ) from None
                 raise
@@ -650,12 +757,14 @@ class Trainer:
         return 0
 
     def best_checkpoint(self) -> str | None:
-        """The best checkpoint written by the checkpoint callbacks, if any."""
+        """The best checkpoint written by the checkpoint callbacks (or by the finished fit
+        this one found in the run directory), if any."""
         for c in self.checkpoint_callbacks():
             path = c.best_path if isinstance(c, BestLastCheckpoint) else c.best_model_path
             if path and os.path.exists(path):
                 return path
-        return None
+        finished = getattr(self, "_finished_best", None)
+        return finished if finished and os.path.exists(finished) else None
 
     # ---- evaluation ---------------------------------------------------------------------
 
@@ -667,9 +776,10 @@ class Trainer:
                 c.dirpath = self.root
         prefix = "val" if stage == "val" else "test"
         self.configure_jit(lm)
-        logs = lm.evaluate(
-            self.limited(dm.tf_dataset(stage), dm, stage),
-            return_dict=True,
-            verbose=(1 if self.enable_progress_bar else 0) if self.is_chief else 0,
-        )
+        with surface_errors():
+            logs = lm.evaluate(
+                self.limited(dm.tf_dataset(stage), dm, stage),
+                return_dict=True,
+                verbose=(1 if self.enable_progress_bar else 0) if self.is_chief else 0,
+            )
         return {f"{prefix}_{k}": float(v) for k, v in logs.items()}

@@ -39,6 +39,17 @@ def property_text(value: Any) -> str:
     return str(value)
 
 
+def utf8_array(texts: list[str]):
+    """A 1-D array of the UTF-8 encodings of ``texts`` (what ``tf.string`` holds). Unlike
+    numpy's ``astype(bytes)``, any Unicode text works (window names, class names)."""
+    import numpy as np
+
+    out = np.empty((len(texts),), dtype=object)
+    for i, text in enumerate(texts):
+        out[i] = text.encode("utf-8")
+    return out if len(texts) else np.zeros((0,), dtype=bytes)
+
+
 def features_to_tensors(features: list[Feature], property_names: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """Converts features to the raw vector-input form (numpy arrays, see docs/design.md).
 
@@ -60,9 +71,7 @@ def features_to_tensors(features: list[Feature], property_names: list[str] | tup
     props, has = {}, {}
     for name in property_names:
         has[name] = np.array([name in f.properties for f in features], dtype=bool)
-        props[name] = np.array(
-            [property_text(f.properties[name]) if name in f.properties else "" for f in features], dtype=object
-        ).astype(bytes) if n else np.zeros((0,), dtype=bytes)
+        props[name] = utf8_array([property_text(f.properties[name]) if name in f.properties else "" for f in features])
     return {
         "bounds": bounds,
         "centroid": centroid,

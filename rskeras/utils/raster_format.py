@@ -56,6 +56,15 @@ def read_geotiff(path: str, projection: Projection, bounds: PixelBounds, band_in
     through a ``WarpedVRT`` (its own georeference, e.g. a band set stored at another
     zoom offset, decides where each pixel lands).
     """
+    return read_geotiff_coverage(path, projection, bounds, band_indexes)[0]
+
+
+def read_geotiff_coverage(
+    path: str, projection: Projection, bounds: PixelBounds, band_indexes: list[int] | None = None
+) -> tuple[np.ndarray, float | None]:
+    """:func:`read_geotiff`, and the fraction of ``bounds`` that the file covers (0: the
+    whole result is fill, e.g. a file in another CRS or with a transform elsewhere; None
+    when it cannot be computed)."""
     width, height = bounds[2] - bounds[0], bounds[3] - bounds[1]
     try:
         with rasterio.open(path) as src:
@@ -70,12 +79,15 @@ def read_geotiff(path: str, projection: Projection, bounds: PixelBounds, band_in
                 out = np.full((len(indexes), height, width), fill, dtype=dtype)
                 c0, r0 = max(col, 0), max(row, 0)
                 c1, r1 = min(col + width, src.width), min(row + height, src.height)
+                covered = 0.0
                 if c1 > c0 and r1 > r0:
                     window = rasterio.windows.Window(c0, r0, c1 - c0, r1 - r0)
                     out[:, r0 - row : r1 - row, c0 - col : c1 - col] = src.read(indexes, window=window)
-                return out
+                    covered = (c1 - c0) * (r1 - r0) / max(width * height, 1)
+                return out, covered
             if src.crs is None:
                 raise RasterReadError(f"raster {path} has no CRS and is not on the window grid")
+            covered = _warped_coverage(src, projection, bounds)
             with rasterio.vrt.WarpedVRT(
                 src,
                 crs=projection.rasterio_crs,
@@ -85,13 +97,31 @@ def read_geotiff(path: str, projection: Projection, bounds: PixelBounds, band_in
                 resampling=NEAREST,
                 nodata=fill,
             ) as vrt:
-                return vrt.read(indexes)
+                return vrt.read(indexes), covered
     except RASTER_ERRORS as e:
         detail = str(e)
         cause = e.__cause__ or e.__context__
         if cause is not None and str(cause) and str(cause) not in detail:
             detail += f" ({cause})"
         raise RasterReadError(f"cannot read raster {path}: {detail}") from None
+
+
+def _warped_coverage(src, projection: Projection, bounds: PixelBounds) -> float | None:
+    """The fraction of ``bounds`` inside the bounding box of the file's footprint in the
+    target CRS (an upper bound of what the warp fills; None if it cannot be computed)."""
+    import rasterio.warp
+
+    try:
+        left, bottom, right, top = rasterio.warp.transform_bounds(src.crs, projection.rasterio_crs, *src.bounds, densify_pts=21)
+    except Exception:  # noqa: BLE001 - the file's extent has no place in the target CRS
+        return 0.0
+    xs = sorted((left / projection.x_resolution, right / projection.x_resolution))
+    ys = sorted((bottom / projection.y_resolution, top / projection.y_resolution))
+    if not all(math.isfinite(v) for v in xs + ys):
+        return 0.0
+    w = max(0.0, min(xs[1], bounds[2]) - max(xs[0], bounds[0]))
+    h = max(0.0, min(ys[1], bounds[3]) - max(ys[0], bounds[1]))
+    return min(1.0, w * h / max((bounds[2] - bounds[0]) * (bounds[3] - bounds[1]), 1))
 
 
 def read_timestep_metadata(raster_dir: str) -> dict[str, Any] | None:

@@ -71,9 +71,31 @@ def parse_geometry(d: Any, where: str) -> shapely.Geometry:
         geom = shapely.geometry.shape(d)
     except Exception as e:  # shapely raises ValueError/TypeError/GEOSException/KeyError...
         raise VectorReadError(f"{where}: invalid geometry {type(e).__name__}: {e}") from None
-    if not geom.is_valid:
-        geom = shapely.validation.make_valid(geom)
+    check_coordinates(geom, where)
+    try:
+        if not geom.is_valid:
+            geom = shapely.validation.make_valid(geom)
+    except Exception as e:  # GEOS failures on degenerate geometries
+        raise VectorReadError(f"{where}: invalid geometry {type(e).__name__}: {e}") from None
     return geom
+
+
+# Coordinates beyond this magnitude (in any unit: pixels, metres, degrees) are no place
+# on Earth; they overflow once converted to pixels or to float32/int64.
+MAX_COORDINATE = 1e12
+
+
+def check_coordinates(geom: shapely.Geometry, where: str) -> None:
+    """Raises VectorReadError naming ``where`` for non-finite (NaN, Infinity) or absurdly
+    large (beyond :data:`MAX_COORDINATE`) coordinates."""
+    coords = shapely.get_coordinates(geom)
+    if coords.size == 0:
+        return
+    if not np.isfinite(coords).all():
+        raise VectorReadError(f"{where}: non-finite coordinate {coords[~np.isfinite(coords).all(axis=1)][0].tolist()}")
+    largest = float(np.abs(coords).max())
+    if largest > MAX_COORDINATE:
+        raise VectorReadError(f"{where}: coordinate {largest:g} is out of range (|coordinate| > {MAX_COORDINATE:g})")
 
 
 def read_geojson(path: str) -> tuple[Projection, list[Feature]]:
@@ -112,6 +134,7 @@ def read_features_for_window(path: str, projection: Projection, bounds: PixelBou
             hit = geom.intersects(box)
         except Exception as e:  # pyproj / GEOS failures on odd geometries
             raise VectorReadError(f"{path}: feature {i}: cannot project/intersect geometry: {e}") from None
+        check_coordinates(geom, f"{path}: feature {i} (in window pixel coordinates)")
         if hit:
             out.append(Feature(geom, feature.properties))
     return out

@@ -47,29 +47,75 @@ _NUMPY_TO_SAFETENSORS = {np.dtype(v): k for k, v in _SAFETENSORS_DTYPES.items() 
 # ---- safetensors ------------------------------------------------------------------------
 
 
+# The largest safetensors header accepted (the JSON index of the tensors).
+MAX_SAFETENSORS_HEADER = 100 * 2**20
+
+
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
-    """Reads a ``.safetensors`` file into numpy arrays (no package needed)."""
+    """Reads a ``.safetensors`` file into numpy arrays (no package needed).
+
+    The header is validated against the file before anything is allocated: its length,
+    every tensor's dtype, shape and ``data_offsets`` (inside the data section, matching
+    the shape); a malformed file raises CheckpointError naming the file and the tensor.
+    """
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) != 8:
-            raise CheckpointError(f"{path}: too short for a safetensors file")
+            raise CheckpointError(f"{path}: too short for a safetensors file ({size} bytes)")
         (length,) = struct.unpack("<Q", head)
-        header = json.loads(f.read(length))
-        data = f.read()
+        if length > size - 8 or length > MAX_SAFETENSORS_HEADER:
+            raise CheckpointError(f"{path}: malformed safetensors file: the header claims {length} bytes, the file has {size - 8} after the length field")
+        try:
+            header = json.loads(f.read(length))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise CheckpointError(f"{path}: malformed safetensors header: {e}") from None
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{path}: malformed safetensors header: not a JSON object")
+        data_size = size - 8 - length
+        entries = []
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            entries.append((key, _safetensors_entry(path, key, info, data_size)))
+        data = f.read(data_size)
     out = {}
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
-        if dtype is None:
-            raise CheckpointError(f"{path}: tensor {key} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
+    for key, (dtype, shape, start, end) in entries:
         if dtype == "bfloat16":
             array = bfloat16_to_float32(np.frombuffer(data[start:end], "<u2"))
         else:
             array = np.frombuffer(data[start:end], np.dtype(dtype).newbyteorder("<")).astype(dtype)
-        out[key] = array.reshape(tuple(info["shape"]))
+        out[key] = array.reshape(shape)
     return out
+
+
+def _safetensors_entry(path: str, key: str, info: Any, data_size: int) -> tuple[Any, tuple[int, ...], int, int]:
+    where = f"{path}: tensor {key!r}"
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{where}: malformed header entry {info!r:.80}")
+    dtype = _SAFETENSORS_DTYPES.get(info.get("dtype"))
+    if dtype is None:
+        raise CheckpointError(f"{where}: unsupported dtype {info.get('dtype')!r}")
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise CheckpointError(f"{where}: malformed shape {shape!r:.80}")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+        or not 0 <= offsets[0] <= offsets[1]
+    ):
+        raise CheckpointError(f"{where}: malformed data_offsets {offsets!r:.80}")
+    start, end = offsets
+    if end > data_size:
+        raise CheckpointError(f"{where}: data_offsets [{start}, {end}] reach past the end of the file's {data_size} data bytes (truncated or corrupt file)")
+    itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
+    count = 1
+    for d in shape:
+        count *= d
+    if count * itemsize != end - start:
+        raise CheckpointError(f"{where}: shape {shape} of {info['dtype']} needs {count * itemsize} bytes, data_offsets give {end - start}")
+    return dtype, tuple(shape), start, end
 
 
 def write_safetensors(state_dict: Mapping[str, np.ndarray], f) -> None:
@@ -132,15 +178,39 @@ def read_state_dict(path: str, selector: Sequence[str] | None = None, use_torch:
         raise CheckpointError(f"weights file {path} does not exist")
     lower = path.lower()
     if lower.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as z:
-            keys = list(z.files)
-            if any(k.startswith("w/") for k in keys):
-                return {k[2:]: z[k] for k in keys if k.startswith("w/")}
-            return {k: z[k] for k in keys}
+        return read_npz(path)
     if lower.endswith(".safetensors"):
         return read_safetensors(path)
     obj = load_torch_file(path, use_torch=use_torch)
     return as_state_dict(select(obj, selector or _lightning_selector(obj), path), path)
+
+
+def read_npz(path: str) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` (``w/``-prefixed golden-fixture entries without the
+    prefix). Pickled object arrays are never loaded: they are an error naming the entry."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = list(z.files)
+            if any(k.startswith("w/") for k in keys):
+                keys = [k for k in keys if k.startswith("w/")]
+            out = {}
+            for k in keys:
+                try:
+                    out[k[2:] if k.startswith("w/") else k] = z[k]
+                except ValueError as e:
+                    if "allow_pickle" in str(e) or "Object arrays" in str(e):
+                        raise CheckpointError(
+                            f"{path}: entry {k!r} is an object array (pickled Python objects), which rskeras never "
+                            "loads: save plain numeric arrays"
+                        ) from None
+                    raise CheckpointError(f"{path}: entry {k!r} cannot be read: {e}") from None
+            return out
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise CheckpointError(f"cannot read {path}: not a readable .npz file ({type(e).__name__}: {e})") from None
 
 
 def _lightning_selector(obj: Any) -> list[str]:

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from rskeras.weights.errors import WeightLoadError
 from rskeras.weights.files import read_state_dict, read_with_key_rules
 from rskeras.weights.torch_params import LoadReport, load_torch_state_dict
 
@@ -71,9 +72,14 @@ def load_lightning_checkpoint(model: Any, path: str, strict: bool = True, use_to
 def load_torch_weights(model: Any, path: str) -> LoadReport:
     """Model weights, strictly, from an rslearn Lightning ``.ckpt`` or a plain torch state
     dict of the model (``.pth``/``.pt``/``.npz``/``.safetensors``)."""
-    if os.fspath(path).endswith(".ckpt"):
-        report = load_lightning_checkpoint(model, path, strict=True)
-    else:
-        report = load_torch_state_dict(model, read_state_dict(path), strict=True)
+    try:
+        if os.fspath(path).endswith(".ckpt"):
+            report = load_lightning_checkpoint(model, path, strict=True)
+        else:
+            report = load_torch_state_dict(model, read_state_dict(path), strict=True)
+    except WeightLoadError as e:
+        if os.fspath(path) in str(e):
+            raise
+        raise WeightLoadError(f"{path}: {e}") from None
     logger.info("loaded torch weights from %s: %s", path, report.summary())
     return report

@@ -24,9 +24,12 @@ from typing import Any
 
 import h5py
 import keras
+import numpy as np
 
 from rskeras.keras_compat import load_weights_file, save_weights_file
 from rskeras.train.callbacks.base import Callback
+from rskeras.train.run_dir import check_free_space, disk_full_as_error
+from rskeras.weights.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -61,16 +64,58 @@ def save_training_checkpoint(lm: keras.Model, path: str, state: dict[str, Any] |
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(directory, name))
     tmp = os.path.join(directory, f".tmp-{os.getpid()}-{base}")
+    skip = _objects_to_skip(lm, _optimizer_built(lm))
+    # HDF5 running out of space mid-write can crash the process: check first.
+    check_free_space(path, checkpoint_size_estimate(lm, skip))
     try:
-        save_weights_file(lm, tmp, _objects_to_skip(lm, _optimizer_built(lm)))
-        with h5py.File(tmp, "a") as f:
-            f.attrs[TRAINING_STATE_ATTR] = json.dumps(state or {})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with disk_full_as_error(path):
+            save_weights_file(lm, tmp, skip)
+            with h5py.File(tmp, "a") as f:
+                f.attrs[TRAINING_STATE_ATTR] = json.dumps(state or {})
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+
+
+def checkpoint_size_estimate(lm: keras.Model, objects_to_skip: list[Any]) -> int:
+    """Bytes of the variables a checkpoint of ``lm`` stores (model, and the optimizer
+    unless skipped), a lower bound of the file's size."""
+    variables = list(lm.weights)
+    optimizer = getattr(lm, "optimizer", None)
+    if optimizer is not None and optimizer not in objects_to_skip and _optimizer_built(lm):
+        variables += list(optimizer.variables)
+    total, seen = 0, set()
+    for v in variables:
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        count = 1
+        for d in v.shape:
+            count *= int(d or 1)
+        total += count * np.dtype(keras.backend.standardize_dtype(v.dtype)).itemsize
+    return total
+
+
+def _unreadable(path: str, detail: Any) -> CheckpointError:
+    return CheckpointError(f"cannot read checkpoint {path}: {detail} (a truncated, empty or foreign file? expected a .weights.h5 written by rskeras or Keras)")
+
+
+def check_checkpoint_file(path: str) -> None:
+    """Raises CheckpointError naming ``path`` unless it is a readable HDF5 file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if os.path.isdir(path):
+        raise CheckpointError(f"cannot read checkpoint {path}: it is a directory")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (0 bytes)")
+    try:
+        with h5py.File(path, "r") as f:
+            list(f.keys())
+    except (OSError, RuntimeError, KeyError) as e:
+        raise _unreadable(path, f"not a readable HDF5 file ({e})") from None
 
 
 def read_training_state(path: str) -> dict[str, Any] | None:
@@ -78,17 +123,25 @@ def read_training_state(path: str) -> dict[str, Any] | None:
     try:
         with h5py.File(path, "r") as f:
             text = f.attrs.get(TRAINING_STATE_ATTR)
-    except OSError as e:
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from None
+    except (OSError, RuntimeError, KeyError) as e:
+        raise _unreadable(path, e) from None
     if text is None:
         return None
-    state = json.loads(text)
+    try:
+        state = json.loads(text)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: malformed training state attribute ({e})") from None
+    if state and not isinstance(state, dict):
+        raise CheckpointError(f"cannot read checkpoint {path}: the training state is not an object")
     return state or None
 
 
 def checkpoint_has_optimizer(path: str) -> bool:
-    with h5py.File(path, "r") as f:
-        return "optimizer" in f
+    try:
+        with h5py.File(path, "r") as f:
+            return "optimizer" in f
+    except (OSError, RuntimeError, KeyError) as e:
+        raise _unreadable(path, e) from None
 
 
 def load_training_checkpoint(lm: keras.Model, path: str, with_optimizer: bool = False) -> dict[str, Any] | None:
@@ -97,8 +150,7 @@ def load_training_checkpoint(lm: keras.Model, path: str, with_optimizer: bool = 
     With ``with_optimizer`` the optimizer must already be built (the trainer builds it
     before resuming) and the file must contain optimizer state.
     """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    check_checkpoint_file(path)
     if with_optimizer:
         if not _optimizer_built(lm):
             raise RuntimeError("load_training_checkpoint(with_optimizer=True) needs a built optimizer")
@@ -108,7 +160,9 @@ def load_training_checkpoint(lm: keras.Model, path: str, with_optimizer: bool = 
     try:
         load_weights_file(lm, path, _objects_to_skip(lm, with_optimizer))
     except ValueError as e:
-        raise ValueError(f"checkpoint {path} does not fit this model/optimizer: {e}") from None
+        raise CheckpointError(f"checkpoint {path} does not fit this model/optimizer: {e}") from None
+    except (OSError, RuntimeError, KeyError, TypeError) as e:
+        raise _unreadable(path, f"{type(e).__name__}: {e}") from None
     return read_training_state(path)
 
 

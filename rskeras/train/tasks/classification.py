@@ -20,7 +20,15 @@ from rskeras.train.metrics import (
     torchmetrics_stat,
 )
 from rskeras.train.model_context import SampleMetadata
-from rskeras.train.tasks.task import BasicTask, class_ids_from_text, draw_label_text, export_outputs, first_true_index
+from rskeras.train.tasks.task import (
+    BasicTask,
+    class_ids_from_text,
+    draw_label_text,
+    export_outputs,
+    first_true_index,
+    unknown_class_message,
+    window_label,
+)
 from rskeras.utils.feature import Feature
 
 
@@ -146,14 +154,11 @@ class ClassificationTask(BasicTask):
         checks = []
         if not self.skip_unknown_categories:
             # rslearn asserts on the first labelled feature with an unknown class.
+            value = tf.gather(tf.concat([vec["properties"][self.property_name], [""]], 0), first)
             checks.append(
                 tf.debugging.Assert(
                     tf.gather(tf.concat([known, [True]], 0), first),
-                    [
-                        f"ClassificationTask: value of '{self.property_name}' is not one of {self.classes} "
-                        "(set skip_unknown_categories to skip it), window",
-                        metadata["window_name"],
-                    ],
+                    [unknown_class_message("ClassificationTask", metadata, self.property_name, value, self.classes)],
                 )
             )
         if not self.allow_invalid:
@@ -161,9 +166,14 @@ class ClassificationTask(BasicTask):
                 tf.debugging.Assert(
                     found,
                     [
-                        f"ClassificationTask: no feature with property '{self.property_name}' "
-                        "(set allow_invalid to mark such examples invalid), window",
-                        metadata["window_name"],
+                        tf.strings.join(
+                            [
+                                "ClassificationTask: window ",
+                                window_label(metadata),
+                                f", input targets: no feature with property '{self.property_name}' "
+                                "(set allow_invalid to mark such examples invalid)",
+                            ]
+                        )
                     ],
                 )
             )

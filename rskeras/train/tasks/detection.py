@@ -14,7 +14,7 @@ from rskeras.train.mean_ap import DetectionImage, coco_map
 from rskeras.train.metrics import HostMetric, check_kwargs
 from rskeras.train.model_context import SampleMetadata
 from rskeras.train.tasks.segmentation import DEFAULT_COLORS, best_threshold_scores, threshold_suffix
-from rskeras.train.tasks.task import BasicTask, class_ids_from_text, export_outputs
+from rskeras.train.tasks.task import BasicTask, class_ids_from_text, export_outputs, first_true_index, unknown_class_message
 from rskeras.utils.feature import Feature
 
 DEFAULT_F1_THRESHOLDS = [[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]]
@@ -131,14 +131,12 @@ class DetectionTask(BasicTask):
         known = (ids >= 0) & (ids < len(self.classes))
         checks = []
         if not self.skip_unknown_categories:
+            bad = has & ~known
+            value = tf.gather(tf.concat([vec["properties"][self.property_name], [""]], 0), first_true_index(bad))
             checks.append(
                 tf.debugging.Assert(
-                    tf.reduce_all(known | ~has),
-                    [
-                        f"DetectionTask: value of '{self.property_name}' is not one of {self.classes} "
-                        "(set skip_unknown_categories to skip it), window",
-                        metadata["window_name"],
-                    ],
+                    tf.logical_not(tf.reduce_any(bad)),
+                    [unknown_class_message("DetectionTask", metadata, self.property_name, value, self.classes)],
                 )
             )
         keep = has & known

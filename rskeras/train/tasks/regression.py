@@ -13,7 +13,7 @@ import tensorflow as tf
 from rskeras.models.component import Predictor, model_output, require_feature_vector
 from rskeras.train.metrics import REGRESSION_METRICS, RegressionSums
 from rskeras.train.model_context import SampleMetadata
-from rskeras.train.tasks.task import BasicTask, draw_label_text, export_outputs, first_true_index
+from rskeras.train.tasks.task import BasicTask, draw_label_text, export_outputs, first_true_index, window_label
 from rskeras.utils.feature import Feature
 
 LOSS_MODES = ("mse", "l1", "huber")
@@ -130,9 +130,14 @@ class RegressionTask(BasicTask):
                 tf.debugging.Assert(
                     found,
                     [
-                        f"RegressionTask: no feature with property '{self.property_name}' "
-                        "(set allow_invalid to mark such examples invalid), window",
-                        metadata["window_name"],
+                        tf.strings.join(
+                            [
+                                "RegressionTask: window ",
+                                window_label(metadata),
+                                f", input targets: no feature with property '{self.property_name}' "
+                                "(set allow_invalid to mark such examples invalid)",
+                            ]
+                        )
                     ],
                 )
             )

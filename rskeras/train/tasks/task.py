@@ -128,6 +128,25 @@ class BasicTask(Task):
 # ---- target helpers shared by the tasks (graph code) -----------------------------------
 
 
+def window_label(metadata: dict[str, tf.Tensor]) -> tf.Tensor:
+    """``<group>/<name>`` of the example's window (a string scalar, for assertion messages)."""
+    return tf.strings.join([metadata["window_group"], "/", metadata["window_name"]])
+
+
+def unknown_class_message(task: str, metadata: dict[str, tf.Tensor], property_name: str, value: tf.Tensor, classes: list[str]) -> tf.Tensor:
+    """The message of a task's assertion on a label with an unknown class (one string:
+    window, property, value, the classes and the way out)."""
+    return tf.strings.join(
+        [
+            f"{task}: window ",
+            window_label(metadata),
+            f", input targets: value '",
+            value,
+            f"' of property '{property_name}' is not one of {list(classes)} (set skip_unknown_categories to skip such features)",
+        ]
+    )
+
+
 def class_ids_from_text(values: tf.Tensor, classes: list[str], read_class_id: bool) -> tf.Tensor:
     """Property texts ``[N]`` -> class ids int32 ``[N]`` (graph).
 
