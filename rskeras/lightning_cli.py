@@ -60,10 +60,10 @@ project management (rslearn):
 """
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[Override]]:
+def parse_args(argv: list[str], prog: str = "train.py") -> tuple[argparse.Namespace, list[Override]]:
     """Parses the command line: (the CLI's own arguments, dotted config overrides)."""
     parser = argparse.ArgumentParser(
-        prog="train.py",
+        prog=prog,
         description="Train, evaluate and predict with rskeras models configured by rslearn-style YAML.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -77,7 +77,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[Override]]:
         "the weights of a torch/Lightning .ckpt; validate/test/predict: the weights to use",
     )
     parser.add_argument("--print_config", action="store_true", help="print the merged config and exit")
-    rest, overrides = split_command_line(argv, prog="train.py")
+    rest, overrides = split_command_line(argv, prog=prog)
     return parser.parse_args(rest), overrides
 
 
@@ -226,9 +226,9 @@ def evaluate(r: Run, stage: str, ckpt_path: str | None) -> None:
         print(f"test metrics written to {path}")
 
 
-def run(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None, prog: str = "train.py") -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args, overrides = parse_args(argv)
+    args, overrides = parse_args(argv, prog)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = load_config(args.config, overrides)
     if args.ckpt_path:
@@ -259,19 +259,20 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        return run(argv)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:
-        from rskeras.train.trainer import NonFiniteLossError
+def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
+    """The command: a user error is one line on stderr and exit code 2 (the traceback in
+    ``<run dir>/error.log``, or on stderr with ``--verbose``); a non-finite training loss
+    exits with code 3."""
+    from rskeras.errors import EXIT_TRAINING_STOPPED, report_user_errors
 
-        if not isinstance(e, NonFiniteLossError):
-            raise
-        print(f"\ntraining stopped: {e}", file=sys.stderr)
-        return 3
+    def guarded(args: list[str]) -> int:
+        try:
+            return run(args, prog=prog)
+        except RuntimeError as e:
+            trainer = sys.modules.get("rskeras.train.trainer")  # imported once training ran
+            if trainer is None or not isinstance(e, trainer.NonFiniteLossError):
+                raise
+            print(f"\ntraining stopped: {e}", file=sys.stderr)
+            return EXIT_TRAINING_STOPPED
+
+    return report_user_errors(guarded, argv, prog)

@@ -38,11 +38,11 @@ FORMATS = ("saved_model", "tflite")
 SPLITS = ("predict", "val", "test", "train")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "export.py") -> argparse.ArgumentParser:
     from rskeras.export.description import QUANTIZATIONS
 
     parser = argparse.ArgumentParser(
-        prog="export.py",
+        prog=prog,
         description="Export a trained rskeras model to a SavedModel (TF Serving) or a TFLite model (LiteRT), with the "
         "pre-processing inside, and optionally check that the export computes what the Keras model computes.",
         epilog="Any other --a.b.c VALUE overrides that config key (as in train.py), e.g. --data.init_args.path /data/x. "
@@ -76,9 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[Override]]:
-    rest, overrides = split_command_line(argv, prog="export.py")
-    return build_parser().parse_args(rest), overrides
+def parse_args(argv: list[str], prog: str = "export.py") -> tuple[argparse.Namespace, list[Override]]:
+    rest, overrides = split_command_line(argv, prog=prog)
+    return build_parser(prog).parse_args(rest), overrides
 
 
 def load_run(config_paths: list[str], overrides: list[Override | tuple[str, str]], checkpoint: str, split: str = "predict") -> Run:
@@ -143,8 +143,8 @@ def describe_signature(exportable: Exportable, size: tuple[int, int] | None, bat
     return "\n".join(lines)
 
 
-def run(argv: list[str] | None = None) -> int:
-    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+def run(argv: list[str] | None = None, prog: str = "export.py") -> int:
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv, prog)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("tensorflow").setLevel(logging.WARNING)  # "Assets written to ..." per temporary SavedModel
     from rskeras.export.inference import exportable_from_run
@@ -200,11 +200,8 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from rskeras.config.errors import ConfigError
+def main(argv: list[str] | None = None, prog: str = "export.py") -> int:
+    """The command: a user error is one line on stderr and exit code 2."""
+    from rskeras.errors import report_user_errors
 
-    try:
-        return run(argv)
-    except (ConfigError, ExportError) as e:
-        print(f"export error: {e}", file=sys.stderr)
-        return 2
+    return report_user_errors(lambda args: run(args, prog), argv, prog)
