@@ -136,6 +136,6 @@ def report_user_errors(run: Callable[[list[str]], int], argv: list[str] | None, 
         log = None if verbose else _write_log(trace)
         if verbose:
             print(trace, file=sys.stderr, end="")
-        where = f" (traceback in {log})" if log else ("" if verbose else " (--verbose prints the traceback)")
+        where = f" (traceback: {log})" if log else ""
         print(f"{prog}: error: {one_line(message)}{where}", file=sys.stderr)
         return EXIT_USER_ERROR
