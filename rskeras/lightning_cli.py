@@ -249,6 +249,9 @@ def fit(r: Run, ckpt_path: str | None) -> None:
         print(f"\nloaded best checkpoint {best}")
     metrics = r.trainer.evaluate(r.lm, r.data, "val") if r.has_validation() else {}
     print_metrics(f"validation metrics ({'best' if best else 'last'} weights, fit took {elapsed:.1f}s):", metrics)
+    if r.trainer.fast_dev_run:
+        print("fast_dev_run: nothing written (no checkpoints, logs, metrics or SavedModel)")
+        return
     if r.trainer.is_chief:
         from rskeras.export.saved_model import export_run_saved_model
 
@@ -309,7 +312,7 @@ def run(argv: list[str] | None = None, prog: str = "train.py") -> int:
     if ckpt_path is not None and not isinstance(ckpt_path, str):
         raise ConfigError(f"ckpt_path: expected a path, got {ckpt_path!r}")
     r = build_run(config, SUBCOMMAND_STAGES[args.subcommand], default_root_dir(args.config))
-    if r.trainer.is_chief:
+    if r.trainer.is_chief and not r.trainer.fast_dev_run:
         r.save_config()
     if args.subcommand == "fit":
         fit(r, ckpt_path)

@@ -73,12 +73,36 @@ def build_parser(prog: str = "export.py") -> argparse.ArgumentParser:
     )
     parser.add_argument("--calibration-examples", type=int, default=100, help="train examples for int8 calibration (default 100)")
     parser.add_argument("--report-json", default=None, help="also write the --check results as JSON here")
+    parser.add_argument(
+        "--allow-class-prefix",
+        dest="allow_class_prefix",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="let the config build classes whose path starts with PREFIX (repeatable; see train.py --help)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="print the traceback of an error")
     return parser
 
 
 def parse_args(argv: list[str], prog: str = "export.py") -> tuple[argparse.Namespace, list[Override]]:
     rest, overrides = split_command_line(argv, prog=prog)
     return build_parser(prog).parse_args(rest), overrides
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Argument combinations argparse cannot check (ExportError naming the flag)."""
+    if args.format != "tflite" and args.quantize != "none":
+        raise ExportError(
+            f"--quantize {args.quantize}: quantization applies to --format tflite only (a SavedModel is float32); "
+            "drop --quantize or export with --format tflite"
+        )
+    if args.input_size is not None and any(v <= 0 for v in args.input_size):
+        raise ExportError(f"--input-size {args.input_size[0]} {args.input_size[1]}: height and width must be positive")
+    if args.check < 0:
+        raise ExportError(f"--check {args.check}: the number of examples must be >= 0")
+    if args.calibration_examples <= 0:
+        raise ExportError(f"--calibration-examples {args.calibration_examples}: must be positive")
 
 
 def load_run(config_paths: list[str], overrides: list[Override | tuple[str, str]], checkpoint: str, split: str = "predict") -> Run:
@@ -151,6 +175,10 @@ def run(argv: list[str] | None = None, prog: str = "export.py") -> int:
     from rskeras.export.saved_model import export_for_serving
     from rskeras.export.tflite import convert_tflite, write_tflite
 
+    check_arguments(args)
+    from rskeras.config.class_paths import set_allowed_prefixes
+
+    set_allowed_prefixes(args.allow_class_prefix)
     name = args.name or os.path.splitext(os.path.basename(args.config[-1]))[0]
     r = load_run(args.config, overrides, args.checkpoint, args.split)
     exportable = exportable_from_run(r, args.split, name=name, where=transforms_where(r.config, args.split))

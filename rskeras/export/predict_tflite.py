@@ -91,7 +91,21 @@ def main(argv: list[str] | None = None, prog: str = "rskeras predict-tflite") ->
         return 2
 
 
+def check_model_path(path: str) -> None:
+    """A clear error for a path that is not a .tflite file (a SavedModel directory, a
+    missing file) before LiteRT tries to map it."""
+    if os.path.isdir(path):
+        what = "a SavedModel directory" if os.path.exists(os.path.join(path, "saved_model.pb")) else "a directory"
+        raise ValueError(
+            f"--model {path} is {what}, not a .tflite file: export one with `rskeras export --format tflite` "
+            "(SavedModels are served by TF Serving, see docs/deployment.md)"
+        )
+    if not os.path.exists(path):
+        raise ValueError(f"--model {path}: no such file")
+
+
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    check_model_path(args.model)
     model = LiteRTModel(args.model, num_threads=args.num_threads)
     if model.description is None:
         parser.error(f"{args.model}.json not found: export the model with tools/export.py --format tflite")
