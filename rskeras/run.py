@@ -143,10 +143,13 @@ def filled_config(config: dict[str, Any]) -> dict[str, Any]:
     """The config checked against every class it names, without constructing anything,
     with every default filled in (``--print_config``). ``model.init_args.task`` stays out
     when it is linked from ``data.init_args.task``."""
+    from rskeras.utils.tf_import import import_tensorflow
+
+    check_config(config)
+    import_tensorflow()
     from rskeras.config.instantiate import build, instantiate
     from rskeras.train.trainer import Trainer
 
-    check_config(config)
     out: dict[str, Any] = {}
     for key, value in config.items():
         if key == "model":
@@ -175,12 +178,15 @@ def build_run(config: dict[str, Any], stage: str, default_root: str | None = Non
             ``trainer.default_root_dir`` (the CLIs pass :func:`default_root_dir`); else
             the trainer's default, ``runs/default``.
     """
-    from rskeras.config.instantiate import build, instantiate
-    from rskeras.train.trainer import Trainer
-
     if stage not in STAGES:
         raise ValueError(f"build_run: stage must be one of {STAGES}, got {stage!r}")
     check_config(config)
+    from rskeras.utils.tf_import import import_tensorflow
+
+    import_tensorflow()
+    from rskeras.config.instantiate import build, instantiate
+    from rskeras.train.trainer import Trainer
+
     seed = seed_everything(config.get("seed_everything"))
     trainer_cfg = dict(config.get("trainer") or {})
     if not trainer_cfg.get("default_root_dir") and default_root:

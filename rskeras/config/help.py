@@ -106,6 +106,9 @@ def help_request(overrides) -> tuple[str, str] | None:
 
 def help_for(key: str, class_path: str) -> str:
     """Help for ``--<key>.help <class_path>`` (``--trainer.help`` needs no class)."""
+    from rskeras.utils.tf_import import import_tensorflow
+
+    import_tensorflow()
     if key == "trainer":
         from rskeras.train.trainer import Trainer
 
