@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import traceback
 from typing import Callable
@@ -75,6 +76,12 @@ def wrapped_user_message(error: BaseException) -> str | None:
     if not type(error).__module__.startswith("tensorflow"):
         return None
     text = getattr(error, "message", None) or str(error)
+    # A data check in the graph (tf.debugging.Assert naming the window, e.g. an unknown
+    # detection category): "assertion failed: [<message>, window] [b'<window name>']".
+    check = re.search(r"assertion failed: \[(.*?\bwindow)\] \[(.*?)\]", text, re.S)
+    if check:
+        names = re.sub(r"b'([^']*)'", r"\1", check.group(2))
+        return f"{check.group(1)} {names}"
     for line in text.splitlines():
         line = line.strip()
         for name in _WRAPPED_NAMES:

@@ -171,14 +171,15 @@ def run(argv: list[str] | None = None, prog: str = "export.py") -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv, prog)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("tensorflow").setLevel(logging.WARNING)  # "Assets written to ..." per temporary SavedModel
+    check_arguments(args)
+    from rskeras.config.class_paths import set_allowed_prefixes
+    from rskeras.utils.tf_import import import_tensorflow
+
+    set_allowed_prefixes(args.allow_class_prefix)
+    import_tensorflow()
     from rskeras.export.inference import exportable_from_run
     from rskeras.export.saved_model import export_for_serving
     from rskeras.export.tflite import convert_tflite, write_tflite
-
-    check_arguments(args)
-    from rskeras.config.class_paths import set_allowed_prefixes
-
-    set_allowed_prefixes(args.allow_class_prefix)
     name = args.name or os.path.splitext(os.path.basename(args.config[-1]))[0]
     r = load_run(args.config, overrides, args.checkpoint, args.split)
     exportable = exportable_from_run(r, args.split, name=name, where=transforms_where(r.config, args.split))

@@ -4,7 +4,8 @@ TensorFlow 2.21's native libraries print the oneDNN notice (and absl's "All log 
 before absl::InitializeLog()" preamble) once per library, before any logging setting
 applies (``TF_CPP_MIN_LOG_LEVEL`` does not reach them). The commands import TensorFlow
 through :func:`import_tensorflow`, which captures what the import writes to stderr and
-writes it back without the preamble and without repeated lines.
+writes it back without the preamble, without repeated lines and without the lines below
+``TF_CPP_MIN_LOG_LEVEL`` (the commands default it to 2: warnings and errors only).
 """
 
 from __future__ import annotations
@@ -18,13 +19,19 @@ _PREFIX = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ ")
 _PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 
 
-def dedupe_native_log(text: str) -> str:
-    """``text`` without absl's preamble and without lines repeating an earlier one (the
-    time stamp and thread id of a native log line ignored)."""
+SEVERITIES = "IWEF"  # INFO, WARNING, ERROR, FATAL: TF_CPP_MIN_LOG_LEVEL 0..3
+
+
+def dedupe_native_log(text: str, min_level: int = 0) -> str:
+    """``text`` without absl's preamble, without lines repeating an earlier one (the time
+    stamp and thread id of a native log line ignored) and without native log lines below
+    ``min_level`` (``TF_CPP_MIN_LOG_LEVEL``, which these early lines otherwise ignore)."""
     seen: set[str] = set()
     out = []
     for line in text.splitlines():
         if line.strip() == _PREAMBLE:
+            continue
+        if _PREFIX.match(line) and SEVERITIES.index(line[0]) < min_level:
             continue
         key = _PREFIX.sub("", line)
         if key in seen:
@@ -53,7 +60,11 @@ def import_tensorflow() -> None:
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            text = dedupe_native_log(captured.read().decode(errors="replace"))
+            try:
+                level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") or 0)
+            except ValueError:
+                level = 0
+            text = dedupe_native_log(captured.read().decode(errors="replace"), level)
             if text:
                 sys.stderr.write(text)
                 sys.stderr.flush()
