@@ -80,8 +80,8 @@ def wrapped_user_message(error: BaseException) -> str | None:
     # detection category): "assertion failed: [<message>, window] [b'<window name>']".
     check = re.search(r"assertion failed: \[(.*?\bwindow)\] \[(.*?)\]", text, re.S)
     if check:
-        names = re.sub(r"b'([^']*)'", r"\1", check.group(2))
-        return f"{check.group(1)} {names}"
+        names = re.sub(r"b'([^']*)'", r"\1", check.group(2).replace("\\'", "'"))
+        return f"{check.group(1)} {names}".replace("\\'", "'")  # TF escapes quotes in eager messages
     for line in text.splitlines():
         line = line.strip()
         for name in _WRAPPED_NAMES:

@@ -222,7 +222,7 @@ def test_swin_feature_mode_has_no_variables_without_gradients():
 
     from rskeras.models.swin import Swin
 
-    swin = Swin(arch="swin_v2_t", input_channels=4, output_layers=[1, 3], embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=[4, 4])
+    swin = Swin(arch="swin_v2_t", input_channels=4, output_layers=[1, 3, 5, 7], embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=[4, 4])
     trainable = {id(v) for v in swin.trainable_variables}
     unused = swin.model.norm.weights + swin.model.head.weights
     assert unused and not any(id(v) in trainable for v in unused)
