@@ -122,7 +122,7 @@ def build_parser(prog: str = "train.py", subcommand: str | None = None) -> argpa
 def parse_args(argv: list[str], prog: str = "train.py") -> tuple[argparse.Namespace, list[Override]]:
     """Parses the command line: (the CLI's own arguments, dotted config overrides)."""
     rest, overrides = split_command_line(argv, prog=prog)
-    subcommand = next((a for a in rest if a in SUBCOMMANDS), None) if rest and rest[0] in SUBCOMMANDS else None
+    subcommand = rest[0] if rest and rest[0] in SUBCOMMANDS else None
     return build_parser(prog, subcommand).parse_args(rest), overrides
 
 
@@ -290,6 +290,9 @@ def run(argv: list[str] | None = None, prog: str = "train.py") -> int:
     from rskeras.config.class_paths import set_allowed_prefixes
     from rskeras.config.help import help_for, help_request
 
+    if "--trainer.help" in argv:  # takes no class (and so no value)
+        print(help_for("trainer", ""))
+        return 0
     rest, overrides = split_command_line(argv, prog=prog)
     request = help_request(overrides)
     if request is not None:
