@@ -22,6 +22,7 @@ setup(
         "tqdm>=4.60",
         "tensorboard>=2.20",
     ],
+    entry_points={"console_scripts": ["rskeras = rskeras.commands:main"]},
     extras_require={
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
         "litert": ["ai-edge-litert>=2.0"],

@@ -37,8 +37,16 @@ from keras.src.saving import saving_lib
 def save_weights_file(model: keras.Model, path: str, objects_to_skip: Sequence[Any] = ()) -> None:
     """Writes ``model``'s ``.weights.h5`` file (its optimizer's state included when the
     optimizer is built), leaving out the variables of ``objects_to_skip`` (layers, metrics,
-    the optimizer). Keras' public ``save_weights`` cannot leave anything out."""
-    saving_lib.save_weights_only(model, path, objects_to_skip=list(objects_to_skip))
+    the optimizer). Keras' public ``save_weights`` cannot leave anything out.
+
+    Keras' H5 writer converts each variable with ``np.array(variable)``, which NumPy 2
+    answers with a DeprecationWarning per variable (Keras' ``__array__`` takes no ``copy``
+    argument); that one warning is silenced here, where it is Keras' and harmless."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword", category=DeprecationWarning)
+        saving_lib.save_weights_only(model, path, objects_to_skip=list(objects_to_skip))
 
 
 def load_weights_file(model: keras.Model, path: str, objects_to_skip: Sequence[Any] = ()) -> None:

@@ -60,12 +60,35 @@ project management (rslearn):
 """
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[Override]]:
-    """Parses the command line: (the CLI's own arguments, dotted config overrides)."""
+SUBCOMMAND_HELP = {
+    "fit": "Train a model (resuming an interrupted run of the same run directory), reload the best checkpoint, "
+    "validate it and export a SavedModel into the run directory.",
+    "validate": "Compute the validation metrics of a checkpoint (--ckpt_path).",
+    "test": "Compute the test metrics of a checkpoint (--ckpt_path); writes visualisations and the metrics file "
+    "when the model asks for them.",
+    "predict": "Run a checkpoint (--ckpt_path) over the predict split; the config's prediction writer "
+    "(rslearn.train.prediction_writer.RslearnWriter) writes the outputs into each window.",
+}
+
+CLASS_HELP = """class help:
+  --trainer.help              the trainer keys, with types, defaults and descriptions
+  --model.help CLASS          the arguments of a class at that config key, e.g.
+                              --model.init_args.model.init_args.encoder.0.help rslearn.models.swin.Swin
+  --data.help CLASS           e.g. --data.help rslearn.train.data_module.RslearnDataModule
+"""
+
+
+def build_parser(prog: str = "train.py", subcommand: str | None = None) -> argparse.ArgumentParser:
+    """The parser of the CLI's own arguments (config overrides are split off first)."""
+    from rskeras.config.class_paths import ALLOW_ENV, ALLOW_FLAG
+
+    description = "Train, evaluate and predict with rskeras models configured by rslearn-style YAML."
+    if subcommand:
+        description = f"{subcommand}: {SUBCOMMAND_HELP[subcommand]}"
     parser = argparse.ArgumentParser(
-        prog="train.py",
-        description="Train, evaluate and predict with rskeras models configured by rslearn-style YAML.",
-        epilog=EPILOG,
+        prog=prog,
+        description=description,
+        epilog=EPILOG + "\n" + CLASS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("subcommand", nargs="?", choices=SUBCOMMANDS, default="fit", help="what to run (default: fit)")
@@ -76,9 +99,31 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[Override]]:
         help="fit: resume the complete training state from an rskeras checkpoint (.weights.h5) or start from "
         "the weights of a torch/Lightning .ckpt; validate/test/predict: the weights to use",
     )
-    parser.add_argument("--print_config", action="store_true", help="print the merged config and exit")
-    rest, overrides = split_command_line(argv, prog="train.py")
-    return parser.parse_args(rest), overrides
+    parser.add_argument(
+        "--print_config",
+        action="store_true",
+        help="check the merged config against every class it names (nothing is built) and print it with every "
+        "default filled in; a misspelled key or a wrong type is an error (exit code 2)",
+    )
+    parser.add_argument(
+        ALLOW_FLAG,
+        dest="allow_class_prefix",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="let the config build classes whose path starts with PREFIX (repeatable; also $"
+        f"{ALLOW_ENV}). By default only rskeras classes, the rslearn/Lightning/torch.nn names mapped onto "
+        "them and a few Keras callbacks are allowed",
+    )
+    parser.add_argument("--verbose", action="store_true", help="print the traceback of an error (else it goes to <run dir>/error.log)")
+    return parser
+
+
+def parse_args(argv: list[str], prog: str = "train.py") -> tuple[argparse.Namespace, list[Override]]:
+    """Parses the command line: (the CLI's own arguments, dotted config overrides)."""
+    rest, overrides = split_command_line(argv, prog=prog)
+    subcommand = rest[0] if rest and rest[0] in SUBCOMMANDS else None
+    return build_parser(prog, subcommand).parse_args(rest), overrides
 
 
 # ---- project management ------------------------------------------------------------------
@@ -176,6 +221,17 @@ def apply_project_management(config: dict[str, Any], subcommand: str) -> None:
 # ---- the commands ------------------------------------------------------------------------
 
 
+def _flag_values(argv: list[str], flag: str) -> list[str]:
+    """The values of a repeatable ``--flag VALUE`` / ``--flag=VALUE`` in ``argv``."""
+    values = []
+    for i, item in enumerate(argv):
+        if item == flag and i + 1 < len(argv):
+            values.append(argv[i + 1])
+        elif item.startswith(flag + "="):
+            values.append(item.split("=", 1)[1])
+    return values
+
+
 def print_metrics(title: str, metrics: dict[str, float]) -> None:
     print(f"\n{title}")
     for key in sorted(metrics):
@@ -193,6 +249,9 @@ def fit(r: Run, ckpt_path: str | None) -> None:
         print(f"\nloaded best checkpoint {best}")
     metrics = r.trainer.evaluate(r.lm, r.data, "val") if r.has_validation() else {}
     print_metrics(f"validation metrics ({'best' if best else 'last'} weights, fit took {elapsed:.1f}s):", metrics)
+    if r.trainer.fast_dev_run:
+        print("fast_dev_run: nothing written (no checkpoints, logs, metrics or SavedModel)")
+        return
     if r.trainer.is_chief:
         from rskeras.export.saved_model import export_run_saved_model
 
@@ -226,24 +285,39 @@ def evaluate(r: Run, stage: str, ckpt_path: str | None) -> None:
         print(f"test metrics written to {path}")
 
 
-def run(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None, prog: str = "train.py") -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args, overrides = parse_args(argv)
+    from rskeras.config.class_paths import set_allowed_prefixes
+    from rskeras.config.help import help_for, help_request
+
+    if "--trainer.help" in argv:  # takes no class (and so no value)
+        print(help_for("trainer", ""))
+        return 0
+    rest, overrides = split_command_line(argv, prog=prog)
+    request = help_request(overrides)
+    if request is not None:
+        set_allowed_prefixes(_flag_values(rest, "--allow-class-prefix"))
+        print(help_for(*request))
+        return 0
+    args, overrides = parse_args(argv, prog)
+    set_allowed_prefixes(args.allow_class_prefix)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = load_config(args.config, overrides)
     if args.ckpt_path:
         config["ckpt_path"] = args.ckpt_path
     apply_project_management(config, args.subcommand)
     if args.print_config:
-        print(yaml.safe_dump(config, sort_keys=False))
+        from rskeras.run import filled_config
+
+        print(yaml.safe_dump(filled_config(config), sort_keys=False, default_flow_style=None), end="")
         return 0
     ckpt_path = config.get("ckpt_path")
     if ckpt_path is not None and not isinstance(ckpt_path, str):
         raise ConfigError(f"ckpt_path: expected a path, got {ckpt_path!r}")
     r = build_run(config, SUBCOMMAND_STAGES[args.subcommand], default_root_dir(args.config))
-    if args.subcommand == "fit":
+    if args.subcommand == "fit" and not r.trainer.fast_dev_run:
         r.trainer.lock_run_dir()  # before anything is written to the run directory
-    if r.trainer.is_chief:
+    if r.trainer.is_chief and not r.trainer.fast_dev_run:
         r.save_config()
     if args.subcommand == "fit":
         fit(r, ckpt_path)
@@ -261,36 +335,20 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    """Errors about the user's data, checkpoints or run directory (one line, rc 2)."""
-    from rskeras.dataset.window import WindowError
-    from rskeras.train.dataset import DataReadError
-    from rskeras.train.run_dir import DiskFullError
-    from rskeras.utils.raster_format import RasterReadError
-    from rskeras.utils.vector_format import VectorReadError
-    from rskeras.weights.errors import CheckpointError, WeightLoadError
+def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
+    """The command: a user error is one line on stderr and exit code 2 (the traceback in
+    ``<run dir>/error.log``, or on stderr with ``--verbose``); a non-finite training loss
+    exits with code 3."""
+    from rskeras.errors import EXIT_TRAINING_STOPPED, report_user_errors
 
-    return (WindowError, DataReadError, DiskFullError, RasterReadError, VectorReadError, CheckpointError, WeightLoadError)
+    def guarded(args: list[str]) -> int:
+        try:
+            return run(args, prog=prog)
+        except RuntimeError as e:
+            trainer = sys.modules.get("rskeras.train.trainer")  # imported once training ran
+            if trainer is None or not isinstance(e, trainer.NonFiniteLossError):
+                raise
+            print(f"\ntraining stopped: {e}", file=sys.stderr)
+            return EXIT_TRAINING_STOPPED
 
-
-def main(argv: list[str] | None = None) -> int:
-    try:
-        return run(argv)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:
-        if not isinstance(e, _user_error_types()):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:
-        from rskeras.train.trainer import NonFiniteLossError
-
-        if not isinstance(e, NonFiniteLossError):
-            raise
-        print(f"\ntraining stopped: {e}", file=sys.stderr)
-        return 3
+    return report_user_errors(guarded, argv, prog)

@@ -119,6 +119,58 @@ class Run:
         atomic_write_text(os.path.join(self.root, "config.yaml"), yaml.safe_dump(self.config, sort_keys=False))
 
 
+def check_config(config: dict[str, Any]) -> None:
+    """The checks that come before anything is built: top-level keys, the required
+    sections, and the class-path allow-list over every section (``subprocess.Popen``
+    anywhere is refused before any class is imported or constructed)."""
+    from rskeras.config.class_paths import check_class_paths
+
+    if not isinstance(config, dict):
+        raise ConfigError(f"the top level of a config must be a mapping, got {type(config).__name__}")
+    unknown = set(config) - TOP_LEVEL_KEYS
+    if unknown:
+        import difflib
+
+        hints = [f"{k} (did you mean '{c[0]}'?)" if (c := difflib.get_close_matches(k, TOP_LEVEL_KEYS, n=1)) else k for k in sorted(unknown)]
+        raise ConfigError(f"unknown top-level config keys {hints} (expected {sorted(TOP_LEVEL_KEYS)})")
+    for section in ("model", "data"):
+        if config.get(section) is None:
+            raise ConfigError(f"{section}: section is required (a class_path/init_args mapping; see docs/config.md)")
+        if not isinstance(config[section], dict):
+            raise ConfigError(f"{section}: expected a class_path/init_args mapping, got {type(config[section]).__name__}")
+    trainer = config.get("trainer")
+    if trainer is not None and not isinstance(trainer, dict):
+        raise ConfigError(f"trainer: expected a mapping of Trainer arguments, got {type(trainer).__name__}")
+    check_class_paths(config)
+
+
+def filled_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config checked against every class it names, without constructing anything,
+    with every default filled in (``--print_config``). ``model.init_args.task`` stays out
+    when it is linked from ``data.init_args.task``."""
+    from rskeras.utils.tf_import import import_tensorflow
+
+    check_config(config)
+    import_tensorflow()
+    from rskeras.config.instantiate import build, instantiate
+    from rskeras.train.trainer import Trainer
+
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if key == "model":
+            linked = "task" not in (value.get("init_args") or {})
+            out[key] = instantiate(value, "model", extra={"task": None} if linked else None, dry=True)
+        elif key == "data":
+            out[key] = instantiate(value, "data", dry=True)
+        elif key == "trainer":
+            out[key] = build(Trainer, dict(value or {}), "trainer", dry=True)
+        else:
+            out[key] = value
+    if "trainer" not in out:
+        out["trainer"] = build(Trainer, {}, "trainer", dry=True)
+    return out
+
+
 def build_run(config: dict[str, Any], stage: str, default_root: str | None = None) -> Run:
     """Builds the :class:`Run` of a merged config.
 
@@ -131,23 +183,24 @@ def build_run(config: dict[str, Any], stage: str, default_root: str | None = Non
             ``trainer.default_root_dir`` (the CLIs pass :func:`default_root_dir`); else
             the trainer's default, ``runs/default``.
     """
+    if stage not in STAGES:
+        raise ValueError(f"build_run: stage must be one of {STAGES}, got {stage!r}")
+    check_config(config)
+    from rskeras.utils.tf_import import import_tensorflow
+
+    import_tensorflow()
     from rskeras.config.instantiate import build, instantiate
     from rskeras.train.host_calls import surface_errors
     from rskeras.train.trainer import Trainer
 
-    if stage not in STAGES:
-        raise ValueError(f"build_run: stage must be one of {STAGES}, got {stage!r}")
-    unknown = set(config) - TOP_LEVEL_KEYS
-    if unknown:
-        raise ConfigError(f"unknown top-level config keys {sorted(unknown)} (expected {sorted(TOP_LEVEL_KEYS)})")
-    for section in ("model", "data"):
-        if section not in config:
-            raise ConfigError(f"{section}: section is required")
     seed = seed_everything(config.get("seed_everything"))
     trainer_cfg = dict(config.get("trainer") or {})
     if not trainer_cfg.get("default_root_dir") and default_root:
         trainer_cfg["default_root_dir"] = default_root
     trainer = build(Trainer, trainer_cfg, "trainer")
+    from rskeras.errors import note_run_dir
+
+    note_run_dir(trainer.root)  # where a user error's traceback goes (error.log)
     if trainer.deterministic and seed is None:
         # TF's op determinism refuses unseeded random ops.
         logger.info("trainer.deterministic without seed_everything: seeding with 0")

@@ -135,8 +135,9 @@ def test_project_management(tmp_path):
 def test_unsupported_trainer_keys_name_the_key():
     with pytest.raises(ConfigError, match=r"^trainer\.val_check_interval: this Lightning Trainer argument is not supported"):
         build(Trainer, {"val_check_interval": 0.5}, "trainer")
-    # Type-aware: True is not 0/1.0 and 1 (one batch, one step) is not 1.0.
-    for key, value in (("fast_dev_run", True), ("fast_dev_run", 1), ("val_check_interval", 1), ("overfit_batches", 1.0)):
+    # Type-aware: True is not False/0 and 1 is not 1.0. (fast_dev_run and overfit_batches
+    # are implemented: tests/test_cli_conformance.py.)
+    for key, value in (("sync_batchnorm", True), ("val_check_interval", 1), ("min_steps", 1)):
         with pytest.raises(ConfigError, match=rf"^trainer\.{key}: this Lightning Trainer argument is not supported .*got {value!r}"):
             build(Trainer, {key: value}, "trainer")
     # The values a LightningCLI-saved config holds for them (Lightning's defaults) are accepted.

@@ -66,7 +66,9 @@ def setup(sample_dataset, tmp_path_factory):
     cfg.write_text(config_text(sample_dataset, root / "predicted"))
     run = build_run(load_config([str(cfg)], [("trainer.default_root_dir", str(root / "run"))]), "predict")
     ckpt = root / "seg.weights.h5"
-    run.lm.save_weights(str(ckpt))
+    from rskeras.train.callbacks.checkpointing import save_training_checkpoint
+
+    save_training_checkpoint(run.lm, str(ckpt))  # (Keras' own save_weights warns once per variable)
     return root, cfg, ckpt
 
 

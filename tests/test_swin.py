@@ -136,9 +136,11 @@ def test_output_layer_validation_and_unknown_arch():
         small_swin(2, [1])({"image": np.zeros((1, 2, 32, 32, 5), np.float32)})
 
 
-def test_pretrained_needs_local_weights_and_loads_them(tmp_path):
-    with pytest.raises(ValueError, match="weights_path"):
-        Swin(arch="swin_v2_t", pretrained=True)
+def test_pretrained_needs_local_weights_and_loads_them(tmp_path, caplog):
+    # One policy for pretrained encoders (as SatlasPretrain): no local weights -> random init, warned.
+    with caplog.at_level("WARNING"):
+        Swin(arch="swin_v2_t", pretrained=True, output_layers=[1], **SMALL_SWIN)
+    assert "no weights_path given, the model is randomly initialised" in caplog.text
     z = load("swin_v2_small.npz")
     path = tmp_path / "torchvision_swin.npz"
     np.savez(path, **weights(z))  # torchvision keys, no "model." prefix

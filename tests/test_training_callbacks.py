@@ -176,7 +176,9 @@ def test_loggers_version_directories(tmp_path):
     os.makedirs(tmp_path / "lightning_logs" / "version_0")
     tb = TensorBoardLogger(save_dir=str(tmp_path))
     assert tb.log_dir == str(tmp_path / "lightning_logs" / "version_1")
-    assert isinstance(tb.callbacks(trainer)[0], keras.callbacks.TensorBoard)
+    from rskeras.train.loggers import TensorBoardWriter
+
+    assert isinstance(tb.callbacks(trainer)[0], TensorBoardWriter)
     csv = CSVLogger(save_dir=str(tmp_path), name="csv", version="run1")
     (callback,) = csv.callbacks(trainer)
     assert isinstance(callback, MetricsFileLogger) and callback.directory == str(tmp_path / "csv" / "run1")

@@ -36,6 +36,103 @@ TOP_LEVEL_KEYS = frozenset({"model", "data", "trainer", "ckpt_path", "seed_every
 
 _ENV_PATTERN = re.compile(r"\$\{([^}:]+)(?::-([^}]*))?\}")
 
+# A config with aliases expanding to more nodes than this is refused (a "billion laughs"
+# alias bomb expands to ~10^7 leaves from a few lines).
+MAX_EXPANDED_NODES = 100_000
+
+# YAML 1.2 core schema scalars: what is a number or a bool does not follow YAML 1.1 (which
+# reads 1e-4 as a string, 1:20 as 80, 010 as 8 and yes/no/on/off as bools).
+_BOOL_12 = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+_INT_12 = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_FLOAT_12 = re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+
+
+def parse_float(text: str) -> float | None:
+    """A YAML 1.2 float literal (``1e-4``, ``.5``, ``-.inf``), else None."""
+    text = text.strip()
+    if not _FLOAT_12.match(text):
+        return None
+    lowered = text.lower()
+    if lowered.endswith((".inf", ".nan")):
+        return float(lowered.replace(".", ""))
+    return float(text)
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with YAML 1.2 core numbers and bools and an alias budget."""
+
+    yaml_implicit_resolvers = {
+        key: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+        for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    source = "<config>"
+
+    def get_single_data(self):
+        node = self.get_single_node()
+        if node is None:
+            return None
+        size = expanded_size(node)
+        if size > MAX_EXPANDED_NODES:
+            raise ConfigError(
+                f"{self.source}: YAML aliases expand to more than {MAX_EXPANDED_NODES} nodes (an alias bomb?); refused"
+            )
+        return self.construct_document(node)
+
+
+def _construct_int(loader, node):
+    text = loader.construct_scalar(node)
+    sign = -1 if text.startswith("-") else 1
+    digits = text.lstrip("+-")
+    if digits.startswith("0o"):
+        return sign * int(digits[2:], 8)
+    if digits.startswith("0x"):
+        return sign * int(digits[2:], 16)
+    return sign * int(digits, 10)
+
+
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL_12, list("tTfF"))
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:int", _INT_12, list("-+0123456789"))
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+ConfigLoader.add_constructor("tag:yaml.org,2002:bool", lambda loader, node: loader.construct_scalar(node).lower() == "true")
+ConfigLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+ConfigLoader.add_constructor("tag:yaml.org,2002:float", lambda loader, node: parse_float(loader.construct_scalar(node)))
+
+
+def expanded_size(node: yaml.Node) -> int:
+    """Number of nodes of ``node`` with every alias expanded, computed without expanding
+    (each distinct node once, shared ones counted at every use)."""
+    sizes: dict[int, int] = {}
+    # Iterative post-order (deep nesting must not hit the recursion limit).
+    stack: list[tuple[yaml.Node, bool]] = [(node, False)]
+    while stack:
+        current, done = stack.pop()
+        if id(current) in sizes:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(current, yaml.SequenceNode):
+            children = list(current.value)
+        elif isinstance(current, yaml.MappingNode):
+            children = [n for pair in current.value for n in pair]
+        if done or not children:
+            total = 1 + sum(sizes.get(id(c), 0) for c in children)
+            sizes[id(current)] = min(total, MAX_EXPANDED_NODES + 1)
+            continue
+        stack.append((current, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(node)]
+
+
+def yaml_load(text: str, source: str = "<config>") -> Any:
+    """Parses YAML text with :class:`ConfigLoader` (``ConfigError`` naming ``source`` for
+    an alias bomb; ``yaml.YAMLError`` for a syntax error)."""
+    loader = ConfigLoader(text)
+    loader.source = source
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
 
 def substitute_env(text: str) -> str:
     """Replaces ``${VAR}`` with the environment value (empty string if unset).
@@ -47,9 +144,9 @@ def substitute_env(text: str) -> str:
 
 
 def load_yaml_text(text: str, source: str = "<config>") -> dict[str, Any]:
-    """Parses one config text (after env substitution) with ``yaml.safe_load``."""
+    """Parses one config text (after env substitution) with :class:`ConfigLoader`."""
     try:
-        data = yaml.safe_load(substitute_env(text))
+        data = yaml_load(substitute_env(text), source)
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: invalid YAML: {e}") from None
     if data is None:
@@ -79,9 +176,10 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_override_value(text: str) -> Any:
-    """Parses the value of a command-line override as YAML (``16`` -> int, ``[1,2]`` -> list)."""
+    """Parses the value of a command-line override as YAML (``16`` -> int, ``1e-4`` -> float,
+    ``[1,2]`` -> list; YAML 1.2 numbers and bools, see :class:`ConfigLoader`)."""
     try:
-        return yaml.safe_load(substitute_env(text))
+        return yaml_load(substitute_env(text), "command line")
     except yaml.YAMLError:
         return text
 

@@ -38,11 +38,11 @@ FORMATS = ("saved_model", "tflite")
 SPLITS = ("predict", "val", "test", "train")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "export.py") -> argparse.ArgumentParser:
     from rskeras.export.description import QUANTIZATIONS
 
     parser = argparse.ArgumentParser(
-        prog="export.py",
+        prog=prog,
         description="Export a trained rskeras model to a SavedModel (TF Serving) or a TFLite model (LiteRT), with the "
         "pre-processing inside, and optionally check that the export computes what the Keras model computes.",
         epilog="Any other --a.b.c VALUE overrides that config key (as in train.py), e.g. --data.init_args.path /data/x. "
@@ -73,12 +73,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--calibration-examples", type=int, default=100, help="train examples for int8 calibration (default 100)")
     parser.add_argument("--report-json", default=None, help="also write the --check results as JSON here")
+    parser.add_argument(
+        "--allow-class-prefix",
+        dest="allow_class_prefix",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="let the config build classes whose path starts with PREFIX (repeatable; see train.py --help)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="print the traceback of an error")
     return parser
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[Override]]:
-    rest, overrides = split_command_line(argv, prog="export.py")
-    return build_parser().parse_args(rest), overrides
+def parse_args(argv: list[str], prog: str = "export.py") -> tuple[argparse.Namespace, list[Override]]:
+    rest, overrides = split_command_line(argv, prog=prog)
+    return build_parser(prog).parse_args(rest), overrides
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Argument combinations argparse cannot check (ExportError naming the flag)."""
+    if args.format != "tflite" and args.quantize != "none":
+        raise ExportError(
+            f"--quantize {args.quantize}: quantization applies to --format tflite only (a SavedModel is float32); "
+            "drop --quantize or export with --format tflite"
+        )
+    if args.input_size is not None and any(v <= 0 for v in args.input_size):
+        raise ExportError(f"--input-size {args.input_size[0]} {args.input_size[1]}: height and width must be positive")
+    if args.check < 0:
+        raise ExportError(f"--check {args.check}: the number of examples must be >= 0")
+    if args.calibration_examples <= 0:
+        raise ExportError(f"--calibration-examples {args.calibration_examples}: must be positive")
 
 
 def load_run(config_paths: list[str], overrides: list[Override | tuple[str, str]], checkpoint: str, split: str = "predict") -> Run:
@@ -143,14 +167,19 @@ def describe_signature(exportable: Exportable, size: tuple[int, int] | None, bat
     return "\n".join(lines)
 
 
-def run(argv: list[str] | None = None) -> int:
-    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+def run(argv: list[str] | None = None, prog: str = "export.py") -> int:
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv, prog)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("tensorflow").setLevel(logging.WARNING)  # "Assets written to ..." per temporary SavedModel
+    check_arguments(args)
+    from rskeras.config.class_paths import set_allowed_prefixes
+    from rskeras.utils.tf_import import import_tensorflow
+
+    set_allowed_prefixes(args.allow_class_prefix)
+    import_tensorflow()
     from rskeras.export.inference import exportable_from_run
     from rskeras.export.saved_model import export_for_serving
     from rskeras.export.tflite import convert_tflite, write_tflite
-
     name = args.name or os.path.splitext(os.path.basename(args.config[-1]))[0]
     r = load_run(args.config, overrides, args.checkpoint, args.split)
     exportable = exportable_from_run(r, args.split, name=name, where=transforms_where(r.config, args.split))
@@ -200,11 +229,8 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from rskeras.config.errors import ConfigError
+def main(argv: list[str] | None = None, prog: str = "export.py") -> int:
+    """The command: a user error is one line on stderr and exit code 2."""
+    from rskeras.errors import report_user_errors
 
-    try:
-        return run(argv)
-    except (ConfigError, ExportError) as e:
-        print(f"export error: {e}", file=sys.stderr)
-        return 2
+    return report_user_errors(lambda args: run(args, prog), argv, prog)

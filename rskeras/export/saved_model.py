@@ -76,6 +76,9 @@ def write_saved_model(
             os.makedirs(os.path.dirname(full), exist_ok=True)
             with open(full, "w") as f:
                 f.write(text)
+        from rskeras.utils.fileio import apply_default_mode
+
+        apply_default_mode(tmp)  # mkdtemp's 0700 -> the umask's mode
         _replace_dir(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -285,7 +285,7 @@ def predict_scene(
         if raster_output(task, probabilities) == task["outputs"].get("class_ids"):  # a class map
             dtype = np.uint8 if int(task["num_classes"]) <= 256 else np.int32
         merged = merge_rasters(outputs, scene.height, scene.width, overlap_pixels, factor, dtype)
-        results[task_name] = Prediction(task_name, raster=merged, transform=scene.transform * Affine.scale(factor))
+        results[task_name] = Prediction(task_name, raster=merged, transform=scene.transform @ Affine.scale(factor))
     for task_name, feats in features.items():
         results[task_name] = Prediction(task_name, features=feats, projection=scene.projection)
     return results

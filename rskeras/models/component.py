@@ -73,21 +73,41 @@ def single_timestep(image: tf.Tensor, component: str, key: str = "image") -> tf.
     return image[:, 0]
 
 
-class FeatureExtractor(keras.layers.Layer):
+def register(cls: type) -> type:
+    """Registers ``cls`` for Keras serialisation as ``rskeras>ClassName`` (``.keras``
+    files name their layers that way). Every component class is registered by subclassing
+    :class:`Component`; other layers that a saved model's config names use this directly."""
+    return keras.saving.register_keras_serializable(package="rskeras", name=cls.__name__)(cls)
+
+
+class Component(keras.layers.Layer):
+    """Base of the model components: every subclass is registered for ``.keras`` saving.
+
+    Its config is Keras' automatic one (the constructor arguments, when they are plain
+    values) unless the class defines ``get_config``; a component whose arguments are
+    layers serialises them with ``keras.saving.serialize_keras_object``.
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        register(cls)
+
+
+class FeatureExtractor(Component):
     """First encoder component: computes features from the model context (input dict)."""
 
     def call(self, context, training=None):  # pragma: no cover - abstract
         raise NotImplementedError
 
 
-class IntermediateComponent(keras.layers.Layer):
+class IntermediateComponent(Component):
     """Transforms the previous component's output (usually FeatureMaps)."""
 
     def call(self, intermediates, context=None, training=None):  # pragma: no cover
         raise NotImplementedError
 
 
-class Predictor(keras.layers.Layer):
+class Predictor(Component):
     """Final decoder component: returns ``{"outputs": ..., "loss_dict": {...}}``."""
 
     def call(self, intermediates, context=None, targets=None, training=None):  # pragma: no cover

@@ -6,13 +6,14 @@ import logging
 
 import keras
 
-from rskeras.models.component import model_output
-from rskeras.models.singletask import components_torch_params, run_decoder, run_encoder
+from rskeras.models.component import model_output, register
+from rskeras.models.singletask import components_torch_params, deserialize_components, run_decoder, run_encoder, serialize_components
 from rskeras.weights.torch_params import TorchParam, join
 
 logger = logging.getLogger(__name__)
 
 
+@register
 class MultiTaskModel(keras.layers.Layer):
     """Shared encoder, parallel decoders (rslearn ``rslearn.models.multitask.MultiTaskModel``).
 
@@ -73,6 +74,21 @@ class MultiTaskModel(keras.layers.Layer):
             for key, value in out["loss_dict"].items():
                 losses[f"{name}_{key}"] = value * self.loss_weights[name]
         return model_output(outputs, losses)
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "encoder": serialize_components(self.encoder),
+            "decoders": {name: serialize_components(self.decoders[name]) for name in self.task_names},
+            "loss_weights": dict(self.loss_weights),
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> "MultiTaskModel":
+        config = dict(config)
+        encoder = deserialize_components(config.pop("encoder"))
+        decoders = {name: deserialize_components(c) for name, c in config.pop("decoders").items()}
+        return cls(encoder=encoder, decoders=decoders, **config)
 
     def loss_names(self) -> list[str]:
         return [f"{name}_{key}" for name in self.task_names for key in self.decoders[name][-1].loss_names()]

@@ -207,6 +207,10 @@ class SatlasPretrain(FeatureExtractor):
             arch = "swin_v2_b" if backbone == "swinb" else "swin_v2_t"
             self.swin = build_swin_transformer(arch, in_channels=channels, num_classes=1000, name="swin")
             self.swin.build()
+            # Only the features are used: the classifier's final norm and head get no
+            # gradient, so they are not trainable (no missing-gradient warnings).
+            for layer in (self.swin.norm, self.swin.head):
+                layer.trainable = False
             self.resnet = None
         if self.use_fpn:
             self.fpn = Fpn([c for _, c in self.backbone_channels], FPN_CHANNELS, name="fpn")
@@ -218,7 +222,11 @@ class SatlasPretrain(FeatureExtractor):
         if weights_path:
             self.load_weights_file(weights_path)
         else:
-            logger.warning("SatlasPretrain(%s): no weights_path given, the model is randomly initialised", model_identifier)
+            logger.warning(
+                "SatlasPretrain(%s): no weights_path given, the model is randomly initialised (rskeras downloads "
+                "nothing: pass the release's local .pth, or a conversion of it, as weights_path)",
+                model_identifier,
+            )
 
     def get_backbone_channels(self) -> list[tuple[int, int]]:
         """The backbone's (factor, channels) table, even with ``fpn`` (as rslearn)."""

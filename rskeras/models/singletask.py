@@ -6,8 +6,17 @@ from typing import Any
 
 import keras
 
+from rskeras.models.component import register
 from rskeras.weights.errors import WeightLoadError
 from rskeras.weights.torch_params import TorchParam, join
+
+
+def serialize_components(components: list) -> list[dict]:
+    return [keras.saving.serialize_keras_object(c) for c in components]
+
+
+def deserialize_components(configs: list) -> list:
+    return [keras.saving.deserialize_keras_object(c) for c in configs]
 
 
 def run_encoder(encoder: list, context: dict, training=None) -> Any:
@@ -39,6 +48,7 @@ def components_torch_params(components: list, prefix: str) -> list[TorchParam]:
     return out
 
 
+@register
 class SingleTaskModel(keras.layers.Layer):
     """Encoder then one decoder (rslearn ``rslearn.models.singletask.SingleTaskModel``).
 
@@ -81,6 +91,16 @@ class SingleTaskModel(keras.layers.Layer):
 
     def loss_names(self) -> list[str]:
         return list(self.decoder[-1].loss_names())
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "encoder": serialize_components(self.encoder), "decoder": serialize_components(self.decoder)}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "SingleTaskModel":
+        config = dict(config)
+        encoder = deserialize_components(config.pop("encoder"))
+        decoder = deserialize_components(config.pop("decoder"))
+        return cls(encoder=encoder, decoder=decoder, **config)
 
     def torch_params(self, prefix: str = "") -> list[TorchParam]:
         return components_torch_params(self.encoder, join(prefix, "encoder")) + components_torch_params(

@@ -28,6 +28,7 @@ Layouts: feature maps are NHWC. Torch keys follow torchvision's module tree
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -608,7 +609,9 @@ class Swin(FeatureExtractor):
     maps at 1/4, 1/8, 1/16, 1/32 with C, 2C, 4C, 8C channels. Without ``output_layers``
     the model classifies: features -> final norm -> average pool -> head, a FeatureVector
     of ``num_outputs`` logits. The final norm and head hold weights in both modes (as in
-    rslearn, so parameter counts and state dicts match). No input normalisation is done.
+    rslearn, so parameter counts and state dicts match); with ``output_layers`` they are
+    not trainable (never used, so they get no gradient: torch's optimizer skips them too).
+    No input normalisation is done.
 
     Torch keys: ``model.<torchvision key>`` (``model.features.0.0.weight``, ...).
 
@@ -617,7 +620,8 @@ class Swin(FeatureExtractor):
             (default "swin_v2_b").
         pretrained: bool, load ImageNet weights. They cannot be downloaded here: pass
             ``weights_path`` to a local copy of torchvision's ``.pth`` for the arch (or a
-            state dict converted with ``tools/convert_weights.py``). As in rslearn, the
+            state dict converted with ``tools/convert_weights.py``); without it the model
+            is randomly initialised, with a warning (as SatlasPretrain without weights). As in rslearn, the
             patch-embedding conv stays randomly initialised when ``input_channels != 3``
             and the head when ``num_outputs != 1000``.
         input_channels: int, image channels, default 3.
@@ -671,18 +675,28 @@ class Swin(FeatureExtractor):
             bad = [i for i in self.output_layers if not 0 <= i < self.model.num_feature_layers]
             if bad or not self.output_layers:
                 raise ValueError(f"Swin: output_layers must be non-empty indexes in 0..{self.model.num_feature_layers - 1}, got {output_layers}")
-        if self.pretrained and not weights_path:
-            raise ValueError(
-                f"Swin(arch={arch!r}, pretrained=True) needs weights_path: ImageNet weights cannot be downloaded "
-                "by rskeras. Download torchvision's .pth for the arch elsewhere (or convert it with "
-                "tools/convert_weights.py) and pass its local path as weights_path."
-            )
         self.build()
-        if self.pretrained:
+        if self.pretrained and weights_path:
             self.load_pretrained(weights_path)
+        elif self.pretrained:
+            # The one policy of rskeras' pretrained encoders (Swin, SatlasPretrain): weights
+            # come from local files only; without one the encoder trains from random init,
+            # with this warning (docs/weights.md).
+            logging.getLogger(__name__).warning(
+                "Swin(arch=%r, pretrained=True): no weights_path given, the model is randomly initialised "
+                "(rskeras downloads nothing: pass a local copy of torchvision's .pth for the arch, or a "
+                "conversion by `rskeras convert-weights`, as weights_path)",
+                arch,
+            )
 
     def build(self, input_shape=None):
         self.model.build()
+        if self.output_layers is not None:
+            # Feature mode never runs the final norm and head: they keep their weights (state
+            # dicts and parameter counts match rslearn's) but are not trainable, so that no
+            # step asks for their (non-existent) gradients.
+            for layer in (self.model.norm, self.model.head):
+                layer.trainable = False
         self.built = True
 
     def load_pretrained(self, path: str):

@@ -3,8 +3,8 @@
 ``lightning.pytorch.loggers.X`` class paths map to ``rskeras.train.loggers.X``:
 
 * ``TensorBoardLogger(save_dir, name="lightning_logs", version=None, sub_dir=None)``:
-  TensorBoard event files in ``<save_dir>/<name>/version_<n>[/<sub_dir>]`` (Keras'
-  ``train``/``validation`` sub-directories inside);
+  TensorBoard event files in ``<save_dir>/<name>/version_<n>[/<sub_dir>]``, scalars under
+  the logged names (``train_loss``, ``val_accuracy``, ``lr``, ``epoch``), as Lightning;
 * ``CSVLogger(save_dir, name="lightning_logs", version=None)``: ``metrics.csv`` (and
   ``metrics.json``) with one row per epoch in ``<save_dir>/<name>/version_<n>``;
 * ``WandbLogger``, ``MLFlowLogger``: not available in rskeras (no network services); a
@@ -25,7 +25,6 @@ from typing import Any
 import keras
 import numpy as np
 
-from rskeras.keras_compat import TensorBoardWithoutLearningRate
 from rskeras.utils.fileio import atomic_write_text
 
 
@@ -93,6 +92,48 @@ class Logger:
         raise NotImplementedError
 
 
+class TensorBoardWriter(keras.callbacks.Callback):
+    """TensorBoard scalars as Lightning's ``TensorBoardLogger`` writes them: one event file
+    in the log directory, each epoch value under the name it is logged as (``train_loss``,
+    ``val_loss``, ``val_accuracy``, ``lr``: the names of metrics.csv, so train and val
+    curves overlay) plus ``epoch``, at step = the global step at the end of the epoch.
+
+    (Keras' ``TensorBoard`` callback writes ``epoch_<name>`` tags into ``train`` and
+    ``validation`` sub-directories, with ``val_`` stripped.) The learning rate logged is
+    ``lr``, the rate used during the epoch.
+    """
+
+    def __init__(self, log_dir: str, trainer: Any = None):
+        super().__init__()
+        self.log_dir = log_dir
+        self.trainer = trainer
+        self.writer = None
+
+    def on_train_begin(self, logs=None):
+        import tensorflow as tf
+
+        os.makedirs(self.log_dir, exist_ok=True)
+        self.writer = tf.summary.create_file_writer(self.log_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+
+        if self.writer is None:
+            self.on_train_begin()
+        step = int(self.trainer.global_step()) if self.trainer is not None else int(epoch)
+        with self.writer.as_default():
+            for key, value in (logs or {}).items():
+                if np.ndim(value) == 0:
+                    tf.summary.scalar(str(key), float(value), step=step)
+            tf.summary.scalar("epoch", float(epoch), step=step)
+        self.writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
 class TensorBoardLogger(Logger):
     """TensorBoard event files (Lightning ``TensorBoardLogger``).
 
@@ -100,7 +141,7 @@ class TensorBoardLogger(Logger):
         save_dir: root directory.
         name: experiment name (default "lightning_logs"; empty: no sub-directory).
         version: int or string (default: next free ``version_<n>``).
-        log_graph: write the model graph.
+        log_graph: accepted; rskeras writes no graph (a warning says so).
         default_hp_metric, prefix, comment, max_queue, flush_secs: accepted for
             compatibility.
         sub_dir: extra sub-directory of the version directory.
@@ -129,9 +170,11 @@ class TensorBoardLogger(Logger):
         return os.path.join(base, self.sub_dir) if self.sub_dir else base
 
     def callbacks(self, trainer) -> list[keras.callbacks.Callback]:
-        # Without Keras' learning_rate entry (the next epoch's rate): rskeras logs ``lr``,
-        # the rate used during the epoch.
-        return [TensorBoardWithoutLearningRate(log_dir=trainer.worker_path(self.log_dir), write_graph=self.log_graph)]
+        if self.log_graph:
+            import logging
+
+            logging.getLogger(__name__).warning("TensorBoardLogger(log_graph=True): rskeras writes no model graph")
+        return [TensorBoardWriter(trainer.worker_path(self.log_dir), trainer)]
 
 
 class CSVLogger(Logger):

@@ -322,7 +322,7 @@ def iterate_with_outputs(lm: Any, data: Any, stage: str, limit: int | None = Non
         ds = ds.take(limit)
     total = data.num_batches(stage) if limit is None else min(limit, data.num_batches(stage))
     with surface_errors():  # a window that cannot be read: its DataReadError
-        for inputs, targets, metadata in tqdm(ds, total=total, desc=desc or stage, unit="batch"):
+        for inputs, targets, metadata in tqdm(ds, total=total, desc=desc or stage, unit="batch", disable=None):  # no bar off a terminal
             outputs = run(inputs)
             yield inputs, targets, outputs, metadata
 

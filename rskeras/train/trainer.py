@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from typing import Any
 
@@ -77,8 +78,6 @@ PRECISIONS = {
 # not ``1.0`` (``fast_dev_run: 1`` runs one batch in Lightning).
 UNSUPPORTED_ARGUMENTS: dict[str, tuple[Any, ...]] = {
     "val_check_interval": (1.0,),
-    "fast_dev_run": (False, 0),
-    "overfit_batches": (0, 0.0),
     "min_steps": (0,),
     "max_time": (),
     "profiler": (),
@@ -248,10 +247,14 @@ class Trainer:
             (default 2; -1 all).
         log_every_n_steps: accepted (rskeras logs epoch values, as rslearn does).
         use_distributed_sampler, benchmark, inference_mode: accepted, no effect.
-        val_check_interval, fast_dev_run, overfit_batches, min_steps, max_time, profiler,
-            plugins, detect_anomaly, barebones, reload_dataloaders_every_n_epochs,
-            sync_batchnorm, model_registry: not supported (error unless left at
-            Lightning's default).
+        fast_dev_run: true or n: a quick check of the whole loop, as in Lightning: n batches
+            (true: 1) of train, val, test and predict, one epoch, no sanity check, and nothing
+            written (no checkpoints, loggers, metrics file, backup, config or SavedModel).
+        overfit_batches: n batches (int) or a fraction (float) of the train split, the same
+            ones every epoch (not shuffled), and as many val batches, as in Lightning.
+        val_check_interval, min_steps, max_time, profiler, plugins, detect_anomaly,
+            barebones, reload_dataloaders_every_n_epochs, sync_batchnorm, model_registry:
+            not supported (error unless left at Lightning's default).
         backup_and_restore: (rskeras) keep ``<root>/backup`` to resume killed runs.
         stop_on_nonfinite_loss: (rskeras) stop with an error on a NaN/inf training loss.
         jit_compile: (rskeras) run the model's forward/backward pass under XLA: true,
@@ -291,9 +294,9 @@ class Trainer:
         use_distributed_sampler: bool | None = None,
         benchmark: bool | None = None,
         inference_mode: bool | None = None,
+        fast_dev_run: int | bool = False,
+        overfit_batches: int | float = 0.0,
         val_check_interval: Any = None,
-        fast_dev_run: Any = None,
-        overfit_batches: Any = None,
         min_steps: Any = None,
         max_time: Any = None,
         profiler: Any = None,
@@ -342,6 +345,27 @@ class Trainer:
             strategy_name(strategy)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        fast_dev_run = 1 if fast_dev_run is True else int(fast_dev_run or 0)
+        if fast_dev_run < 0:
+            raise ConfigError(f"trainer.fast_dev_run must be >= 0 or a bool, got {fast_dev_run}")
+        if isinstance(overfit_batches, float) and not 0.0 <= overfit_batches <= 1.0:
+            raise ConfigError(f"trainer.overfit_batches: a float must be a fraction in [0, 1], got {overfit_batches}")
+        if isinstance(overfit_batches, int) and overfit_batches < 0:
+            raise ConfigError(f"trainer.overfit_batches must be >= 0, got {overfit_batches}")
+        self.fast_dev_run = fast_dev_run
+        self.overfit_batches = overfit_batches if overfit_batches else 0
+        if self.overfit_batches:
+            # Lightning: the train and val limits become overfit_batches; train is not shuffled.
+            limit_train_batches = limit_val_batches = self.overfit_batches
+        if fast_dev_run:
+            # Lightning: n batches of every loop, one epoch, no sanity check, no logging or
+            # checkpointing (rskeras writes nothing at all: no backup, metrics or export).
+            limit_train_batches = limit_val_batches = limit_test_batches = limit_predict_batches = fast_dev_run
+            max_epochs, max_steps, num_sanity_val_steps, check_val_every_n_epoch = 1, fast_dev_run, 0, 1
+            logger, enable_checkpointing, backup_and_restore = False, False, False
+            logging.getLogger(__name__).info(
+                "fast_dev_run: running %d batch(es) of each loop; checkpoints, logs and exports are off", fast_dev_run
+            )
         if max_epochs is None or max_epochs == -1:
             max_epochs = 1000 if max_steps == -1 else None
         self.max_epochs = max_epochs
@@ -445,6 +469,12 @@ class Trainer:
             return count
         return min(int(limit), total)
 
+    def progress_bar(self) -> bool:
+        """Whether to draw Keras' progress bar: enabled, and stdout is a terminal (into a
+        log file or pipe, fit writes one plain line per epoch instead: no ANSI codes)."""
+        isatty = getattr(sys.stdout, "isatty", None)
+        return self.enable_progress_bar and bool(isatty and isatty())
+
     # ---- callbacks ----------------------------------------------------------------------
 
     def checkpoint_callbacks(self) -> list[Any]:
@@ -459,11 +489,35 @@ class Trainer:
                 c.trainer = self
             if isinstance(c, ManagedBestLastCheckpoint):
                 c.dirpath = self.root
-            elif isinstance(c, ModelCheckpoint) and c.dirpath is None:
+            elif isinstance(c, (BestLastCheckpoint, ModelCheckpoint)) and c.dirpath is None:
                 c.dirpath = os.path.join(self.root, "checkpoints")
             elif isinstance(c, (BestLastCheckpoint, ModelCheckpoint)) and not self._worker_dirs_applied:
                 c.dirpath = self.worker_path(c.dirpath)
         self._worker_dirs_applied = True
+
+    def warn_about_existing_checkpoints(self, resume: str | None) -> list[str]:
+        """A fresh fit whose checkpoint directories already hold checkpoints (of another
+        run, or of an earlier run of this config) says so before overwriting them: one
+        warning per directory naming the files. Resuming (from the backup, or from a
+        ``ckpt_path`` in that directory) continues the same run: no warning. Returns the
+        files warned about."""
+        found: list[str] = []
+        for c in self.checkpoint_callbacks():
+            directory = getattr(c, "dirpath", None)
+            if not directory or not os.path.isdir(directory):
+                continue
+            if resume and os.path.abspath(os.path.dirname(resume)) == os.path.abspath(directory):
+                continue
+            names = sorted(n for n in os.listdir(directory) if n.endswith((".weights.h5", ".ckpt")))
+            if names:
+                found += [os.path.join(directory, n) for n in names]
+                logger.warning(
+                    "checkpoint directory %s already holds %s from an earlier run: this fit writes its checkpoints "
+                    "there and will overwrite them (set trainer.default_root_dir to keep runs apart)",
+                    directory,
+                    ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else ""),
+                )
+        return found
 
     def _state_key(self, callback: Any) -> str:
         same = [c for c in self.callbacks if type(c) is type(callback)]
@@ -484,6 +538,8 @@ class Trainer:
 
     def _fit_callbacks(self) -> list[keras.callbacks.Callback]:
         user = [c for c in self.callbacks if isinstance(c, keras.callbacks.Callback)]
+        if self.fast_dev_run:
+            user = [c for c in user if c not in self.checkpoint_callbacks()]
         # Like Lightning, checkpoint callbacks run last, so they save every other
         # callback's state of this epoch.
         ordered = [c for c in user if c not in self.checkpoint_callbacks()] + [c for c in user if c in self.checkpoint_callbacks()]
@@ -491,7 +547,8 @@ class Trainer:
         tail: list[keras.callbacks.Callback] = []
         if self.min_epochs:
             tail.append(_MinEpochsGuard())
-        tail.append(MetricsFileLogger(self.root))
+        if not self.fast_dev_run:
+            tail.append(MetricsFileLogger(self.root))
         tail.extend(self._logger_callbacks())
         if self.backup_and_restore:
             tail.append(_Backup(self.backup_path))
@@ -604,7 +661,8 @@ class Trainer:
         """Trains ``lm`` on ``dm``; resumes from the backup of an interrupted run of the same
         root, else from ``ckpt_path``; applies ``lm.restore_config`` on a fresh fit."""
         self.lm = lm
-        self.lock_run_dir()
+        if not self.fast_dev_run:
+            self.lock_run_dir()
         self._prepare_callbacks()
         remove_leftovers(self.root, [c.dirpath for c in self.checkpoint_callbacks() if getattr(c, "dirpath", None)])
         for c in self.callbacks:
@@ -616,12 +674,15 @@ class Trainer:
             factory = getattr(lm, "scheduler_factory", None)
             lm.lr_scheduler = factory.build(unwrap_optimizer(lm.optimizer)) if factory is not None else None
             initial_epoch = 0
-            resume = self.backup_path if self.backup_and_restore and os.path.exists(self.backup_path) else ckpt_path
-            finished = read_fit_state(self.root) if self.backup_and_restore else None
+            from_backup = self.backup_and_restore and os.path.exists(self.backup_path)
+            resume = self.backup_path if from_backup else ckpt_path
+            finished = read_fit_state(self.root) if self.backup_and_restore and not self.fast_dev_run else None
             if finished is not None:
                 resume = self._after_finished_fit(lm, dm, finished, resume)
                 if resume is None:
                     return keras.callbacks.History()
+            elif not from_backup and not self.fast_dev_run:
+                self.warn_about_existing_checkpoints(resume)
             if resume:
                 initial_epoch = self.resume(lm, resume)
             elif getattr(lm, "restore_config", None) is not None:
@@ -636,7 +697,9 @@ class Trainer:
         multi_replica = lm.distribute_strategy.num_replicas_in_sync > 1
         if multi_replica:
             warn_if_cpu_replicas_with_onednn(lm.distribute_strategy, dm.batch_size)
-        train = self.limited(dm.tf_dataset("train", drop_remainder=multi_replica), dm, "train")
+        # overfit_batches: the same first batches every epoch (Lightning turns shuffling off).
+        shuffle = False if self.overfit_batches else None
+        train = self.limited(dm.tf_dataset("train", shuffle=shuffle, drop_remainder=multi_replica), dm, "train")
         val = self.limited(dm.tf_dataset("val"), dm, "val") if self.has_validation(dm) else None
         if val is not None and self.num_sanity_val_steps != 0:
             available = self.steps(dm, "val") or dm.num_batches("val")
@@ -655,7 +718,7 @@ class Trainer:
                     validation_freq=self.check_val_every_n_epoch,
                     callbacks=self._fit_callbacks(),
                     shuffle=False,  # tf.data shuffles the train split itself
-                    verbose=(1 if self.enable_progress_bar else 2) if self.is_chief else 0,
+                    verbose=(1 if self.progress_bar() else 2) if self.is_chief else 0,
                 )
         except NonFiniteLossError as e:
             raise NonFiniteLossError(f"{e} {non_finite_inputs_note(dm)}") from None
@@ -780,6 +843,6 @@ class Trainer:
             logs = lm.evaluate(
                 self.limited(dm.tf_dataset(stage), dm, stage),
                 return_dict=True,
-                verbose=(1 if self.enable_progress_bar else 0) if self.is_chief else 0,
+                verbose=(1 if self.progress_bar() else 0) if self.is_chief else 0,
             )
         return {f"{prefix}_{k}": float(v) for k, v in logs.items()}

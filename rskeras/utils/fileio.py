@@ -8,9 +8,25 @@ import tempfile
 from typing import Iterator
 
 
+def default_mode(directory: bool = False) -> int:
+    """The mode a plain ``open()`` (or ``os.makedirs``) would give under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def apply_default_mode(path: str) -> None:
+    """Gives a temporary file or directory (``mkstemp``/``mkdtemp``: 0600/0700) the mode of
+    a normally created one before it is renamed into place (files within a directory keep
+    theirs)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(path, default_mode(os.path.isdir(path)))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
-    """Yields a temporary path next to ``path``; on success it is renamed onto ``path``.
+    """Yields a temporary path next to ``path``; on success it is renamed onto ``path``
+    with the umask's mode (as a plain ``open`` would create it, not mkstemp's 0600).
 
     On error the temporary file is removed and ``path`` is left as it was.
     """
@@ -21,6 +37,7 @@ def atomic_path(path: str) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        apply_default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -22,9 +22,9 @@ from rskeras.weights.files import read_with_key_rules, summarize, write_state_di
 OUTPUT_SUFFIXES = (".npz", ".safetensors")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "convert_weights.py") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="convert_weights.py",
+        prog=prog,
         description="Convert a PyTorch state dict (.ckpt/.pth/.npz/.safetensors) into a torch-free .npz or .safetensors file.",
     )
     parser.add_argument("input", help="input weights file (.ckpt, .pth, .pt, .bin, .npz, .safetensors)")
@@ -50,10 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "convert_weights.py") -> int:
+    """The command: a bad input file is one line on stderr and exit code 2."""
+    from rskeras.errors import report_user_errors
+
+    return report_user_errors(lambda args: run(args, prog), argv, prog)
+
+
+def run(argv: list[str], prog: str = "convert_weights.py") -> int:
+    args = build_parser(prog).parse_args(argv)
     if not args.output.lower().endswith(OUTPUT_SUFFIXES):
-        print(f"error: output {args.output} must end in .npz or .safetensors", file=sys.stderr)
+        print(f"{prog}: error: output {args.output} must end in .npz or .safetensors", file=sys.stderr)
         return 2
     try:
         state = read_with_key_rules(
@@ -61,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         write_state_dict(state, args.output)
     except (CheckpointError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
     summary = summarize(state)
     print(summary.splitlines()[-1] if args.quiet else summary)
     print(f"wrote {args.output}")

@@ -171,7 +171,9 @@ class BestLastCheckpoint(Callback):
     (strictly) and then ``last.weights.h5`` (rslearn ``BestLastCheckpoint``).
 
     Args:
-        dirpath: directory of the checkpoints.
+        dirpath: directory of the checkpoints (default ``<run dir>/checkpoints``, the run
+            directory being ``trainer.default_root_dir``, as for Lightning's
+            ``ModelCheckpoint``).
         monitor: logged metric to watch (default "val_loss").
         mode: "min" or "max" (default "min").
 
@@ -182,7 +184,7 @@ class BestLastCheckpoint(Callback):
     metric is an error listing the available keys.
     """
 
-    def __init__(self, dirpath: str, monitor: str = "val_loss", mode: str = "min"):
+    def __init__(self, dirpath: str | None = None, monitor: str = "val_loss", mode: str = "min"):
         super().__init__()
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
