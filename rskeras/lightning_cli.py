@@ -77,6 +77,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[Override]]:
         "the weights of a torch/Lightning .ckpt; validate/test/predict: the weights to use",
     )
     parser.add_argument("--print_config", action="store_true", help="print the merged config and exit")
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="predict: only shard I of N (0-based) of the windows, e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT "
+        "(TF_CONFIG with several workers sets it too); completed windows are skipped (see docs/scale.md)",
+    )
     rest, overrides = split_command_line(argv, prog="train.py")
     return parser.parse_args(rest), overrides
 
@@ -226,6 +233,44 @@ def evaluate(r: Run, stage: str, ckpt_path: str | None) -> None:
         print(f"test metrics written to {path}")
 
 
+def writer_output_layers(config: dict[str, Any]) -> list[str]:
+    """Output layers of the RslearnWriter callbacks of a config, in order."""
+    layers = []
+    for callback in (config.get("trainer") or {}).get("callbacks") or []:
+        if isinstance(callback, dict) and str(callback.get("class_path", "")).endswith("prediction_writer.RslearnWriter"):
+            layer = (callback.get("init_args") or {}).get("output_layer")
+            if isinstance(layer, str):
+                layers.append(layer)
+    return layers
+
+
+def apply_predict_shard(config: dict[str, Any], shard_arg: str | None) -> None:
+    """Sharded prediction (``--shard i/N`` or ``TF_CONFIG``): the data module predicts only
+    its shard, completed windows are skipped (``output_layer_name_skip_inference_if_exists``
+    defaults to the last writer's layer, written last for each window) and TF_CONFIG is
+    not used to build a multi-worker strategy: every worker predicts on its own."""
+    from rskeras.train.sharding import resolve_shard
+
+    shard = resolve_shard(shard_arg)
+    os.environ.pop("TF_CONFIG", None)
+    if shard is None:
+        return
+    data = config.get("data")
+    if not isinstance(data, dict):
+        return
+    init = data.setdefault("init_args", {})
+    init["predict_shard"] = str(shard)
+    layers = writer_output_layers(config)
+    split = init.get("predict_config")
+    if split is None:
+        split = init["predict_config"] = {}
+    if isinstance(split, dict) and "class_path" in split:
+        split = split.setdefault("init_args", {})
+    if isinstance(split, dict) and layers and not split.get("output_layer_name_skip_inference_if_exists"):
+        split["output_layer_name_skip_inference_if_exists"] = layers[-1]
+        logger.info("predict shard %s: skipping windows whose layer %s is completed", shard, layers[-1])
+
+
 def run(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args, overrides = parse_args(argv)
@@ -234,13 +279,23 @@ def run(argv: list[str] | None = None) -> int:
     if args.ckpt_path:
         config["ckpt_path"] = args.ckpt_path
     apply_project_management(config, args.subcommand)
+    if args.shard is not None and args.subcommand != "predict":
+        raise ConfigError(f"--shard is for predict, not {args.subcommand}")
+    if args.subcommand == "predict":
+        apply_predict_shard(config, args.shard)
     if args.print_config:
         print(yaml.safe_dump(config, sort_keys=False))
         return 0
     ckpt_path = config.get("ckpt_path")
     if ckpt_path is not None and not isinstance(ckpt_path, str):
         raise ConfigError(f"ckpt_path: expected a path, got {ckpt_path!r}")
-    r = build_run(config, SUBCOMMAND_STAGES[args.subcommand], default_root_dir(args.config))
+    from rskeras.train.prediction_writer import NothingToPredict
+
+    try:
+        r = build_run(config, SUBCOMMAND_STAGES[args.subcommand], default_root_dir(args.config))
+    except NothingToPredict as e:
+        print(e)
+        return 0
     if r.trainer.is_chief:
         r.save_config()
     if args.subcommand == "fit":
@@ -266,6 +321,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        from rskeras.train.prediction_writer import PredictionWriteError
+
+        if not isinstance(e, PredictionWriteError):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:

@@ -86,6 +86,19 @@ class RslearnDataModule:
         check_nan: rskeras extension: NaN pixels in raster inputs are bad input (error,
             or skipped window with ``skip_bad_windows``). Off by default, as rslearn
             passes NaN through (e.g. NaN elevation nodata for ElevationToSlopeAspect).
+        predict_shard: rskeras extension: ``"i/N"``, predict only shard i of N of the
+            predict split's windows (``train.py predict --shard i/N`` or ``TF_CONFIG`` set
+            it; see ``rskeras.train.sharding`` and docs/scale.md).
+        large_window_pixels: rskeras extension: an all-crops predict split with a window
+            of more pixels than this reads every crop from disk on its own (instead of
+            the whole window at once) and ``RslearnWriter`` writes such windows block by
+            block, so memory does not grow with the window (docs/scale.md). Default
+            4096 x 4096.
+        data_service: rskeras extension: run the input pipeline of some stages on a
+            ``tf.data`` service (``tools/data_service.py`` starts the dispatcher and
+            workers): ``{address: "grpc://host:port", processing_mode:
+            distributed_epoch | parallel_epochs, job_name: null, stages: [train]}``. Needs
+            ``cache_dir`` (the service workers run the graph-only cached pipeline).
     """
 
     def __init__(
@@ -111,6 +124,9 @@ class RslearnDataModule:
         cache_dir: str | None = None,
         skip_bad_windows: bool = False,
         check_nan: bool = False,
+        predict_shard: str | None = None,
+        large_window_pixels: int = 4096 * 4096,
+        data_service: dict[str, Any] | None = None,
     ):
         if not path:
             raise ValueError("path (the dataset root) is required")
@@ -127,6 +143,19 @@ class RslearnDataModule:
             use_in_memory_dataset = use_in_memory_all_crops_dataset
         if use_in_memory_dataset and cache_dir:
             raise ValueError("use_in_memory_dataset and cache_dir are exclusive: choose the memory or the disk cache")
+        if large_window_pixels < 1:
+            raise ValueError(f"large_window_pixels must be >= 1, got {large_window_pixels}")
+        from rskeras.train.data_service import DataServiceConfig
+        from rskeras.train.sharding import parse_shard
+
+        self.predict_shard = parse_shard(predict_shard, "data.init_args.predict_shard")
+        self.large_window_pixels = int(large_window_pixels)
+        self.data_service = DataServiceConfig.parse(data_service) if data_service is not None else None
+        if self.data_service is not None and not cache_dir:
+            raise ValueError(
+                "data_service needs cache_dir: the tf.data service workers run the input pipeline in other processes, "
+                "which can run the graph-only pipeline of the input cache but not the Python GeoTIFF reads of the no-cache path"
+            )
         self.inputs = dict(inputs)
         self.task = task
         self.path = str(path)
@@ -173,10 +202,18 @@ class RslearnDataModule:
                 skip_bad_windows=self.skip_bad_windows,
                 check_nan=self.check_nan,
                 map_all_crops=self.use_map_all_crops_dataset,
+                shard=self.predict_shard if stage == "predict" else None,
             )
+            if stage == "predict" and md.all_crops and self.large_windows(md):
+                # Whole-window reads of these would need memory growing with the window.
+                md.read_crops_separately()
             self._model_datasets[stage] = md
             logger.info("%s split: %d windows, %d examples (%.1fs)", stage, len(md.windows), len(md), time.time() - start)
         return self._model_datasets[stage]
+
+    def large_windows(self, md: ModelDataset) -> list[int]:
+        """Indexes of the windows of ``md`` with more than ``large_window_pixels`` pixels."""
+        return [i for i, w in enumerate(md.windows) if w.width * w.height > self.large_window_pixels]
 
     def num_batches(self, stage: str) -> int:
         md = self.model_dataset(stage)
@@ -245,7 +282,7 @@ class RslearnDataModule:
 
         return graph_fn
 
-    def _materialize(self, md: ModelDataset, unit, crop_bounds, choice, crop_idx, num_crops, all_crops_slicing: bool, crop_filter: bool):
+    def _materialize(self, md: ModelDataset, unit, crop_bounds, choice, crop_idx, num_crops, all_crops_slicing: bool, crop_filter: bool, mask_idx=None):
         """Raw inputs + metadata of one example from a unit (graph).
 
         Args:
@@ -254,7 +291,8 @@ class RslearnDataModule:
             choice: int32 [num_inputs] candidate index per input (-1: all).
             all_crops_slicing: offsets computed as rslearn's all-crops datasets do
                 (``int((crop - window) * factor)``) instead of on the factor's grid.
-            crop_filter: keep only vector features intersecting crop ``crop_idx``.
+            crop_filter: keep only vector features intersecting crop ``crop_idx`` (row
+                ``mask_idx`` of the unit's crop mask when given).
         """
         raw: dict[str, Any] = {}
         region = unit["region"]
@@ -293,7 +331,7 @@ class RslearnDataModule:
                 else:
                     keep = tf.equal(group, tf.maximum(choice[i], 0))
                 if crop_filter:
-                    keep = keep & tf.gather(u["crop_mask"], crop_idx)
+                    keep = keep & tf.gather(u["crop_mask"], crop_idx if mask_idx is None else mask_idx)
                 raw[key] = {
                     "bounds": tf.boolean_mask(u["bounds"], keep),
                     "centroid": tf.boolean_mask(u["centroid"], keep),
@@ -411,6 +449,8 @@ class RslearnDataModule:
         options.deterministic = not train
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         ds = ds.with_options(options)
+        if self.data_service is not None and stage in self.data_service.stages:
+            ds = self.data_service.distribute(ds, stage, md)
         return ds.prefetch(tf.data.AUTOTUNE)
 
     def raw_dataset(self, stage: str, shuffle: bool | None = None, seed: int | None = None) -> tf.data.Dataset:
@@ -418,6 +458,13 @@ class RslearnDataModule:
         transforms (what rslearn's ``get_raw_inputs`` returns, per crop)."""
         md = self.model_dataset(stage)
         if len(md) == 0:
+            done, elsewhere = md.selection_stats.get("skipped_completed", 0), md.selection_stats.get("other_shards", 0)
+            if stage == "predict" and (done or elsewhere):
+                from rskeras.train.prediction_writer import NothingToPredict
+
+                what = [f"{done} window(s) already have their output layer completed"] if done else []
+                what += [f"{elsewhere} belong to other shards than {md.shard}"] if elsewhere else []
+                raise NothingToPredict(f"nothing to predict in {self.path}: {' and '.join(what)}")
             raise ValueError(f"the {stage} split of dataset {self.path} has no examples (check groups/tags/required inputs)")
         train = stage == "train"
         shuffle = train if shuffle is None else shuffle
@@ -427,8 +474,9 @@ class RslearnDataModule:
             self._window_tables: dict[int, dict[str, tf.Tensor]] = {}
         self._window_tables[id(md)] = {k: tf.constant(v) for k, v in md.window_table().items()}
         all_crops = md.all_crops
-        iterable_crops = all_crops and not md.map_all_crops
-        cached = bool(self.cache_dir) or self.use_in_memory_dataset
+        clipped = md.clip_crops  # crops read one by one, clipped to the window
+        iterable_crops = all_crops and not md.map_all_crops and not clipped
+        cached = (bool(self.cache_dir) or self.use_in_memory_dataset) and not clipped
         examples = md.examples
         ex_window = np.asarray([e[0] for e in examples], np.int64)
         ex_crop_idx = np.asarray([e[2] for e in examples], np.int64)
@@ -495,10 +543,11 @@ class RslearnDataModule:
             if per_window:
                 n = len(md.windows)
                 read = lambda wi, seed: md.guarded(wi, lambda: self._host_read(md.host_unit, wi, None if seed < 0 else seed))  # noqa: E731
-            elif md.map_all_crops:
+            elif md.map_all_crops or clipped:
                 n = len(examples)
+                crop_read = md.host_clipped_crop_unit if clipped else md.host_crop_unit
                 read = lambda i, seed: md.guarded(  # noqa: E731
-                    int(ex_window[i]), lambda: self._host_read(md.host_crop_unit, i, None if seed < 0 else seed)
+                    int(ex_window[i]), lambda: self._host_read(crop_read, i, None if seed < 0 else seed)
                 )
             else:
                 n = len(examples)
@@ -507,7 +556,7 @@ class RslearnDataModule:
             ex_window_t = tf.constant(ex_window)
             if per_window:
                 seeds = lambda i: i if deterministic else tf.constant(-1, tf.int64)  # noqa: E731
-            elif md.map_all_crops:
+            elif md.map_all_crops or clipped:
                 seeds = lambda i: tf.gather(ex_window_t, i) if deterministic else tf.constant(-1, tf.int64)  # noqa: E731
             else:
                 seeds = lambda i: i if deterministic else tf.constant(-1, tf.int64)  # noqa: E731
@@ -552,7 +601,15 @@ class RslearnDataModule:
 
             def example(unit, crop, choice, i):
                 return self._materialize(
-                    md, unit, crop, choice, tf.gather(ex_crop_idx_t, i), tf.gather(ex_num_t, i), all_crops_slicing=False, crop_filter=False
+                    md,
+                    unit,
+                    crop,
+                    choice,
+                    tf.gather(ex_crop_idx_t, i),
+                    tf.gather(ex_num_t, i),
+                    all_crops_slicing=clipped,
+                    crop_filter=clipped,
+                    mask_idx=0 if clipped else None,
                 )
 
             ds = ds.map(example, num_parallel_calls=parallel, deterministic=deterministic)
