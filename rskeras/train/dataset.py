@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
 import warnings
 from typing import Any
@@ -579,6 +580,30 @@ def candidate_groups(window: Window, data_input: DataInput, completed: set[tuple
     return options
 
 
+def physical_memory() -> int | None:
+    """Bytes of physical memory of this machine (None if unknown)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_read_size(where: str, timesteps: int, height: int, width: int, bands: int, dtype: Any) -> None:
+    """Refuses a read that cannot fit in this machine's memory (a whole 200000 x 200000
+    window, a sparse GeoTIFF declaring a huge size) with an error instead of an attempt to
+    allocate it."""
+    need = timesteps * height * width * bands * np.dtype(dtype).itemsize
+    memory = physical_memory()
+    if memory is not None and need > memory:
+        gib = 1 << 30
+        raise DataReadError(
+            f"{where}: reading {width}x{height} px x {bands} band(s)"
+            + (f" x {timesteps} timesteps" if timesteps > 1 else "")
+            + f" needs {need / gib:.1f} GiB, more than this machine's {memory / gib:.1f} GiB of memory; "
+            "predict large windows in crops (predict_config: load_all_crops: true, crop_size: ...), which reads them crop by crop"
+        )
+
+
 def _to_posix(text: str) -> float:
     """ISO-8601 time (UTC when no offset is given) -> POSIX seconds."""
     return parse_time(text).timestamp()
@@ -626,6 +651,7 @@ def read_raster_group(
         except RasterReadError as e:
             raise DataReadError(f"{where}: {e}") from None
         t = sidecar["num_timesteps"] if sidecar and sidecar.get("num_timesteps") else 1
+        check_read_size(where, t, height, width, len(bands), dtype)
         # File band index c*T + t (channel-major), 1-based for rasterio.
         indexes = [src_c * t + ts + 1 for _, src_c in wanted for ts in range(t)]
         try:
@@ -1113,7 +1139,6 @@ class ModelDataset:
     def window_file_fingerprint(self, window_idx: int) -> str:
         """A fingerprint of a window's metadata and the files of the layers its inputs
         read (paths, sizes, mtimes), for cache invalidation."""
-        import os
 
         window = self.windows[window_idx]
         layer_names = {parse_layer_dir_name(e)[0] for di in self.inputs.values() for e in di.layers}
