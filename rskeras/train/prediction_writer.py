@@ -353,8 +353,7 @@ class RslearnWriter:
             if crop_idx == num_crops - 1:
                 self._streams.pop(window.label)
                 pending = sorted(self.pending_outputs.pop(window.name, []), key=lambda o: (o.bounds[0], o.bounds[1]))
-                merged = self.merger.merge(window, pending, self.layer_config)
-                self._write_or_fail(window, lambda: self.write(window, merged))
+                self.write(window, self.merger.merge(window, pending, self.layer_config))
             return
         array = np.asarray(output)
         try:
@@ -425,8 +424,7 @@ class RslearnWriter:
         if len(pending) != num_crops:
             logger.warning("window %s: writing %d of %d crops (some crops were not predicted)", window.label, len(pending), num_crops)
         assert self.layer_config is not None and self.merger is not None
-        merged = self.merger.merge(window, pending, self.layer_config)
-        self._write_or_fail(window, lambda: self.write(window, merged))
+        self.write(window, self.merger.merge(window, pending, self.layer_config))
 
     def _write_error(self, window: Window, error: BaseException) -> PredictionWriteError:
         detail = str(error)
@@ -434,17 +432,15 @@ class RslearnWriter:
             detail = f"{error.filename}: {error.strerror}"
         return PredictionWriteError(f"window {window.label}: cannot write output layer {self.output_layer}: {detail}")
 
-    def _write_or_fail(self, window: Window, write) -> None:
-        """Runs ``write()``; a failure to write becomes a PredictionWriteError."""
+    def write(self, window: Window, merged: Any) -> None:
+        """Writes a window's merged output durably, then marks the layer completed; a
+        failure to write raises :class:`PredictionWriteError` naming the window."""
         try:
-            write()
-        except PredictionWriteError:
-            raise
+            self._write(window, merged)
         except (OSError, UnsafePathError) + RASTER_ERRORS as e:
             raise self._write_error(window, e) from None
 
-    def write(self, window: Window, merged: Any) -> None:
-        """Writes a window's merged output durably, then marks the layer completed."""
+    def _write(self, window: Window, merged: Any) -> None:
         assert self.layer_config is not None
         layer_dir = window.layer_dir(self.output_layer)
         if self.layer_config.type == "raster":
