@@ -46,7 +46,7 @@ from rskeras.dataset.window import Window
 from rskeras.train.model_context import SampleMetadata
 from rskeras.utils.block_merge import StripeMerger, StripePlan
 from rskeras.utils.feature import Feature
-from rskeras.utils.fileio import UnsafePathError
+from rskeras.utils.fileio import UnsafePathError, is_inside, remove_stale_temporaries
 from rskeras.utils.geometry import PixelBounds, Projection
 from rskeras.utils.raster_format import RASTER_ERRORS, GeoTIFFWriter, geotiff_profile, write_geotiff
 from rskeras.utils.vector_format import geojson_coordinate_mode, write_geojson
@@ -377,6 +377,7 @@ class RslearnWriter:
     def _open_stream(self, window: Window, plan: StripePlan, first: np.ndarray) -> tuple[GeoTIFFWriter, StripeMerger]:
         """The output GeoTIFF (temporary until complete) and the merger of a large window."""
         assert self.layer_config is not None
+        self._clean(window)
         band_set = self.layer_config.band_sets[0]
         if first.ndim != 3 or first.shape[0] != len(band_set.bands):
             raise ValueError(
@@ -440,8 +441,22 @@ class RslearnWriter:
         except (OSError, UnsafePathError) + RASTER_ERRORS as e:
             raise self._write_error(window, e) from None
 
+    def _output_file(self, window: Window) -> str:
+        assert self.layer_config is not None
+        if self.layer_config.type == "raster":
+            return window.raster_path(self.output_layer, self.layer_config.band_sets[0].bands)
+        return os.path.join(window.layer_dir(self.output_layer), "data.geojson")
+
+    def _clean(self, window: Window) -> None:
+        """Removes what a killed earlier run left half-written for this window (no other
+        process writes it: windows are split between workers)."""
+        for path in (self._output_file(window), os.path.join(window.layer_dir(self.output_layer), "completed")):
+            if os.path.isdir(os.path.dirname(path)) and is_inside(os.path.dirname(path), self.output_root):
+                remove_stale_temporaries(path)
+
     def _write(self, window: Window, merged: Any) -> None:
         assert self.layer_config is not None
+        self._clean(window)
         layer_dir = window.layer_dir(self.output_layer)
         if self.layer_config.type == "raster":
             array = np.asarray(merged)

@@ -98,6 +98,22 @@ def atomic_path(path: str, root: str | None = None) -> Iterator[str]:
     fsync_dir(directory)
 
 
+def remove_stale_temporaries(path: str) -> None:
+    """Removes the temporary files :func:`atomic_path` leaves beside ``path`` when its
+    process is killed (``kill -9``) while writing it; call it only where no other process
+    writes ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(f".{base}.") and ".tmp" in name:
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(directory, name))
+
+
 def atomic_write_text(path: str, text: str, root: str | None = None) -> None:
     with atomic_path(path, root) as tmp:
         with open(tmp, "w") as f:
