@@ -324,9 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ValueError as e:
+        from rskeras.train.dataset import DataReadError
         from rskeras.train.prediction_writer import PredictionWriteError
 
-        if not isinstance(e, PredictionWriteError):
+        if not isinstance(e, (PredictionWriteError, DataReadError)):
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2

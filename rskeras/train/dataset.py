@@ -764,6 +764,14 @@ class ModelDataset:
         # Crops read one by one from disk, clipped to the window (the iterable all-crops
         # semantics without reading whole windows): see read_crops_separately.
         self.clip_crops = False
+        if self.crop_size is None:
+            # Whole windows are read at once: refuse up front those that cannot fit.
+            for window in self.windows:
+                for key, di in self.inputs.items():
+                    if di.data_type == "raster":
+                        b = scale_bounds(di.resolution_factor, window.bounds, strict=False)
+                        where = f"window {window.label}, input {key}"
+                        check_read_size(where, 1, b[3] - b[1], b[2] - b[0], len(self.bands[key]), di.numpy_dtype())
         # Examples: (window index, crop bounds or None, crop idx, num crops).
         self.examples: list[tuple[int, PixelBounds | None, int, int]] = []
         self.window_crops: list[list[PixelBounds]] = []
