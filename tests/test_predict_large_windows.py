@@ -179,3 +179,80 @@ def test_large_windows_read_crop_by_crop_equal_the_whole_window_path(scene_datas
     assert b["wide"][2] == [(16, 16)]  # tiled with the layer's block size
     # No temporary files anywhere.
     assert not [f for _, _, files in os.walk(streamed) for f in files if f.startswith(".")]
+
+
+# ---- tools/predict_tflite.py's scene prediction -----------------------------------------------
+
+BANDS4 = ["B02", "B03", "B04", "B08"]
+
+
+class StubMultiTask:
+    """A stand-in LiteRT model (16 x 16 crops): segmentation class ids from the pixels, an
+    embedding at half resolution, one detection per crop; every output depends on the
+    pixels, so that which crop a merged pixel comes from shows."""
+
+    path = "stub.tflite"
+    input_size = (16, 16)
+    input_details = {"image": ((1, 16, 16, 4), np.dtype(np.float32))}
+    description = {
+        "inputs": [{"name": "image", "bands": BANDS4, "dtype": "float32", "num_timesteps": 1}],
+        "task": {
+            "kind": "multi_task",
+            "tasks": {
+                "seg": {"kind": "segmentation", "outputs": {"class_ids": "seg_class_ids", "probabilities": "seg_probabilities"}, "num_classes": 5},
+                "emb": {"kind": "embedding", "outputs": {"embeddings": "emb_embeddings"}},
+                "det": {
+                    "kind": "detection",
+                    "outputs": {k: f"det_{k}" for k in ("boxes", "scores", "labels", "num_detections")},
+                    "property_name": "category",
+                    "classes": ["bg", "boat"],
+                    "score_threshold": 0.5,
+                },
+            },
+        },
+    }
+
+    def __call__(self, image):
+        x = np.asarray(image, np.float32)[0]
+        total = x.sum(-1)
+        seg = ((total + np.arange(16)[None, :] * 3.0) % 5).astype(np.int32)
+        emb = x.reshape(8, 2, 8, 2, 4).mean((1, 3))[..., :3] + total.mean()
+        cx = float(total.argmax() % 16)
+        boxes = np.array([[[cx - 1, 2, cx + 1, 4]]], np.float32)
+        return {
+            "seg_class_ids": seg[None],
+            "seg_probabilities": np.zeros((1, 16, 16, 5), np.float32),
+            "emb_embeddings": emb[None],
+            "det_boxes": boxes,
+            "det_scores": np.array([[0.9]], np.float32),
+            "det_labels": np.array([[1]], np.int32),
+            "det_num_detections": np.array([1], np.int32),
+        }
+
+
+def test_scene_files_equal_the_in_memory_scene_prediction(tmp_path):
+    from rskeras.export.sliding_window import open_scene, output_paths, predict_scene, predict_scene_to_files, read_scene, write_prediction
+
+    rng = np.random.default_rng(3)
+    scene = str(tmp_path / "scene.tif")
+    height, width = 90, 1100
+    pixels = rng.integers(0, 50, size=(4, height, width)).astype(np.uint16)
+    with rasterio.open(scene, "w", driver="GTiff", width=width, height=height, count=4, dtype="uint16", crs="EPSG:32610", transform=rasterio.Affine(10, 0, 500000, 0, -10, 4100000)) as dst:
+        dst.write(pixels)
+    model = StubMultiTask()
+    expected = predict_scene(model, read_scene({"image": scene}), overlap_pixels=6)
+    for name, prediction in expected.items():
+        write_prediction(prediction, str(tmp_path / "ref" / (name + (".tif" if prediction.raster is not None else ".geojson"))), rasterio.open(scene).crs)
+    paths = output_paths(model.description, str(tmp_path / "out"))
+    done = []
+    with open_scene({"image": scene}) as source:
+        summary = predict_scene_to_files(model, source, paths, overlap_pixels=6, stripe_width=512, progress=lambda d, t: done.append((d, t)))
+    assert summary == {"seg": "1-band raster", "emb": "3-band raster", "det": f"{len(expected['det'].features)} features"}
+    # Stripes of 512 columns: the crops at stripe boundaries are predicted twice.
+    assert done[-1][0] == done[-1][1] > len(expected["det"].features)
+    for name in ("seg", "emb"):
+        with rasterio.open(tmp_path / "ref" / f"{name}.tif") as a, rasterio.open(paths[name]) as b:
+            np.testing.assert_array_equal(a.read(), b.read())
+            assert a.transform == b.transform and a.dtypes == b.dtypes and a.crs == b.crs
+            assert b.profile["tiled"] and b.compression is not None
+    assert (tmp_path / "ref" / "det.geojson").read_text() == open(paths["det"]).read()

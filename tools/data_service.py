@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--dispatcher", required=True, help="the dispatcher's host:port (or grpc://host:port)")
     w.add_argument("--port", type=int, default=0, help="port to serve on (default: a free one)")
     w.add_argument("--host", default="127.0.0.1", help="the address trainers reach this worker at (default 127.0.0.1)")
+    w.add_argument("--heartbeat_ms", type=int, default=1000, help="how often the worker asks the dispatcher for new work (default 1000)")
     args = parser.parse_args(argv)
     if args.port < 0 or args.port > 65535:
         parser.error(f"--port {args.port}: expected 0..65535")
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         server = start_dispatcher(args.port, args.work_dir)
         print(f"dispatcher serving at {server.target.replace('localhost', '127.0.0.1')}", flush=True)
     else:
-        server = start_worker(args.dispatcher, args.port, args.host)
+        server = start_worker(args.dispatcher, args.port, args.host, args.heartbeat_ms)
         print(f"worker serving at {args.host}:{server._address.rsplit(':', 1)[-1]} for dispatcher {args.dispatcher}", flush=True)
 
     stop = []

@@ -541,7 +541,7 @@ def predict_scene_to_files(
             mergers = []
             for name, channels, dtype in members:
                 profile = geotiff_profile(
-                    channels, plan.height, plan.width, dtype, source.crs, source.transform * Affine.scale(factor), tiled=True
+                    channels, plan.height, plan.width, dtype, source.crs, source.transform @ Affine.scale(factor), tiled=True
                 )
                 file = GeoTIFFWriter(paths[name], profile, cog=cog).__enter__()
                 files.append(file)

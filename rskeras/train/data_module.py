@@ -616,7 +616,9 @@ class RslearnDataModule:
         # Tell Keras the epoch length when it is known up front (no lazy bad-window
         # filtering): progress bars and steps work from the first epoch.
         lazily_filtered = self.skip_bad_windows and (not cached or not self.cache_dir)
-        if not lazily_filtered:
+        # A tf.data service worker runs only its splits of the epoch: no fixed count.
+        served = self.data_service is not None and stage in self.data_service.stages
+        if not lazily_filtered and not served:
             if per_window:
                 count = int(sum(len(md.window_crops[w]) for w in kept))
             elif md.split.sampler is not None:

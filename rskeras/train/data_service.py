@@ -95,11 +95,14 @@ def start_dispatcher(port: int = 0, work_dir: str | None = None) -> Any:
     return tf.data.experimental.service.DispatchServer(config)
 
 
-def start_worker(dispatcher: str, port: int = 0, host: str = "127.0.0.1") -> Any:
+def start_worker(dispatcher: str, port: int = 0, host: str = "127.0.0.1", heartbeat_ms: int = 1000) -> Any:
     """Starts a worker in this process registered with ``dispatcher`` (host:port); clients
-    reach it at ``host``:its port."""
+    reach it at ``host``:its port. The worker learns of new jobs (every epoch is one) at
+    its heartbeat: TensorFlow's default of 30 s would idle every epoch's start."""
     import tensorflow as tf
 
     address = dispatcher.split("://", 1)[-1]
-    config = tf.data.experimental.service.WorkerConfig(dispatcher_address=address, worker_address=f"{host}:%port%", port=port)
+    config = tf.data.experimental.service.WorkerConfig(
+        dispatcher_address=address, worker_address=f"{host}:%port%", port=port, heartbeat_interval_ms=heartbeat_ms
+    )
     return tf.data.experimental.service.WorkerServer(config)
