@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -570,6 +571,7 @@ def run_predict(trainer: Trainer, lm: RslearnLightningModule, data: RslearnDataM
     task = lm.task
     limit = trainer.steps(data, "predict")
     count = 0
+    start = time.perf_counter()
     try:
         for _, _, outputs, metadata in iterate_with_outputs(lm, data, "predict", limit, desc="predict"):
             size = int(tf.shape(metadata["window_index"])[0])
@@ -588,5 +590,9 @@ def run_predict(trainer: Trainer, lm: RslearnLightningModule, data: RslearnDataM
     if bad:
         logger.warning("predict: %d bad windows were skipped: %s", len(bad), ", ".join(w for w, _ in bad[:10]))
     shard = f" (shard {data.predict_shard})" if data.predict_shard is not None else ""
-    print(f"predicted {count} examples{shard}" + "".join(f"; wrote {w.output_layer} for {len(w.windows_written)} windows" for w in writers))
+    elapsed = time.perf_counter() - start
+    print(
+        f"predicted {count} examples{shard} in {elapsed:.1f}s"
+        + "".join(f"; wrote {w.output_layer} for {len(w.windows_written)} windows" for w in writers)
+    )
     return writers
