@@ -21,19 +21,18 @@ from conftest import ROOT
 from rskeras import lightning_cli
 from rskeras.config.loader import load_config
 from rskeras.run import build_run
+from tests.training_scripts.tiny_config import tiny_config
 from rskeras.train.mean_ap import coco_map
 from rskeras.train.tasks.detection import detection_match_counts, split_detection_batch
 
 # box_score_thresh 0 keeps every detection, so that an undertrained model still has
 # detections for the metrics, the writer and TFLite to handle; 16x16 boxes (box_size 8)
 # and 16-px anchors give non-zero mAP/F1 after the short fit.
-CONFIG = """
+CHANGES = """
 seed_everything: 0
 model:
-  class_path: rslearn.train.lightning_module.RslearnLightningModule
   init_args:
     model:
-      class_path: rslearn.models.singletask.SingleTaskModel
       init_args:
         encoder:
           - class_path: rskeras.models.simple_cnn.SimpleCNN
@@ -53,19 +52,10 @@ model:
               rpn_post_nms_top_n: 50
               box_batch_size_per_image: 64
     optimizer:
-      class_path: rslearn.train.optimizer.AdamW
       init_args: {lr: 0.003}
 data:
-  class_path: rslearn.train.data_module.RslearnDataModule
   init_args:
-    path: PATH
-    batch_size: 8
     inputs:
-      image:
-        data_type: raster
-        layers: [sentinel2]
-        bands: [B01, B02, B03, B04, B05, B06, B07, B08, B8A, B09, B11, B12]
-        passthrough: true
       targets: {data_type: vector, layers: [objects], is_target: true}
     task:
       class_path: rslearn.train.tasks.detection.DetectionTask
@@ -76,22 +66,22 @@ data:
         enable_f1_metric: true
         enable_precision_recall: true
         f1_metric_thresholds: [[0.0, 0.1, 0.5]]
-    default_config:
-      transforms:
-        - class_path: rslearn.train.transforms.normalize.Normalize
-          init_args: {mean: 0, std: 3000}
-    train_config: {groups: [default], tags: {split: train}}
-    val_config: {groups: [default], tags: {split: val}}
-    test_config: {groups: [default], tags: {split: test}}
     predict_config: {groups: [predict], skip_targets: true}
 trainer:
   max_epochs: 3
   logger: false
-  enable_progress_bar: false
+  enable_model_summary: true
+  num_sanity_val_steps: 2
   callbacks:
     - class_path: rslearn.train.callbacks.checkpointing.BestLastCheckpoint
       init_args: {dirpath: ROOT/checkpoints, monitor: val_loss, mode: min}
 """
+OVERRIDES = {f"data.init_args.{split}_config.groups": ["default"] for split in ("train", "val", "test")}
+
+
+def config_text(dataset, root):
+    """The tiny config as a small Faster R-CNN on the sample dataset's objects."""
+    return yaml.safe_dump(tiny_config(dataset, CHANGES.replace("ROOT", str(root)), OVERRIDES), sort_keys=False)
 
 WRITER_CONFIG = """
 trainer:
@@ -119,7 +109,7 @@ def fitted(sample_dataset, tmp_path_factory):
     """(run directory, config path, CLI stdout) of a 2-replica fit through the CLI."""
     root = tmp_path_factory.mktemp("det_run")
     cfg = root / "detection.yaml"
-    cfg.write_text(CONFIG.replace("PATH", sample_dataset).replace("ROOT", str(root)))
+    cfg.write_text(config_text(sample_dataset, root))
     script = FIT_SCRIPT.format(root=str(ROOT), cfg=str(cfg), out=str(root))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=400, env=env, cwd=str(root))

@@ -10,61 +10,34 @@ import yaml
 from rskeras import lightning_cli
 from rskeras.config.loader import load_config
 from rskeras.run import build_run
+from tests.training_scripts.tiny_config import tiny_config
 
-CONFIG = """
-model:
-  class_path: rslearn.train.lightning_module.RslearnLightningModule
-  init_args:
-    model:
-      class_path: rslearn.models.singletask.SingleTaskModel
-      init_args:
-        encoder:
-          - class_path: rskeras.models.simple_cnn.SimpleCNN
-            init_args: {in_channels: 12, channels: [8, 16], convs_per_stage: 1}
-        decoder:
-          - class_path: rslearn.models.pooling_decoder.PoolingDecoder
-            init_args: {in_channels: 16, out_channels: 4}
-          - class_path: rslearn.train.tasks.classification.ClassificationHead
-    optimizer:
-      class_path: rslearn.train.optimizer.AdamW
-      init_args: {lr: 0.01}
-data:
-  class_path: rslearn.train.data_module.RslearnDataModule
-  init_args:
-    path: PATH
-    batch_size: 8
-    inputs:
-      image:
-        data_type: raster
-        layers: [sentinel2]
-        bands: [B01, B02, B03, B04, B05, B06, B07, B08, B8A, B09, B11, B12]
-        passthrough: true
-      targets: {data_type: vector, layers: [label], is_target: true}
-    task:
-      class_path: rslearn.train.tasks.classification.ClassificationTask
-      init_args: {property_name: category, classes: [water, vegetation, bare, urban]}
-    default_config:
-      transforms:
-        - class_path: rslearn.train.transforms.normalize.Normalize
-          init_args: {mean: 0, std: 3000}
-    train_config: {groups: [default], tags: {split: train}}
-    val_config: {groups: [default], tags: {split: val}}
-    test_config: {groups: [default], tags: {split: test}}
+# The tiny config, wider, on the default group, keeping its best checkpoint.
+CHANGES = """
 trainer:
-  max_epochs: 2
   logger: false
-  enable_progress_bar: false
+  enable_model_summary: true
+  num_sanity_val_steps: 2
   callbacks:
     - class_path: rslearn.train.callbacks.checkpointing.BestLastCheckpoint
       init_args: {dirpath: ROOT/checkpoints, monitor: val_accuracy, mode: max}
 """
+OVERRIDES = {
+    "model.init_args.model.init_args.encoder.0.init_args.channels": [8, 16],
+    "model.init_args.model.init_args.decoder.0.init_args.in_channels": 16,
+    **{f"data.init_args.{split}_config.groups": ["default"] for split in ("train", "val", "test")},
+}
+
+
+def config_text(dataset, root, **overrides):
+    return yaml.safe_dump(tiny_config(dataset, CHANGES.replace("ROOT", str(root)), {**OVERRIDES, **overrides}), sort_keys=False)
 
 
 @pytest.fixture(scope="module")
 def trained_run(sample_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     cfg = root / "cfg.yaml"
-    cfg.write_text(CONFIG.replace("PATH", sample_dataset).replace("ROOT", str(root)))
+    cfg.write_text(config_text(sample_dataset, root))
     code = lightning_cli.main(["fit", "--config", str(cfg), "--trainer.default_root_dir", str(root)])
     assert code == 0
     return root, cfg
@@ -113,6 +86,6 @@ def test_validate_and_test_subcommands(trained_run, capsys):
 
 def test_config_error_exit_code(tmp_path, capsys):
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text(CONFIG.replace("PATH", str(tmp_path)).replace("ClassificationTask", "ClasificationTask"))
+    cfg.write_text(config_text(tmp_path, tmp_path, **{"data.init_args.task.class_path": "rslearn.train.tasks.classification.ClasificationTask"}))
     assert lightning_cli.main(["fit", "--config", str(cfg)]) == 2
     assert "data.init_args.task.class_path: unknown class" in capsys.readouterr().err

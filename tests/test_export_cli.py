@@ -8,37 +8,29 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import ROOT
 from rskeras.config.loader import load_config
 from rskeras.export import cli
 from rskeras.run import build_run
+from tests.training_scripts.tiny_config import tiny_config
 
-CONFIG = """
+# The tiny config as a segmentation model with a predict split written by RslearnWriter.
+CHANGES = """
 model:
-  class_path: rslearn.train.lightning_module.RslearnLightningModule
   init_args:
+    optimizer: null
     model:
-      class_path: rslearn.models.singletask.SingleTaskModel
       init_args:
-        encoder:
-          - class_path: rskeras.models.simple_cnn.SimpleCNN
-            init_args: {in_channels: 12, channels: [8, 16], convs_per_stage: 1}
         decoder:
           - class_path: rslearn.models.unet.UNetDecoder
             init_args: {in_channels: [[2, 8], [4, 16]], out_channels: 4}
           - class_path: rslearn.train.tasks.segmentation.SegmentationHead
 data:
-  class_path: rslearn.train.data_module.RslearnDataModule
   init_args:
-    path: PATH
     batch_size: 4
     inputs:
-      image:
-        data_type: raster
-        layers: [sentinel2]
-        bands: [B01, B02, B03, B04, B05, B06, B07, B08, B8A, B09, B11, B12]
-        passthrough: true
       targets: {data_type: raster, layers: [landcover], bands: [class], dtype: INT32, is_target: true}
     task:
       class_path: rslearn.train.tasks.segmentation.SegmentationTask
@@ -47,9 +39,6 @@ data:
       transforms:
         - class_path: rslearn.train.transforms.normalize.Normalize
           init_args: {mean: 0, std: 3000, valid_range: [0, 2]}
-    train_config: {groups: [default], tags: {split: train}}
-    val_config: {groups: [default], tags: {split: val}}
-    test_config: {groups: [default], tags: {split: test}}
     predict_config: {groups: [predict], skip_targets: true, load_all_crops: true, crop_size: 32, overlap_pixels: 8}
 trainer:
   logger: false
@@ -60,13 +49,21 @@ trainer:
         output_path: OUT
         merger: {class_path: rslearn.train.prediction_writer.RasterMerger, init_args: {overlap_pixels: 8}}
 """
+OVERRIDES = {
+    "model.init_args.model.init_args.encoder.0.init_args.channels": [8, 16],
+    **{f"data.init_args.{split}_config.groups": ["default"] for split in ("train", "val", "test")},
+}
+
+
+def config_text(dataset, out):
+    return yaml.safe_dump(tiny_config(dataset, CHANGES.replace("OUT", str(out)), OVERRIDES), sort_keys=False)
 
 
 @pytest.fixture(scope="module")
 def setup(sample_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("export_cli")
     cfg = root / "seg.yaml"
-    cfg.write_text(CONFIG.replace("PATH", sample_dataset).replace("OUT", str(root / "predicted")))
+    cfg.write_text(config_text(sample_dataset, root / "predicted"))
     run = build_run(load_config([str(cfg)], [("trainer.default_root_dir", str(root / "run"))]), "predict")
     ckpt = root / "seg.weights.h5"
     run.lm.save_weights(str(ckpt))

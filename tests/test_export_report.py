@@ -74,3 +74,37 @@ def test_targets_and_table():
     assert rows[3].failures == ["size ratio 0.400 > 0.3"]
     table = format_table(rows, 5, "title")
     assert "NO: max_abs_diff 2e-05 > 1e-05" in table and "(0.40x)" in table
+
+
+def test_a_task_kind_the_export_code_does_not_know_describes_itself():
+    """A new task needs no edit in the export code: its description's ``merge`` and output
+    roles drive the report and the edge merge (rskeras.export.description)."""
+    import pytest
+
+    from rskeras.export.description import describe_task, merge_of, raster_output
+    from rskeras.export.errors import ExportError
+    from rskeras.train.tasks.segmentation import SegmentationTask
+    from rskeras.train.tasks.task import Task
+
+    task = {
+        "kind": "change_detection",
+        "outputs": {"class_ids": "change_class_ids", "probabilities": "change_probabilities"},
+        "merge": "raster",
+        "raster": "class_ids",
+        "num_classes": 2,
+    }
+    assert merge_of(task) == "raster"
+    assert raster_output(task) == "change_class_ids" and raster_output(task, probabilities=True) == "change_probabilities"
+    comparison = Comparison({"task": task})
+    probs = np.zeros((1, 2, 2, 2), np.float32)
+    probs[..., 1] = 1
+    ref = {"change_class_ids": np.ones((1, 2, 2), np.int32), "change_probabilities": probs}
+    comparison.add(ref, dict(ref, change_class_ids=np.array([[[1, 1], [1, 0]]], np.int32)))
+    assert comparison.agreement() == 0.75 and comparison.miou() == 0.75 / 2
+    # Old descriptions (no merge) get it from their kind; the tasks say it themselves.
+    assert merge_of({"kind": "detection", "outputs": {}}) == "boxes"
+    described = describe_task(SegmentationTask(num_classes=3), prefix="seg_")
+    assert described["merge"] == "raster" and described["outputs"]["class_ids"] == "seg_class_ids"
+    assert described["dtypes"] == {"class_ids": "int32", "probabilities": "float32"}
+    with pytest.raises(ExportError, match="Task has no export description"):
+        describe_task(Task())

@@ -1,5 +1,5 @@
 """The TF Serving contract of exported SavedModels, for real: a gRPC PredictionService and
-the REST :predict API served on loopback by rskeras.export.serving, called with the
+the REST :predict API served on loopback by rskeras.testing.serving, called with the
 tensorflow-serving-api stub and plain HTTP."""
 
 import grpc
@@ -10,7 +10,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, predict
 
 from export_helpers import examples, tiny_exportable
 from rskeras.export.saved_model import export_for_serving
-from rskeras.export.serving import ServedModel, grpc_predict, rest_request, start_grpc_server, start_rest_server
+from rskeras.testing.serving import ServedModel, grpc_predict, rest_request, start_grpc_server, start_rest_server
 
 TIMEOUT = 30.0
 

@@ -10,24 +10,14 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import numpy as np
-import tensorflow as tf
 
 from rskeras.export.preprocessing import RawInput
-
-
-def _raw_dataset(data: Any, stage: str) -> tf.data.Dataset:
-    """``(raw_inputs, metadata)`` examples of ``stage`` in a deterministic order."""
-    if hasattr(data, "raw_dataset"):
-        return data.raw_dataset(stage, shuffle=False)
-    # Older data modules: the reader maps (index, seed) -> (raw, metadata).
-    n = len(data.model_dataset(stage))
-    return tf.data.Dataset.range(n).map(lambda i: (i, i)).map(data._reader(stage))
 
 
 def raw_examples(data: Any, stage: str, raw_inputs: list[RawInput], limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Yields ``{input name: [T, H, W, C] numpy array}`` of the first ``limit`` examples
     of ``stage`` (all when None), in the split's deterministic order."""
-    ds = _raw_dataset(data, stage)
+    ds = data.raw_dataset(stage, shuffle=False)
     if limit is not None:
         ds = ds.take(limit)
     for raw, _metadata in ds:

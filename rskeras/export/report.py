@@ -137,9 +137,10 @@ class Comparison:
     (multi-task models report the worst task)."""
 
     def __init__(self, description: dict[str, Any]):
-        from rskeras.export.description import single_tasks
+        from rskeras.export.description import merge_of, single_tasks
 
         self.tasks = single_tasks(description["task"])
+        self.merges = {name: merge_of(task) for name, task in self.tasks.items()}
         self.diffs: dict[str, float] = {}
         # task -> [agreeing, total, agreeing decisive, total decisive]
         self.counts: dict[str, list[int]] = {}
@@ -159,7 +160,7 @@ class Comparison:
 
     def add(self, ref: dict[str, np.ndarray], out: dict[str, np.ndarray]) -> None:
         # Detection slots are compared as matched pairs (a reordering is not an error).
-        detection_outputs = {n for t in self.tasks.values() if t["kind"] == "detection" for n in t["outputs"].values()}
+        detection_outputs = {n for name, t in self.tasks.items() if self.merges[name] == "boxes" for n in t["outputs"].values()}
         for name, r in ref.items():
             if name not in out:
                 raise KeyError(f"output {name!r} missing from the variant (has {sorted(out)})")
@@ -171,15 +172,16 @@ class Comparison:
                 self._diff(name, r, o)
         for task_name, task in self.tasks.items():
             names = task["outputs"]
-            if task["kind"] in ("classification", "segmentation"):
+            merge = self.merges[task_name]
+            if merge != "boxes" and "class_ids" in names and "probabilities" in names:
                 r = np.asarray(ref[names["class_ids"]]).astype(np.int64)
                 o = np.asarray(out[names["class_ids"]]).reshape(r.shape).astype(np.int64)
                 self._count(task_name, r == o, top2_margin(ref[names["probabilities"]]))
-                if task["kind"] == "segmentation":
+                if merge == "raster":  # a class map: confusion matrix for the mIoU
                     n = int(task["num_classes"])
                     cm = np.bincount((r * n + o).reshape(-1), minlength=n * n).reshape(n, n)
                     self.confusion[task_name] = self.confusion.get(task_name, 0) + cm
-            elif task["kind"] == "detection":
+            elif merge == "boxes":
                 every_a = detections(ref, names, 0.0, with_scores=True)
                 every_b = detections(out, names, 0.0, with_scores=True)
                 pairs = matched_pairs(every_a, every_b)

@@ -33,7 +33,7 @@ import rasterio
 import shapely
 from affine import Affine
 
-from rskeras.export.description import single_tasks
+from rskeras.export.description import merge_of, raster_output, single_tasks
 from rskeras.export.litert import LiteRTModel
 from rskeras.utils.feature import Feature
 from rskeras.utils.geometry import Projection
@@ -163,15 +163,6 @@ class Prediction:
     projection: Projection | None = None
 
 
-def _raster_output_name(task: dict[str, Any], probabilities: bool) -> str:
-    kind = task["kind"]
-    if kind == "segmentation":
-        return task["outputs"]["probabilities" if probabilities else "class_ids"]
-    if kind == "per_pixel_regression":
-        return task["outputs"]["values"]
-    return task["outputs"]["embeddings"]
-
-
 def _as_chw(value: np.ndarray) -> np.ndarray:
     """One example's raster output ``[h, w]`` or ``[h, w, C]`` -> ``[C, h, w]``."""
     v = np.asarray(value)[0]
@@ -182,34 +173,41 @@ def _class_value(task: dict[str, Any], class_id: int) -> Any:
     return class_id if task.get("read_class_id") else task["classes"][class_id]
 
 
-def _crop_features(
-    task: dict[str, Any],
-    out: dict[str, np.ndarray],
-    col: int,
-    row: int,
-    offset: tuple[float, float],
-    owned: tuple[tuple[int, int], tuple[int, int]] | None,
-    score_threshold: float | None,
-) -> list[Feature]:
-    """The features of a vector task from the outputs of the crop at (``col``, ``row``):
-    a Point at the crop origin (classification, regression) or the detections' boxes above
-    the score threshold, only those centred in the crop's ``owned`` ((c0, c1), (r0, r1))
-    columns/rows when given. Coordinates are scene pixels shifted by ``offset``."""
+@dataclasses.dataclass
+class CropPlace:
+    """Where a crop's vector outputs go: its origin (``col``, ``row``) in scene pixels, the
+    scene's ``offset`` in the projection's pixel grid, the ((c0, c1), (r0, r1)) region it
+    ``owned`` (None: keep everything) and a score threshold overriding the task's."""
+
+    col: int
+    row: int
+    offset: tuple[float, float]
+    owned: tuple[tuple[int, int], tuple[int, int]] | None = None
+    score_threshold: float | None = None
+
+
+def _point_features(task: dict[str, Any], out: dict[str, np.ndarray], place: CropPlace) -> list[Feature]:
+    """``point`` merge: a Point at the crop origin whose property is the class of
+    ``class_ids`` (with the ``prob_property`` probabilities) or the single value output."""
     names = task["outputs"]
-    kind = task["kind"]
-    ox, oy = offset
-    if kind == "classification":
-        probs = np.asarray(out[names["probabilities"]])[0]
+    ox, oy = place.offset
+    if "class_ids" in names:
         props: dict[str, Any] = {task["property_name"]: _class_value(task, int(np.asarray(out[names["class_ids"]]).reshape(-1)[0]))}
         if task.get("prob_property"):
-            props[task["prob_property"]] = probs.tolist()
-        return [Feature(shapely.Point(ox + col, oy + row), props)]
-    if kind == "regression":
-        value = float(np.asarray(out[names["value"]]).reshape(-1)[0])
-        return [Feature(shapely.Point(ox + col, oy + row), {task["property_name"]: value})]
-    if kind != "detection":
-        return []
-    threshold = task.get("score_threshold", 0.5) if score_threshold is None else score_threshold
+            props[task["prob_property"]] = np.asarray(out[names["probabilities"]])[0].tolist()
+    else:
+        (value_name,) = names.values()
+        props = {task["property_name"]: float(np.asarray(out[value_name]).reshape(-1)[0])}
+    return [Feature(shapely.Point(ox + place.col, oy + place.row), props)]
+
+
+def _box_features(task: dict[str, Any], out: dict[str, np.ndarray], place: CropPlace) -> list[Feature]:
+    """``boxes`` merge: the detections' boxes above the score threshold, only those
+    centred in the region the crop owns when given."""
+    names = task["outputs"]
+    col, row = place.col, place.row
+    ox, oy = place.offset
+    threshold = task.get("score_threshold", 0.5) if place.score_threshold is None else place.score_threshold
     n = int(np.asarray(out[names["num_detections"]]).reshape(-1)[0])
     boxes = np.asarray(out[names["boxes"]])[0, :n]
     scores = np.asarray(out[names["scores"]])[0, :n]
@@ -218,14 +216,19 @@ def _crop_features(
     for box, score, label in zip(boxes, scores, labels):
         if not score > threshold:
             continue
-        if owned is not None:
+        if place.owned is not None:
             cx, cy = col + (box[0] + box[2]) / 2, row + (box[1] + box[3]) / 2
-            (c0, c1), (r0, r1) = owned
+            (c0, c1), (r0, r1) = place.owned
             if not (c0 <= cx < c1 and r0 <= cy < r1):
                 continue
         geom = shapely.box(ox + col + box[0], oy + row + box[1], ox + col + box[2], oy + row + box[3])
         features.append(Feature(geom, {"score": float(score), task["property_name"]: _class_value(task, int(label))}))
     return features
+
+
+# The vector merges of predict_scene, by a task description's ``merge`` (``raster``
+# outputs are pasted into one map per task instead).
+VECTOR_MERGERS = {"point": _point_features, "boxes": _box_features}
 
 
 def predict_scene(
@@ -259,7 +262,7 @@ def predict_scene(
     col_owned = dict(zip(cols, owned_ranges(cols, scene.width, overlap_pixels)))
     row_owned = dict(zip(rows, owned_ranges(rows, scene.height, overlap_pixels)))
     tasks = single_tasks(description["task"])
-    rasters: dict[str, list] = {t: [] for t, d in tasks.items() if d["kind"] in ("segmentation", "per_pixel_regression", "embedding")}
+    rasters: dict[str, list] = {t: [] for t, d in tasks.items() if merge_of(d) == "raster"}
     features: dict[str, list[Feature]] = {t: [] for t in tasks if t not in rasters}
     ox, oy = scene.pixel_offset() if features else (0.0, 0.0)
     for col in cols:
@@ -267,18 +270,20 @@ def predict_scene(
             feed = {name: _model_input(scene.arrays[name], specs[name], model.input_details[name][0], col, row) for name in specs}
             out = model(**feed)
             owned = (col_owned[col], row_owned[row]) if vector_merge == "owned" else None
+            place = CropPlace(col, row, (ox, oy), owned, score_threshold)
             for task_name, task in tasks.items():
                 if task_name in rasters:
-                    rasters[task_name].append(((col, row), _as_chw(out[_raster_output_name(task, probabilities)])))
+                    rasters[task_name].append(((col, row), _as_chw(out[raster_output(task, probabilities)])))
                 else:
-                    features[task_name] += _crop_features(task, out, col, row, (ox, oy), owned, score_threshold)
+                    features[task_name] += VECTOR_MERGERS[merge_of(task)](task, out, place)
     results: dict[str, Prediction] = {}
     for task_name, outputs in rasters.items():
         h_out = outputs[0][1].shape[1]
         factor = max(crop_h // h_out, 1) if h_out else 1
         dtype = outputs[0][1].dtype
-        if tasks[task_name]["kind"] == "segmentation" and not probabilities:
-            dtype = np.uint8 if int(tasks[task_name]["num_classes"]) <= 256 else np.int32
+        task = tasks[task_name]
+        if raster_output(task, probabilities) == task["outputs"].get("class_ids"):  # a class map
+            dtype = np.uint8 if int(task["num_classes"]) <= 256 else np.int32
         merged = merge_rasters(outputs, scene.height, scene.width, overlap_pixels, factor, dtype)
         results[task_name] = Prediction(task_name, raster=merged, transform=scene.transform * Affine.scale(factor))
     for task_name, feats in features.items():
@@ -312,9 +317,6 @@ def write_prediction(prediction: Prediction, path: str, crs: Any) -> str:
 
 
 # ---- whole scenes in bounded memory -------------------------------------------------------
-
-RASTER_KINDS = ("segmentation", "per_pixel_regression", "embedding")
-
 
 @dataclasses.dataclass
 class SceneSource:
@@ -404,7 +406,7 @@ def output_paths(description: dict[str, Any], output: str) -> dict[str, str]:
     multi = len(tasks) > 1 or next(iter(tasks)) != ""
     out = {}
     for name, task in tasks.items():
-        ext = ".tif" if task["kind"] in RASTER_KINDS else ".geojson"
+        ext = ".tif" if merge_of(task) == "raster" else ".geojson"
         if multi:
             out[name] = os.path.join(output, f"{name}{ext}")
         else:
@@ -474,7 +476,7 @@ def predict_scene_to_files(
     rows = crop_origins(source.height, crop_h, overlap_pixels)
     col_owned = owned_ranges(cols, source.width, overlap_pixels)
     row_owned = owned_ranges(rows, source.height, overlap_pixels)
-    raster_tasks = [t for t, d in tasks.items() if d["kind"] in RASTER_KINDS]
+    raster_tasks = [t for t, d in tasks.items() if merge_of(d) == "raster"]
     vector_tasks = [t for t in tasks if t not in raster_tasks]
     offset = source.pixel_offset() if vector_tasks else (0.0, 0.0)
     trim = overlap_pixels // 2
@@ -492,22 +494,24 @@ def predict_scene_to_files(
     probe = run_crop(0, 0)
     groups: dict[int, list[tuple[str, int, Any]]] = {}
     for name in raster_tasks:
-        value = _as_chw(probe[_raster_output_name(tasks[name], probabilities)])
+        task = tasks[name]
+        value = _as_chw(probe[raster_output(task, probabilities)])
         factor = max(crop_h // value.shape[1], 1) if value.shape[1] else 1
         dtype = value.dtype
-        if tasks[name]["kind"] == "segmentation" and not probabilities:
-            dtype = np.uint8 if int(tasks[name]["num_classes"]) <= 256 else np.int32
+        if raster_output(task, probabilities) == task["outputs"].get("class_ids"):  # a class map
+            dtype = np.uint8 if int(task["num_classes"]) <= 256 else np.int32
         groups.setdefault(factor, []).append((name, value.shape[0], dtype))
     features: list[tuple[int, int, str, list[Feature]]] = []
 
     def collect(kx: int, ky: int, out: dict[str, np.ndarray]) -> None:
         owned = (col_owned[kx], row_owned[ky]) if vector_merge == "owned" else None
+        place = CropPlace(cols[kx], rows[ky], offset, owned, score_threshold)
         for name in vector_tasks:
-            features.append((kx, ky, name, _crop_features(tasks[name], out, cols[kx], rows[ky], offset, owned, score_threshold)))
+            features.append((kx, ky, name, VECTOR_MERGERS[merge_of(tasks[name])](tasks[name], out, place)))
 
     plans = []
     for factor, members in groups.items():
-        h_out = _as_chw(probe[_raster_output_name(tasks[members[0][0]], probabilities)]).shape[1:]
+        h_out = _as_chw(probe[raster_output(tasks[members[0][0]], probabilities)]).shape[1:]
         plans.append(
             (
                 factor,
@@ -549,7 +553,7 @@ def predict_scene_to_files(
             for stripe, kx, ky in plan.items():
                 out = probe if (kx, ky) == (0, 0) and stripe == 0 else run_crop(kx, ky)
                 for name, merger in mergers:
-                    merger.add(stripe, kx, ky, _as_chw(out[_raster_output_name(tasks[name], probabilities)]))
+                    merger.add(stripe, kx, ky, _as_chw(out[raster_output(tasks[name], probabilities)]))
                 if pass_index == 0 and plan.is_first(stripe, kx):
                     collect(kx, ky, out)
                 done += 1

@@ -6,7 +6,8 @@ import keras
 import tensorflow as tf
 
 from rskeras.models.component import IntermediateComponent, require_feature_maps
-from rskeras.models.interpolate import resize_bilinear, spatial_size
+from rskeras.models.interpolate import resize_bilinear
+from rskeras.models.shapes import spatial_size
 from rskeras.models.torch_nn import Conv2d
 from rskeras.weights.torch_params import TorchParam, join
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 from rskeras.models.component import Predictor, model_output, require_feature_maps
 from rskeras.models.detection.roi_heads import RoIHeads
 from rskeras.models.detection.rpn import RegionProposalNetwork
-from rskeras.models.detection.shapes import dim
+from rskeras.models.shapes import dim
 from rskeras.weights.torch_params import TorchParam, join
 
 LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")

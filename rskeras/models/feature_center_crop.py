@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 
 from rskeras.models.component import IntermediateComponent, require_feature_maps
-from rskeras.models.interpolate import spatial_size
+from rskeras.models.shapes import spatial_size
 
 
 @keras.saving.register_keras_serializable(package="rskeras")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import keras
 
 from rskeras.models.component import IntermediateComponent, require_feature_maps
-from rskeras.models.interpolate import resize_nearest, spatial_size
+from rskeras.models.interpolate import resize_nearest
+from rskeras.models.shapes import spatial_size
 from rskeras.models.torch_nn import Conv2d
 from rskeras.weights.torch_params import TorchParam, join
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from rskeras.models.shapes import spatial_size
+
 MODES = ("nearest", "bilinear")
 
 
@@ -24,16 +26,6 @@ def check_mode(mode: str, component: str) -> str:
     if mode not in MODES:
         raise ValueError(f"{component}: mode must be one of {MODES}, got {mode!r}")
     return mode
-
-
-def spatial_size(x: tf.Tensor) -> tuple[Any, Any]:
-    """(H, W) of an NHWC tensor, as Python ints where static, else scalar tensors."""
-    h, w = x.shape[1], x.shape[2]
-    if h is None or w is None:
-        dyn = tf.shape(x)
-        h = dyn[1] if h is None else h
-        w = dyn[2] if w is None else w
-    return h, w
 
 
 def resize_nearest(x: tf.Tensor, size: Any) -> tf.Tensor:

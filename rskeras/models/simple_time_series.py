@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import keras
 import tensorflow as tf
 
 from rskeras.models.component import FeatureExtractor
+from rskeras.models.shapes import dims
 from rskeras.models.torch_nn import Conv2d, torch_kernel_initializer, TorchBiasInitializer
 from rskeras.weights.torch_params import TorchParam, conv_params, join
 
 logger = logging.getLogger(__name__)
 
 OPS = ("max", "mean", "convrnn", "conv3d", "conv1d")
-
-
-def _dim(x: tf.Tensor, i: int) -> Any:
-    d = x.shape[i]
-    return d if d is not None else tf.shape(x)[i]
 
 
 @keras.saving.register_keras_serializable(package="rskeras")
@@ -174,7 +169,7 @@ class SimpleTimeSeries(FeatureExtractor):
             if n_images is not None and n != n_images:
                 raise ValueError("SimpleTimeSeries: expected all modalities to have the same number of timesteps")
             n_images = n
-            shape = [_dim(image, i) for i in range(2, 5)]
+            shape = dims(image, range(2, 5))
             batched[key] = tf.reshape(image, [-1, k] + shape)
         return batched, n_images
 
@@ -190,8 +185,8 @@ class SimpleTimeSeries(FeatureExtractor):
                     raise ValueError(f"SimpleTimeSeries: group index {i} out of range for {n_images} images")
         outputs = []
         for scale, feat in enumerate(features):
-            dims = [_dim(feat, i) for i in range(1, 4)]
-            per_image = tf.reshape(feat, [-1, n_images] + dims)  # [B, n, h, w, c]
+            sizes = dims(feat, range(1, 4))
+            per_image = tf.reshape(feat, [-1, n_images] + sizes)  # [B, n, h, w, c]
             combined = [self._combine(scale, tf.stack([per_image[:, i] for i in group], axis=1), training) for group in groups]
             outputs.append(combined[0] if len(combined) == 1 else tf.concat(combined, axis=-1))
         return outputs
@@ -217,7 +212,7 @@ class SimpleTimeSeries(FeatureExtractor):
                 raise ValueError(f"SimpleTimeSeries conv3d: depth after {self.num_layers} layers is {x.shape[1]}, not 1")
             return x[:, 0]
         # conv1d: per pixel, the images form a sequence
-        b, g, h, w, c = (_dim(x, i) for i in range(5))
+        b, g, h, w, c = dims(x)
         seq = tf.reshape(tf.transpose(x, [0, 2, 3, 1, 4]), [-1, g, c])
         for conv in self.conv1d_layers[scale]:
             seq = tf.nn.relu(conv(tf.pad(seq, [[0, 0], [1, 1], [0, 0]])))

@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from rskeras.models.component import FeatureExtractor, single_timestep
-from rskeras.models.interpolate import spatial_size
+from rskeras.models.shapes import dims, spatial_size
 from rskeras.models.torch_nn import Conv2d, layer_norm
 from rskeras.weights.torch_params import (
     TorchParam,
@@ -95,24 +95,10 @@ def _region_ids(n: Any, window: int, shift: Any) -> Any:
     return tf.where(shift > 0, ids, tf.zeros_like(ids))
 
 
-def _dims(x: Any) -> list[Any]:
-    """Shape of ``x`` with Python ints where static and scalar tensors elsewhere."""
-    if isinstance(x, np.ndarray):
-        return list(x.shape)
-    dynamic = None
-    out = []
-    for i, d in enumerate(x.shape):
-        if d is None:
-            dynamic = tf.shape(x) if dynamic is None else dynamic
-            d = dynamic[i]
-        out.append(d)
-    return out
-
-
 def _window_partition(x: Any, window: tuple[int, int], xp=tf) -> Any:
     """``[B, pH, pW, C]`` -> ``[B * nWindows, wh * ww, C]`` (torchvision's order)."""
     wh, ww = window
-    b, ph, pw, c = _dims(x)
+    b, ph, pw, c = dims(x)
     x = xp.reshape(x, [b, ph // wh, wh, pw // ww, ww, c])
     x = xp.transpose(x, [0, 1, 3, 2, 4, 5])
     return xp.reshape(x, [-1, wh * ww, c])
@@ -304,7 +290,7 @@ class ShiftedWindowAttention(keras.layers.Layer):
         out = tf.reshape(tf.transpose(tf.matmul(attn, v), [0, 2, 1, 3]), [-1, n, c])
         out = self.proj(out)
 
-        b = _dims(x)[0]
+        b = dims(x)[0]
         out = tf.reshape(out, [b, pad_h // wh, pad_w // ww, wh, ww, c])
         out = tf.reshape(tf.transpose(out, [0, 1, 3, 2, 4, 5]), [b, pad_h, pad_w, c])
         if shifted:

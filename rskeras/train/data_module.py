@@ -1,15 +1,18 @@
 """RslearnDataModule: rslearn datasets as ``tf.data`` pipelines.
 
 Per stage (train/val/test/predict) the module merges ``default_config`` with the stage's
-SplitConfig, selects windows (``rskeras.train.dataset``), and builds one of::
+SplitConfig, selects windows (``rskeras.train.dataset``), picks the source of the
+split's units and builds::
 
-    no cache:   indices -> [shuffle/sample] -> read unit (host, parallel py_function)
-    file cache: indices -> [shuffle/sample] -> read unit file (graph: read_file+parse)
-    memory:     indices -> [shuffle/sample] -> unit from a dict (py_function)
-      -> drop bad windows (skip_bad_windows)
-      -> choose item group + crop (graph; all crops: flat_map over the window's crops)
-      -> task.process_inputs + passthrough + transforms (graph)
-      -> padded_batch -> prefetch
+    raw examples (rskeras.train.raw_examples: one source per mode, then crop expansion
+    and examples)
+      no cache:   indices -> [shuffle/sample] -> read unit (host, parallel py_function)
+      file cache: indices -> [shuffle/sample] -> read unit file (graph: read_file+parse)
+      memory:     indices -> [shuffle/sample] -> unit from a dict (py_function)
+        -> drop bad windows (skip_bad_windows)
+        -> choose item group + crop (graph; all crops: one element per crop of the window)
+    -> task.process_inputs + passthrough + transforms (graph)
+    -> padded_batch -> prefetch
 
 A *unit* is the raw data of one window over a region (see ``rskeras.train.dataset``).
 Elements are ``(inputs, targets)`` for Keras fit/evaluate, or
@@ -18,40 +21,23 @@ Elements are ``(inputs, targets)`` for Keras fit/evaluate, or
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
 from rskeras.dataset.dataset import Dataset
 from rskeras.train.dataset import DataInput, ModelDataset, SplitConfig
-from rskeras.train.input_cache import InputCache, MemoryCache, parse_unit
+from rskeras.train.input_cache import InputCache, MemoryCache
+from rskeras.train.raw_examples import FileCacheSource, HostReadSource, MemoryCacheSource, UnitSource, raw_examples
 from rskeras.train.tasks.task import Task
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("train", "val", "test", "predict")
-
-
-def _slice_region(image: tf.Tensor, y0: tf.Tensor, x0: tf.Tensor, h: int | tf.Tensor, w: int | tf.Tensor) -> tf.Tensor:
-    """``image[:, y0:y0+h, x0:x0+w]`` of a ``[T, H, W, C]`` tensor, zero-filled where the
-    box leaves the image."""
-    shape = tf.shape(image, out_type=tf.int64)
-    H, W = shape[1], shape[2]
-    h = tf.cast(h, tf.int64)
-    w = tf.cast(w, tf.int64)
-    ys, ye = tf.clip_by_value(y0, 0, H), tf.clip_by_value(y0 + h, 0, H)
-    xs, xe = tf.clip_by_value(x0, 0, W), tf.clip_by_value(x0 + w, 0, W)
-    part = image[:, ys:ye, xs:xe, :]
-    top, left = tf.maximum(ys - y0, 0), tf.maximum(xs - x0, 0)
-    bottom = tf.maximum(h - top - (ye - ys), 0)
-    right = tf.maximum(w - left - (xe - xs), 0)
-    zero = tf.zeros([], tf.int64)
-    padded = tf.pad(part, [[zero, zero], [top, bottom], [left, right], [zero, zero]])
-    return padded[:, :h, :w, :]
 
 
 class RslearnDataModule:
@@ -247,7 +233,7 @@ class RslearnDataModule:
         if stage not in self._cache_files:
             md = self.model_dataset(stage)
             cache = InputCache(self.cache_dir, self.cache_description(stage))
-            self._cache_files[stage] = cache.build(md, self.num_workers, progress, read=lambda i: self._host_read(md.cache_unit, i))
+            self._cache_files[stage] = cache.build(md, self.num_workers, progress, read=functools.partial(self._host_read, md.cache_unit))
         return self._cache_files[stage]
 
     def _host_read(self, fn, *args):
@@ -263,95 +249,6 @@ class RslearnDataModule:
                 time.sleep(5)
 
     # ---- graph pieces -------------------------------------------------------------------
-
-    def _py_unit(self, md: ModelDataset, fn):
-        """A graph function (args int64 scalars) calling ``fn(*python ints) -> unit``."""
-        signature = md.unit_signature()
-        flat_specs = tf.nest.flatten(signature)
-
-        def call(*args):
-            values = [int(a.numpy()) for a in args]
-            unit = fn(*values)
-            return [np.asarray(v) for v in tf.nest.flatten(unit)]
-
-        def graph_fn(*args):
-            flat = tf.py_function(call, list(args), [s.dtype for s in flat_specs])
-            for tensor, spec in zip(flat, flat_specs):
-                tensor.set_shape(spec.shape)
-            return tf.nest.pack_sequence_as(signature, flat)
-
-        return graph_fn
-
-    def _materialize(self, md: ModelDataset, unit, crop_bounds, choice, crop_idx, num_crops, all_crops_slicing: bool, crop_filter: bool, mask_idx=None):
-        """Raw inputs + metadata of one example from a unit (graph).
-
-        Args:
-            unit: the window unit.
-            crop_bounds: int64 [4] crop (window grid).
-            choice: int32 [num_inputs] candidate index per input (-1: all).
-            all_crops_slicing: offsets computed as rslearn's all-crops datasets do
-                (``int((crop - window) * factor)``) instead of on the factor's grid.
-            crop_filter: keep only vector features intersecting crop ``crop_idx`` (row
-                ``mask_idx`` of the unit's crop mask when given).
-        """
-        raw: dict[str, Any] = {}
-        region = unit["region"]
-        for i, (key, di) in enumerate(md.inputs.items()):
-            u = unit["inputs"][key]
-            if di.data_type == "raster":
-                image, gt, ts = u["image"], u["group_t"], u["timestamps"]
-                g_count = tf.shape(gt, out_type=tf.int32)[0] - 1
-                if di.load_all_layers:
-                    t0, t1 = gt[0], gt[-1]
-                else:
-                    g = tf.maximum(choice[i], 0)
-                    t0 = tf.gather(gt, tf.minimum(g, g_count))
-                    t1 = tf.gather(gt, tf.minimum(g + 1, g_count))
-                image = image[t0:t1]
-                ts = ts[t0:t1]
-                rf = di.resolution_factor
-                n, d = rf.numerator, rf.denominator
-                k_w = (crop_bounds[2] - crop_bounds[0]) * n // d
-                k_h = (crop_bounds[3] - crop_bounds[1]) * n // d
-                if all_crops_slicing:
-                    x0 = (crop_bounds[0] - region[0]) * n // d
-                    y0 = (crop_bounds[1] - region[1]) * n // d
-                else:
-                    x0 = crop_bounds[0] * n // d - region[0] * n // d
-                    y0 = crop_bounds[1] * n // d - region[1] * n // d
-                image = _slice_region(image, y0, x0, k_h, k_w)
-                image.set_shape([None, None, None, len(md.bands[key])])
-                raw[key] = image
-                if di.load_timestamps:
-                    raw[key + "_timestamps"] = ts
-            else:
-                group = u["group"]
-                if di.load_all_layers:
-                    keep = tf.ones_like(group, tf.bool)
-                else:
-                    keep = tf.equal(group, tf.maximum(choice[i], 0))
-                if crop_filter:
-                    keep = keep & tf.gather(u["crop_mask"], crop_idx if mask_idx is None else mask_idx)
-                raw[key] = {
-                    "bounds": tf.boolean_mask(u["bounds"], keep),
-                    "centroid": tf.boolean_mask(u["centroid"], keep),
-                    "geometry_type": tf.boolean_mask(u["geometry_type"], keep),
-                    "properties": {p: tf.boolean_mask(v, keep) for p, v in u["properties"].items()},
-                    "has_property": {p: tf.boolean_mask(v, keep) for p, v in u["has_property"].items()},
-                }
-        table = self._window_tables[id(md)]
-        wi = unit["window_index"]
-        metadata = {
-            "window_index": wi,
-            "window_group": tf.gather(table["group"], wi),
-            "window_name": tf.gather(table["name"], wi),
-            "window_bounds": tf.gather(table["bounds"], wi),
-            "crop_bounds": tf.cast(crop_bounds, tf.int64),
-            "crop_idx": tf.cast(crop_idx, tf.int64),
-            "num_crops_in_window": tf.cast(num_crops, tf.int64),
-            "dataset_source": tf.constant(self.name or ""),
-        }
-        return raw, metadata
 
     def _process_fn(self, md: ModelDataset):
         skip_targets = md.split.get_skip_targets()
@@ -392,27 +289,6 @@ class RslearnDataModule:
 
     # ---- tf.data ------------------------------------------------------------------------
 
-    def _index_dataset(
-        self, md: ModelDataset, n: int, per_window: bool, shuffle: bool, seed: int | None, subset: np.ndarray | None = None
-    ) -> tf.data.Dataset:
-        """Positions 0..n-1 in epoch order: shuffled, or drawn by the split's sampler
-        (``subset``: the example indexes behind the positions, for sampler weights)."""
-        sampler = md.split.sampler
-        if sampler is not None and not per_window:
-            weights = sampler.example_weights(md)
-            if weights is not None and subset is not None:
-                weights = weights[subset]
-            rng = np.random.default_rng(seed)
-
-            def gen():
-                yield from sampler.draw(n, rng, weights).astype(np.int64)
-
-            return tf.data.Dataset.from_generator(gen, output_signature=tf.TensorSpec([], tf.int64))
-        ds = tf.data.Dataset.range(n)
-        if shuffle:
-            ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-        return ds
-
     def tf_dataset(
         self,
         stage: str,
@@ -449,9 +325,13 @@ class RslearnDataModule:
         options.deterministic = not train
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         ds = ds.with_options(options)
-        if self.data_service is not None and stage in self.data_service.stages:
+        if self.served(stage):
             ds = self.data_service.distribute(ds, stage, md)
         return ds.prefetch(tf.data.AUTOTUNE)
+
+    def served(self, stage: str) -> bool:
+        """Whether ``stage`` runs on the tf.data service (``data_service``)."""
+        return self.data_service is not None and stage in self.data_service.stages
 
     def raw_dataset(self, stage: str, shuffle: bool | None = None, seed: int | None = None) -> tf.data.Dataset:
         """The ``(raw_inputs, metadata)`` examples of a stage, before the task and the
@@ -468,189 +348,32 @@ class RslearnDataModule:
             raise ValueError(f"the {stage} split of dataset {self.path} has no examples (check groups/tags/required inputs)")
         train = stage == "train"
         shuffle = train if shuffle is None else shuffle
-        deterministic = not train
-        parallel = self.num_workers if self.num_workers > 0 else tf.data.AUTOTUNE
-        if not hasattr(self, "_window_tables"):
-            self._window_tables: dict[int, dict[str, tf.Tensor]] = {}
-        self._window_tables[id(md)] = {k: tf.constant(v) for k, v in md.window_table().items()}
-        all_crops = md.all_crops
-        clipped = md.clip_crops  # crops read one by one, clipped to the window
-        iterable_crops = all_crops and not md.map_all_crops and not clipped
-        cached = (bool(self.cache_dir) or self.use_in_memory_dataset) and not clipped
-        examples = md.examples
-        ex_window = np.asarray([e[0] for e in examples], np.int64)
-        ex_crop_idx = np.asarray([e[2] for e in examples], np.int64)
-        ex_num = np.asarray([e[3] for e in examples], np.int64)
+        source = self.unit_source(stage)
+        if len(source.ids) == 0:
+            raise ValueError(f"the {stage} split of dataset {self.path} has no readable windows ({len(source.bad)} bad)")
+        return raw_examples(
+            source,
+            shuffle=shuffle,
+            seed=seed,
+            parallel=self.num_workers if self.num_workers > 0 else tf.data.AUTOTUNE,
+            crop_shuffle_buffer=max(4 * self.batch_size, 16) if train and shuffle else None,
+            dataset_source=self.name or "",
+            # A tf.data service worker runs only its splits of an epoch: no fixed count.
+            known_length=not self.served(stage),
+        )
 
-        # 1. Units.
-        per_window = iterable_crops  # one unit per window, expanded into its crops later
-        if cached:
-            per_window = all_crops
-            det_bounds, det_choice = md.deterministic_params()
-            if self.cache_dir:
-                paths, bad = self.build_cache(stage)
-            else:
-                paths, bad = None, []
-            bad_set = set(bad)
-            if per_window:
-                ids = np.asarray([i for i in range(len(md.windows)) if i not in bad_set], np.int64)
-                first_example = np.zeros((max(len(md.windows), 1),), np.int64)
-                for i in range(len(examples) - 1, -1, -1):
-                    first_example[examples[i][0]] = i
-            else:
-                ids = np.asarray([i for i in range(len(examples)) if examples[i][0] not in bad_set], np.int64)
-            if len(ids) == 0:
-                raise ValueError(f"the {stage} split of dataset {self.path} has no readable windows ({len(bad)} bad)")
-            index_ds = self._index_dataset(md, len(ids), per_window, shuffle, seed, None if per_window else ids)
-            ids_t = tf.constant(ids)
-            index_ds = index_ds.map(lambda j: tf.gather(ids_t, j))
-            ex_window_t = tf.constant(ex_window)
-            signature = md.unit_signature()
-            if paths is not None:
-                paths_t = tf.constant(paths)
-
-                def load(wi):
-                    return parse_unit(tf.io.read_file(tf.gather(paths_t, wi)), signature)
-
-            else:
-                memory = self._memory.setdefault(stage, MemoryCache())
-                load = self._py_unit(md, lambda wi: memory.get(md, wi, read=lambda i: self._host_read(md.cache_unit, i)))
-            det_bounds_t, det_choice_t = tf.constant(det_bounds), tf.constant(det_choice)
-            if per_window:
-                first_t = tf.constant(first_example)
-
-                def unit_fn(wi):
-                    unit = load(wi)
-                    choice = tf.gather(det_choice_t, tf.gather(first_t, wi)) if deterministic else self._random_choice(md, unit)
-                    return unit, choice
-
-            else:
-
-                def unit_fn(i):
-                    wi = tf.gather(ex_window_t, i)
-                    unit = load(wi)
-                    if deterministic:
-                        crop, choice = tf.gather(det_bounds_t, i), tf.gather(det_choice_t, i)
-                    else:
-                        crop, choice = self._random_crop(md, unit), self._random_choice(md, unit)
-                    return unit, crop, choice, i
-
-            ds = index_ds.map(unit_fn, num_parallel_calls=parallel, deterministic=deterministic)
-            if self.skip_bad_windows and paths is None:  # the memory cache decodes lazily
-                ds = ds.filter(lambda unit, *rest: unit["ok"])
-            kept = ids if per_window else np.asarray([examples[i][0] for i in ids], np.int64)
-        else:
-            if per_window:
-                n = len(md.windows)
-                read = lambda wi, seed: md.guarded(wi, lambda: self._host_read(md.host_unit, wi, None if seed < 0 else seed))  # noqa: E731
-            elif md.map_all_crops or clipped:
-                n = len(examples)
-                crop_read = md.host_clipped_crop_unit if clipped else md.host_crop_unit
-                read = lambda i, seed: md.guarded(  # noqa: E731
-                    int(ex_window[i]), lambda: self._host_read(crop_read, i, None if seed < 0 else seed)
-                )
-            else:
-                n = len(examples)
-                read = lambda i, seed: md.guarded(int(ex_window[i]), lambda: self._host_read(md.host_unit, i, None if seed < 0 else seed))  # noqa: E731
-            index_ds = self._index_dataset(md, n, per_window, shuffle, seed)
-            ex_window_t = tf.constant(ex_window)
-            if per_window:
-                seeds = lambda i: i if deterministic else tf.constant(-1, tf.int64)  # noqa: E731
-            elif md.map_all_crops or clipped:
-                seeds = lambda i: tf.gather(ex_window_t, i) if deterministic else tf.constant(-1, tf.int64)  # noqa: E731
-            else:
-                seeds = lambda i: i if deterministic else tf.constant(-1, tf.int64)  # noqa: E731
-            host = self._py_unit(md, read)
-
-            if per_window:
-
-                def unit_fn(wi):
-                    unit = host(wi, seeds(wi))
-                    return unit, unit["choice"]
-
-            else:
-
-                def unit_fn(i):
-                    unit = host(i, seeds(i))
-                    return unit, unit["crop_bounds"], unit["choice"], i
-
-            ds = index_ds.map(unit_fn, num_parallel_calls=parallel, deterministic=deterministic)
-            if self.skip_bad_windows:
-                ds = ds.filter(lambda unit, *rest: unit["ok"])
-            kept = np.arange(len(md.windows), dtype=np.int64) if per_window else ex_window
-
-        # 2. Examples.
-        ex_crop_idx_t, ex_num_t = tf.constant(ex_crop_idx), tf.constant(ex_num)
-        if per_window:
-
-            def expand(unit, choice):
-                crops = unit["crops"]
-                count = tf.shape(crops, out_type=tf.int64)[0]
-
-                def one(k):
-                    return self._materialize(
-                        md, unit, crops[k], choice, k, count, all_crops_slicing=iterable_crops, crop_filter=iterable_crops
-                    )
-
-                return tf.data.Dataset.range(count).map(one)
-
-            ds = ds.flat_map(expand)
-            if train and shuffle:
-                ds = ds.shuffle(max(4 * self.batch_size, 16), seed=seed)
-        else:
-
-            def example(unit, crop, choice, i):
-                return self._materialize(
-                    md,
-                    unit,
-                    crop,
-                    choice,
-                    tf.gather(ex_crop_idx_t, i),
-                    tf.gather(ex_num_t, i),
-                    all_crops_slicing=clipped,
-                    crop_filter=clipped,
-                    mask_idx=0 if clipped else None,
-                )
-
-            ds = ds.map(example, num_parallel_calls=parallel, deterministic=deterministic)
-        # Tell Keras the epoch length when it is known up front (no lazy bad-window
-        # filtering): progress bars and steps work from the first epoch.
-        lazily_filtered = self.skip_bad_windows and (not cached or not self.cache_dir)
-        # A tf.data service worker runs only its splits of the epoch: no fixed count.
-        served = self.data_service is not None and stage in self.data_service.stages
-        if not lazily_filtered and not served:
-            if per_window:
-                count = int(sum(len(md.window_crops[w]) for w in kept))
-            elif md.split.sampler is not None:
-                count = md.split.sampler.num_samples or len(kept)
-            else:
-                count = len(kept)
-            ds = ds.apply(tf.data.experimental.assert_cardinality(count))
-        return ds
-
-    def _random_crop(self, md: ModelDataset, unit) -> tf.Tensor:
-        """A uniformly random crop of the unit's window (graph; spec §7.4)."""
-        wi = unit["window_index"]
-        bounds = tf.gather(self._window_tables[id(md)]["bounds"], wi)
-        if md.crop_size is None:
-            return bounds
-        out = []
-        for axis, k in ((0, md.crop_size[0]), (1, md.crop_size[1])):
-            n = bounds[axis + 2] - bounds[axis]
-            lo = tf.minimum(tf.constant(0, tf.int64), n - k)
-            hi = tf.maximum(tf.constant(0, tf.int64), n - k)
-            offset = tf.random.uniform([], lo, hi + 1, dtype=tf.int64)
-            out.append(bounds[axis] + offset)
-        return tf.stack([out[0], out[1], out[0] + md.crop_size[0], out[1] + md.crop_size[1]])
-
-    def _random_choice(self, md: ModelDataset, unit) -> tf.Tensor:
-        """A uniformly random item group per input (-1 for load_all_layers) (graph)."""
-        out = []
-        for key, di in md.inputs.items():
-            if di.load_all_layers:
-                out.append(tf.constant(-1, tf.int32))
-                continue
-            u = unit["inputs"][key]
-            g = tf.shape(u["group_t"], out_type=tf.int32)[0] - 1 if di.data_type == "raster" else u["num_groups"]
-            out.append(tf.random.uniform([], 0, tf.maximum(g, 1), dtype=tf.int32))
-        return tf.stack(out) if out else tf.zeros([1], tf.int32)
+    def unit_source(self, stage: str) -> UnitSource:
+        """Where the units of ``stage`` come from: the input cache files (``cache_dir``),
+        memory (``use_in_memory_dataset``) or host reads (see ``rskeras.train.raw_examples``)."""
+        md = self.model_dataset(stage)
+        deterministic = stage != "train"
+        if md.clip_crops:  # large windows: crop by crop from disk, never whole (nor cached)
+            return HostReadSource(md, deterministic, self._host_read, self.skip_bad_windows)
+        if self.cache_dir:
+            paths, bad = self.build_cache(stage)
+            return FileCacheSource(md, deterministic, paths, bad)
+        if self.use_in_memory_dataset:
+            memory = self._memory.setdefault(stage, MemoryCache())
+            read = functools.partial(self._host_read, md.cache_unit)
+            return MemoryCacheSource(md, deterministic, memory, read, self.skip_bad_windows)
+        return HostReadSource(md, deterministic, self._host_read, self.skip_bad_windows)

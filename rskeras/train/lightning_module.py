@@ -32,6 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from rskeras.keras_compat import ModelHooks, created_trainable_variables, in_multi_worker_mode
 from rskeras.train.metrics import flatten_metric_results
 from rskeras.train.optimizer import AdamW, unwrap_optimizer
 
@@ -66,7 +67,7 @@ class RestoreConfig:
                 raise ValueError(f"remap_prefixes entries must be [old, new] pairs, got {list(pair)}")
 
 
-class RslearnLightningModule(keras.Model):
+class RslearnLightningModule(ModelHooks, keras.Model):
     """Trains ``model`` on ``task`` (rslearn ``RslearnLightningModule``).
 
     Args:
@@ -171,13 +172,7 @@ class RslearnLightningModule(keras.Model):
         The optimizer is built over all of them so that fine-tuning callbacks can add
         frozen ones to a parameter group later; those frozen at build time are in no group.
         """
-        out, seen = [], set()
-        for layer in self.model._flatten_layers(include_self=True):
-            for v in getattr(layer, "_trainable_variables", []):
-                if id(v) not in seen:
-                    seen.add(id(v))
-                    out.append(v)
-        return out
+        return created_trainable_variables(self.model)
 
     def build_optimizer(self) -> None:
         """Builds the compiled optimizer (after callbacks froze what they freeze)."""
@@ -189,12 +184,11 @@ class RslearnLightningModule(keras.Model):
         else:
             optimizer.build(self.trainable_variables)
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # The weights are created eagerly by build_from_batch. Keras' symbolic build would
-        # first reduce a distributed batch across replicas, which fails for dict inputs
-        # under MultiWorkerMirroredStrategy; only the optimizer may still need building.
-        if not self.built:
-            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+    def finish_build(self) -> None:
+        # Called by Keras before the first step instead of its symbolic build (ModelHooks):
+        # the weights are created eagerly by build_from_batch, and Keras' symbolic build
+        # would first reduce a distributed batch across replicas, which fails for dict
+        # inputs under MultiWorkerMirroredStrategy. Only the optimizer may need building.
         if self.optimizer is not None and not self.optimizer.built:
             with self.distribute_strategy.scope():
                 self.build_optimizer()
@@ -276,8 +270,7 @@ class RslearnLightningModule(keras.Model):
     @staticmethod
     def _step_logs(trackers) -> dict[str, tf.Tensor]:
         logs = {name: tracker.result() for name, tracker in trackers.items()}
-        strategy = tf.distribute.get_strategy()
-        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode():
+        if in_multi_worker_mode(tf.distribute.get_strategy()):
             # Keras reduces multi-worker step outputs with reduce(MEAN, axis=0), which
             # needs at least one dimension (epoch values are read from the metrics).
             logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
@@ -300,8 +293,8 @@ class RslearnLightningModule(keras.Model):
                 self.nonscalar_results[name] = array
         return out
 
-    def _get_metrics_result_or_logs(self, logs):
-        # Keras calls this (eagerly) at the end of each training epoch and evaluation.
+    def epoch_logs(self, logs):
+        # Keras asks for these (eagerly) at the end of each training epoch and evaluation.
         if logs and any(str(k).startswith("train_") for k in logs):
             return {name: float(t.result()) for name, t in self.train_trackers.items()}
         return self.epoch_metric_results()

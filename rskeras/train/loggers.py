@@ -25,6 +25,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from rskeras.keras_compat import TensorBoardWithoutLearningRate
 from rskeras.utils.fileio import atomic_write_text
 
 
@@ -92,15 +93,6 @@ class Logger:
         raise NotImplementedError
 
 
-class _TensorBoard(keras.callbacks.TensorBoard):
-    """Keras' TensorBoard callback without its ``learning_rate`` entry: read after the
-    epoch-end scheduler step it would show the next epoch's rate; rskeras logs ``lr``, the
-    rate used during the epoch."""
-
-    def _collect_learning_rate(self, logs):
-        return logs
-
-
 class TensorBoardLogger(Logger):
     """TensorBoard event files (Lightning ``TensorBoardLogger``).
 
@@ -137,7 +129,9 @@ class TensorBoardLogger(Logger):
         return os.path.join(base, self.sub_dir) if self.sub_dir else base
 
     def callbacks(self, trainer) -> list[keras.callbacks.Callback]:
-        return [_TensorBoard(log_dir=trainer.worker_path(self.log_dir), write_graph=self.log_graph)]
+        # Without Keras' learning_rate entry (the next epoch's rate): rskeras logs ``lr``,
+        # the rate used during the epoch.
+        return [TensorBoardWithoutLearningRate(log_dir=trainer.worker_path(self.log_dir), write_graph=self.log_graph)]
 
 
 class CSVLogger(Logger):

@@ -23,6 +23,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from rskeras.keras_compat import ClipGradientsHook, PreReducedGradients, optimizer_tracks, optimizer_variable_index
+
 logger = logging.getLogger(__name__)
 
 # Parameter groups beyond group 0 that one optimizer can hold (fine-tuning callbacks add
@@ -40,7 +42,7 @@ def unwrap_optimizer(optimizer):
     return getattr(optimizer, "inner_optimizer", optimizer)
 
 
-class TorchAdamW(keras.optimizers.Optimizer):
+class TorchAdamW(ClipGradientsHook, PreReducedGradients, keras.optimizers.Optimizer):
     """AdamW with the exact update of ``torch.optim.AdamW`` and torch-style parameter groups.
 
     For a parameter ``p`` in a group with learning rate ``lr``, at its own step ``t``
@@ -173,10 +175,10 @@ class TorchAdamW(keras.optimizers.Optimizer):
     def group_of(self, variable) -> int:
         """The parameter group of a model variable (-1: not in the optimizer)."""
         self._require_built("group_of")
-        return int(to_numpy(self._groups[self._get_variable_index(variable)]))
+        return int(to_numpy(self._groups[optimizer_variable_index(self, variable)]))
 
     def knows(self, variable) -> bool:
-        return self.built and self._var_key(variable) in self._trainable_variables_indices
+        return optimizer_tracks(self, variable)
 
     def add_param_group(self, variables: Iterable, lr: float) -> int:
         """Puts ``variables`` (known to the optimizer, in no group yet) into a new group."""
@@ -188,7 +190,7 @@ class TorchAdamW(keras.optimizers.Optimizer):
         for variable in variables:
             if not self.knows(variable):
                 raise ValueError(f"TorchAdamW.add_param_group: variable {variable.path} is not known to the optimizer")
-            slot = self._groups[self._get_variable_index(variable)]
+            slot = self._groups[optimizer_variable_index(self, variable)]
             if int(to_numpy(slot)) >= 0:
                 raise ValueError(f"TorchAdamW.add_param_group: variable {variable.path} is already in a parameter group")
             slot.assign(index)
@@ -198,7 +200,8 @@ class TorchAdamW(keras.optimizers.Optimizer):
 
     # ---- update ------------------------------------------------------------------------
 
-    def _clip_gradients(self, grads):
+    def clip_gradients(self, grads):
+        # torch's clip_grad_norm_ / clip_grad_value_ (ClipGradientsHook: where Keras clips).
         if self.clip_grad_norm is not None:
             present = [g for g in grads if g is not None]
             total = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in present]))
@@ -209,17 +212,8 @@ class TorchAdamW(keras.optimizers.Optimizer):
             return [None if g is None else tf.clip_by_value(g, -v, v) for g in grads]
         return grads
 
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        # The gradients were all-reduced by the training step (expects_reduced_gradients):
-        # Keras' TF optimizer would sum them over replicas a second time.
-        strategy = self._distribution_strategy
-        variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
-        tf.__internal__.distribute.interim.maybe_merge_call(
-            self._distributed_tf_update_step, strategy, list(zip(grads, variables)), learning_rate
-        )
-
     def update_step(self, gradient, variable, learning_rate):
-        index = self._get_variable_index(variable)
+        index = optimizer_variable_index(self, variable)
         group = self._groups[index]
         step_var = self._steps[index]
         m = self._momentums[index]

@@ -70,13 +70,6 @@ class Projection:
 WGS84_PROJECTION = Projection("EPSG:4326", 1.0, 1.0)
 
 
-def bounds_from_transform(transform: affine.Affine, width: int, height: int) -> tuple[Projection | None, PixelBounds]:
-    """Pixel origin of a GeoTIFF transform: ``(round(c / a), round(f / e))`` plus size."""
-    x0 = round(transform.c / transform.a)
-    y0 = round(transform.f / transform.e)
-    return None, (x0, y0, x0 + width, y0 + height)
-
-
 def intersects(a: PixelBounds, b: PixelBounds) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 

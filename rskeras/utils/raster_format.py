@@ -16,7 +16,7 @@ import rasterio.errors
 import rasterio.vrt
 import rasterio.windows
 
-from rskeras.utils.fileio import atomic_path, atomic_write_text
+from rskeras.utils.fileio import atomic_path
 from rskeras.utils.geometry import PixelBounds, Projection
 
 NEAREST = rasterio.enums.Resampling.nearest
@@ -322,9 +322,3 @@ class GeoTIFFWriter:
         except OSError as e:
             raise _write_failure(self.path, e) from None
 
-
-def write_timestep_metadata(raster_dir: str, num_channels: int, num_timesteps: int, timestamps: list | None) -> None:
-    atomic_write_text(
-        os.path.join(raster_dir, "metadata.json"),
-        json.dumps({"num_channels": num_channels, "num_timesteps": num_timesteps, "timestamps": timestamps}),
-    )

@@ -11,7 +11,7 @@ One concept per module, mirroring torchvision's detection package:
 * ``roi_align``: multi-scale RoIAlign written with gathers (TFLite builtins only).
 * ``rpn``: the region proposal network (head, proposal filtering, losses).
 * ``roi_heads``: the box head, box predictor, RoI sampling, losses and detections.
-* ``losses``: smooth-L1; ``shapes``: static-or-dynamic tensor sizes.
+* ``losses``: smooth-L1 (static-or-dynamic sizes: ``rskeras.models.shapes``).
 
 All functions work on batched, fixed-size tensors: per-image variable-length sets
 (ground truth, proposals, detections) are padded and carry a boolean validity mask.

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from rskeras.models.detection.box_ops import box_area
-from rskeras.models.detection.shapes import dim
+from rskeras.models.shapes import dim
 
 CANONICAL_SCALE = 224.0
 CANONICAL_LEVEL = 4.0

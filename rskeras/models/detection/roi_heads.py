@@ -14,7 +14,7 @@ from rskeras.models.detection.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESH
 from rskeras.models.detection.nms import batched_nms
 from rskeras.models.detection.roi_align import multi_scale_roi_align
 from rskeras.models.detection.sampler import BalancedPositiveNegativeSampler
-from rskeras.models.detection.shapes import flatten_dims
+from rskeras.models.shapes import flatten_dims
 from rskeras.weights.torch_params import TorchParam, dense_params, join
 
 
@@ -180,8 +180,7 @@ class RoIHeads(keras.layers.Layer):
         self.representation_size = representation_size
         self.roi_output_size = roi_output_size
         self.sampling_ratio = sampling_ratio
-        self.fg_iou_thresh = fg_iou_thresh
-        self.bg_iou_thresh = bg_iou_thresh
+        self.fg_iou_thresh, self.bg_iou_thresh = fg_iou_thresh, bg_iou_thresh
         self.batch_size_per_image = batch_size_per_image
         self.positive_fraction = positive_fraction
         self.bbox_reg_weights = tuple(float(w) for w in bbox_reg_weights)

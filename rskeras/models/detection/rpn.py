@@ -12,7 +12,7 @@ from rskeras.models.detection.losses import smooth_l1
 from rskeras.models.detection.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, Matcher
 from rskeras.models.detection.nms import batched_nms
 from rskeras.models.detection.sampler import BalancedPositiveNegativeSampler
-from rskeras.models.detection.shapes import dim, flatten_dims, split_last
+from rskeras.models.shapes import dim, flatten_dims, split_last
 from rskeras.weights.torch_params import TorchParam, conv_params, join
 
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import h5py
 import keras
-from keras.src.saving import saving_lib
 
+from rskeras.keras_compat import load_weights_file, save_weights_file
 from rskeras.train.callbacks.base import Callback
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def save_training_checkpoint(lm: keras.Model, path: str, state: dict[str, Any] |
                 os.remove(os.path.join(directory, name))
     tmp = os.path.join(directory, f".tmp-{os.getpid()}-{base}")
     try:
-        saving_lib.save_weights_only(lm, tmp, objects_to_skip=_objects_to_skip(lm, _optimizer_built(lm)))
+        save_weights_file(lm, tmp, _objects_to_skip(lm, _optimizer_built(lm)))
         with h5py.File(tmp, "a") as f:
             f.attrs[TRAINING_STATE_ATTR] = json.dumps(state or {})
         with open(tmp, "rb") as f:
@@ -106,7 +106,7 @@ def load_training_checkpoint(lm: keras.Model, path: str, with_optimizer: bool = 
             logger.warning("checkpoint %s holds no optimizer state: the optimizer starts fresh", path)
             with_optimizer = False
     try:
-        saving_lib.load_weights_only(lm, path, objects_to_skip=_objects_to_skip(lm, with_optimizer))
+        load_weights_file(lm, path, _objects_to_skip(lm, with_optimizer))
     except ValueError as e:
         raise ValueError(f"checkpoint {path} does not fit this model/optimizer: {e}") from None
     return read_training_state(path)

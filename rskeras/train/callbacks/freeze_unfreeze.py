@@ -25,6 +25,7 @@ from typing import Any, Iterable, Sequence
 
 import keras
 
+from rskeras.keras_compat import created_trainable_variables, sublayers
 from rskeras.train.callbacks.base import Callback
 
 logger = logging.getLogger(__name__)
@@ -71,38 +72,30 @@ def named_trainable_variables(root: Any, prefix: str = "") -> list[tuple[str, An
             except Exception:  # noqa: BLE001 - fall back to attribute names
                 params = None
             if params is not None:
-                kinds = {id(v) for v in _kind_trainable(obj)}
+                kinds = {id(v) for v in created_trainable_variables(obj)}
                 for p in params:
                     if p.variable is not None and id(p.variable) in kinds:
                         add(p.key, p.variable)
-                for v in _kind_trainable(obj):  # anything torch_params did not list
+                for v in created_trainable_variables(obj):  # anything torch_params did not list
                     add(_join(path, v.name), v)
                 return
         if isinstance(obj, keras.layers.Layer):
-            for v in getattr(obj, "_trainable_variables", []):
+            for v in created_trainable_variables(obj, recursive=False):
                 add(_join(path, v.name), v)
         for name, child in _children(obj):
             visit(child, _join(path, name))
         if isinstance(obj, keras.layers.Layer):  # sub-layers not reachable by attribute
-            for v in _kind_trainable(obj):
+            for v in created_trainable_variables(obj):
                 add(_join(path, v.name), v)
 
     visit(root, prefix)
     return out
 
 
-def _kind_trainable(layer: keras.layers.Layer) -> list[Any]:
-    """Variables created as trainable under ``layer`` (whatever their current flag)."""
-    out = []
-    for sub in layer._flatten_layers(include_self=True):
-        out.extend(getattr(sub, "_trainable_variables", []))
-    return out
-
-
 def batch_norm_variable_ids(root: keras.layers.Layer) -> set[int]:
     """Variables of BatchNormalization layers (Lightning keeps them trainable)."""
     ids: set[int] = set()
-    for layer in root._flatten_layers(include_self=True):
+    for layer in sublayers(root):
         if isinstance(layer, keras.layers.BatchNormalization):
             ids.update(id(v) for v in layer.weights)
     return ids
@@ -143,13 +136,13 @@ def select_module(lm: Any, selector: Sequence[str | int]) -> tuple[Any, list[Any
             ) from None
         walked.append(str(key))
     if isinstance(obj, keras.layers.Layer):
-        return obj, _kind_trainable(obj)
+        return obj, created_trainable_variables(obj)
     if isinstance(obj, (list, tuple, dict)):
         values = obj.values() if isinstance(obj, dict) else obj
         variables = []
         for item in values:
             if isinstance(item, keras.layers.Layer):
-                variables.extend(_kind_trainable(item))
+                variables.extend(created_trainable_variables(item))
         return obj, variables
     raise ValueError(f"module_selector {list(selector)} selects a {type(obj).__name__}, not a layer")
 

@@ -20,7 +20,7 @@ from rskeras.train.metrics import (
     torchmetrics_stat,
 )
 from rskeras.train.model_context import SampleMetadata
-from rskeras.train.tasks.task import BasicTask, class_ids_from_text, draw_label_text, first_true_index
+from rskeras.train.tasks.task import BasicTask, class_ids_from_text, draw_label_text, export_outputs, first_true_index
 from rskeras.utils.feature import Feature
 
 
@@ -196,6 +196,19 @@ class ClassificationTask(BasicTask):
 
     def output_layer(self) -> keras.layers.Layer:
         return ClassificationOutput(positive_index=self.positive_index, threshold=self.positive_class_threshold)
+
+    def export_description(self, prefix: str = "") -> dict[str, Any]:
+        return {
+            "kind": "classification",
+            **export_outputs(prefix, {"probabilities": "float32", "class_ids": "int32"}),
+            "merge": "point",
+            "property_name": self.property_name,
+            "classes": list(self.classes),
+            "read_class_id": bool(self.read_class_id),
+            "prob_property": self.prob_property,
+            "positive_class": self.positive_class,
+            "positive_class_threshold": self.positive_class_threshold,
+        }
 
     def visualize(self, input_dict, target_dict, output):
         if target_dict is None:

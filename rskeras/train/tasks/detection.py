@@ -14,7 +14,7 @@ from rskeras.train.mean_ap import DetectionImage, coco_map
 from rskeras.train.metrics import HostMetric, check_kwargs
 from rskeras.train.model_context import SampleMetadata
 from rskeras.train.tasks.segmentation import DEFAULT_COLORS, best_threshold_scores, threshold_suffix
-from rskeras.train.tasks.task import BasicTask, class_ids_from_text
+from rskeras.train.tasks.task import BasicTask, class_ids_from_text, export_outputs
 from rskeras.utils.feature import Feature
 
 DEFAULT_F1_THRESHOLDS = [[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]]
@@ -194,6 +194,17 @@ class DetectionTask(BasicTask):
 
     def output_layer(self) -> keras.layers.Layer:
         return DetectionOutput()
+
+    def export_description(self, prefix: str = "") -> dict[str, Any]:
+        return {
+            "kind": "detection",
+            **export_outputs(prefix, {"boxes": "float32", "scores": "float32", "labels": "int32", "num_detections": "int32"}),
+            "merge": "boxes",
+            "property_name": self.property_name,
+            "classes": list(self.classes),
+            "read_class_id": bool(self.read_class_id),
+            "score_threshold": self.score_threshold,
+        }
 
     def visualize(self, input_dict, target_dict, output):
         """``gt`` and ``pred`` images with 2-pixel box outlines (pred: score > threshold)."""

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from rskeras.models.component import Predictor, model_output, require_feature_maps
 from rskeras.train.model_context import SampleMetadata
-from rskeras.train.tasks.task import Task
+from rskeras.train.tasks.task import Task, export_outputs
 
 
 class EmbeddingTask(Task):
@@ -32,6 +32,9 @@ class EmbeddingTask(Task):
 
     def output_layer(self) -> keras.layers.Layer:
         return EmbeddingOutput()
+
+    def export_description(self, prefix: str = "") -> dict[str, Any]:
+        return {"kind": "embedding", **export_outputs(prefix, {"embeddings": "float32"}), "merge": "raster", "raster": "embeddings"}
 
     def get_metrics(self) -> dict[str, keras.metrics.Metric]:
         return {}

@@ -96,6 +96,9 @@ class MultiTask(Task):
     def output_layer(self) -> keras.layers.Layer:
         return MultiTaskOutput({name: task.output_layer() for name, task in self.tasks.items()})
 
+    def export_description(self, prefix: str = "") -> dict[str, Any]:
+        return {"kind": "multi_task", "tasks": {name: task.export_description(f"{prefix}{name}_") for name, task in self.tasks.items()}}
+
     def visualize(self, input_dict, target_dict, output):
         images = {}
         for name, task in self.tasks.items():

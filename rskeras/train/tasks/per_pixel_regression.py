@@ -18,7 +18,7 @@ from rskeras.train.tasks.regression import (
     elementwise_loss,
     resolve_metric_names,
 )
-from rskeras.train.tasks.task import BasicTask, batch_hw, raster_target, single_band_raster
+from rskeras.train.tasks.task import BasicTask, batch_hw, export_outputs, raster_target, single_band_raster
 
 
 class PerPixelRegressionTask(BasicTask):
@@ -73,6 +73,9 @@ class PerPixelRegressionTask(BasicTask):
 
     def output_layer(self) -> keras.layers.Layer:
         return PerPixelRegressionOutput(scale_factor=self.scale_factor)
+
+    def export_description(self, prefix: str = "") -> dict[str, Any]:
+        return {"kind": "per_pixel_regression", **export_outputs(prefix, {"values": "float32"}), "merge": "raster", "raster": "values"}
 
     def visualize(self, input_dict, target_dict, output):
         """``image``, and grayscale ``gt`` / ``pred`` = clip(scaled value·255) as H×W×3.

@@ -13,7 +13,7 @@ import tensorflow as tf
 from rskeras.models.component import Predictor, model_output, require_feature_vector
 from rskeras.train.metrics import REGRESSION_METRICS, RegressionSums
 from rskeras.train.model_context import SampleMetadata
-from rskeras.train.tasks.task import BasicTask, draw_label_text, first_true_index
+from rskeras.train.tasks.task import BasicTask, draw_label_text, export_outputs, first_true_index
 from rskeras.utils.feature import Feature
 
 LOSS_MODES = ("mse", "l1", "huber")
@@ -156,6 +156,9 @@ class RegressionTask(BasicTask):
 
     def output_layer(self) -> keras.layers.Layer:
         return RegressionOutput(scale_factor=self.scale_factor)
+
+    def export_description(self, prefix: str = "") -> dict[str, Any]:
+        return {"kind": "regression", **export_outputs(prefix, {"value": "float32"}), "merge": "point", "property_name": self.property_name}
 
     def visualize(self, input_dict, target_dict, output):
         if target_dict is None:

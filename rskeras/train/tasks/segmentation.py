@@ -19,7 +19,7 @@ from rskeras.train.metrics import (
     torchmetrics_stat,
 )
 from rskeras.train.model_context import SampleMetadata
-from rskeras.train.tasks.task import BasicTask, batch_hw, raster_target, single_band_raster
+from rskeras.train.tasks.task import BasicTask, batch_hw, export_outputs, raster_target, single_band_raster
 from rskeras.weights.torch_params import TorchParam, join
 
 # rslearn.utils.colors.DEFAULT_COLORS (class i -> colors[i % 16]).
@@ -208,6 +208,16 @@ class SegmentationTask(BasicTask):
 
     def output_layer(self) -> keras.layers.Layer:
         return SegmentationOutput(prob_scales=self.prob_scales, output_class_idx=self.output_class_idx)
+
+    def export_description(self, prefix: str = "") -> dict[str, Any]:
+        return {
+            "kind": "segmentation",
+            **export_outputs(prefix, {"class_ids": "int32", "probabilities": "float32"}),
+            "merge": "raster",
+            "raster": "class_ids",
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+        }
 
     def visualize(self, input_dict, target_dict, output):
         if target_dict is None:

@@ -3,7 +3,8 @@
 A Task turns raw inputs into targets (``process_inputs``, a ``tf.data`` map function on
 one example), turns one example's model output into what a writer stores
 (``process_output``, host side), builds the export post-processing layer
-(``output_layer``), defines metrics (``get_metrics``) and debug images (``visualize``).
+(``output_layer``) and describes what it exports (``export_description``), defines
+metrics (``get_metrics``) and debug images (``visualize``).
 
 Raw inputs of one example (see ``rskeras.train.model_context``): rasters are tensors
 ``[T, H, W, C]``; vector inputs are dicts of per-feature tensors. Metadata is a dict of
@@ -50,6 +51,15 @@ class Task:
         """Keras layer mapping the predictor's batch outputs to named export outputs."""
         raise NotImplementedError
 
+    def export_description(self, prefix: str = "") -> dict[str, Any]:
+        """What ``output_layer()`` exports, as JSON for clients (``rskeras_export.json``;
+        see ``rskeras.export.description``): ``kind``, ``outputs`` (role -> output name,
+        each name prefixed with ``prefix``), ``dtypes`` (role -> dtype), ``merge`` (how a
+        writer merges the outputs of a scene's crops: ``raster``, ``point`` or ``boxes``),
+        ``raster`` (the role a raster merge writes) and what a client needs to read the
+        outputs (class names, property name, ...)."""
+        raise NotImplementedError(f"{type(self).__name__} has no export description")
+
     def get_metrics(self) -> dict[str, keras.metrics.Metric]:
         """Metric name -> Keras metric updated with ``update_state(outputs, targets)``."""
         return {}
@@ -57,6 +67,12 @@ class Task:
     def visualize(self, input_dict: dict[str, Any], target_dict: dict[str, Any] | None, output: Any) -> dict[str, np.ndarray]:
         """Debug images, name -> H×W×3 uint8."""
         raise NotImplementedError
+
+
+def export_outputs(prefix: str, dtypes: dict[str, str]) -> dict[str, Any]:
+    """The ``outputs`` (role -> ``prefix + role``) and ``dtypes`` entries of an export
+    description whose output names are the roles."""
+    return {"outputs": {role: f"{prefix}{role}" for role in dtypes}, "dtypes": dict(dtypes)}
 
 
 class BasicTask(Task):

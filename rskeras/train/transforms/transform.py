@@ -121,15 +121,6 @@ def parent_of(input_dict: dict, target_dict: dict, selector: str) -> tuple[dict 
     return cur, parts[-1]
 
 
-def random_int(low: int, high: int) -> tf.Tensor:
-    """A uniform random int32 in ``[low, high)`` (graph; the global TF RNG)."""
-    if high <= low:
-        raise ValueError(f"empty random range [{low}, {high})")
-    if high - low == 1:
-        return tf.constant(low, tf.int32)
-    return tf.random.uniform([], low, high, dtype=tf.int32)
-
-
 def coin() -> tf.Tensor:
     """A fair random boolean (graph; the global TF RNG)."""
     return tf.random.uniform([]) < 0.5

@@ -18,7 +18,7 @@ Servers bind to 127.0.0.1 by default. ``ServedModel`` loads a model base path wi
 numeric version folders (``models/<name>/<version>/saved_model.pb``, the highest version
 is served, as TF Serving does) or a SavedModel directory.
 
-Run locally: ``python -m rskeras.export.serving --model_name NAME --model_base_path
+Run locally: ``python -m rskeras.testing.serving --model_name NAME --model_base_path
 models/NAME --rest_api_port 8501 --port 8500`` (TF Serving's flag names).
 """
 

@@ -1,0 +1,162 @@
+"""Every use of a private Keras (or TensorFlow) internal, behind a named function or class.
+
+rskeras needs a few things Keras 3.15 offers no public API for. Each lives here, and
+tests/test_keras_compat.py pins the behaviour rskeras relies on, so that a Keras upgrade
+breaks in this one module and its tests rather than across the package:
+
+* weights files with objects left out (``keras.src.saving.saving_lib``):
+  :func:`save_weights_file`, :func:`load_weights_file`;
+* a layer's sub-layers and the variables created trainable, whatever their current flag
+  (``Layer._flatten_layers``, ``Layer._trainable_variables``): :func:`sublayers`,
+  :func:`created_trainable_variables`;
+* multi-worker mode of a strategy (``extended._in_multi_worker_mode``):
+  :func:`in_multi_worker_mode`;
+* the model hooks ``Model._maybe_symbolic_build`` and
+  ``Model._get_metrics_result_or_logs``, routed to named methods by :class:`ModelHooks`;
+* optimizer internals (``_get_variable_index``, ``_var_key``,
+  ``_trainable_variables_indices``, ``_clip_gradients``, ``_backend_update_step`` and TF's
+  ``maybe_merge_call``): :func:`optimizer_variable_index`, :func:`optimizer_tracks`,
+  :class:`ClipGradientsHook`, :class:`PreReducedGradients`;
+* Keras' TensorBoard callback without its learning-rate entry
+  (``TensorBoard._collect_learning_rate``): :class:`TensorBoardWithoutLearningRate`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import keras
+import tensorflow as tf
+from keras.src.saving import saving_lib
+
+# ---- weights files ------------------------------------------------------------------------
+
+
+def save_weights_file(model: keras.Model, path: str, objects_to_skip: Sequence[Any] = ()) -> None:
+    """Writes ``model``'s ``.weights.h5`` file (its optimizer's state included when the
+    optimizer is built), leaving out the variables of ``objects_to_skip`` (layers, metrics,
+    the optimizer). Keras' public ``save_weights`` cannot leave anything out."""
+    saving_lib.save_weights_only(model, path, objects_to_skip=list(objects_to_skip))
+
+
+def load_weights_file(model: keras.Model, path: str, objects_to_skip: Sequence[Any] = ()) -> None:
+    """Reads a ``.weights.h5`` file written by :func:`save_weights_file` with the same
+    ``objects_to_skip``; a file that does not fit raises ``ValueError``."""
+    saving_lib.load_weights_only(model, path, objects_to_skip=list(objects_to_skip))
+
+
+# ---- layers and variables -------------------------------------------------------------------
+
+
+def sublayers(layer: keras.layers.Layer, include_self: bool = True) -> list[keras.layers.Layer]:
+    """Every layer tracked under ``layer`` (attributes, lists, dicts; depth first), each once."""
+    return list(layer._flatten_layers(include_self=include_self))
+
+
+def created_trainable_variables(layer: keras.layers.Layer, recursive: bool = True) -> list[Any]:
+    """The variables created as trainable under ``layer``, frozen or not, each once, in a
+    fixed order (``layer.trainable_weights`` drops frozen ones, ``layer.weights`` adds
+    non-trainable ones such as BatchNorm statistics). ``recursive=False``: the layer's
+    own variables only."""
+    out, seen = [], set()
+    for sub in sublayers(layer) if recursive else [layer]:
+        for v in getattr(sub, "_trainable_variables", []):
+            if id(v) not in seen:
+                seen.add(id(v))
+                out.append(v)
+    return out
+
+
+# ---- distribution ---------------------------------------------------------------------------
+
+
+def in_multi_worker_mode(strategy: tf.distribute.Strategy) -> bool:
+    """Whether ``strategy`` is a MultiWorkerMirroredStrategy spanning several workers."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(strategy.extended._in_multi_worker_mode())
+
+
+# ---- model hooks ----------------------------------------------------------------------------
+
+
+class ModelHooks:
+    """Mixin for a ``keras.Model`` subclass (``class M(ModelHooks, keras.Model)``) that
+    routes two private Keras hooks to named methods:
+
+    * before the first step of ``fit`` / ``evaluate`` / ``predict``, Keras builds a model
+      symbolically (``_maybe_symbolic_build``). A model that is already built calls
+      ``self.finish_build()`` instead; an unbuilt one gets Keras' build.
+    * at the end of every training epoch and evaluation Keras computes the logs it
+      returns (``_get_metrics_result_or_logs(logs)``, eagerly). The mixin returns
+      ``self.epoch_logs(logs)``.
+    """
+
+    def finish_build(self) -> None:
+        """Called instead of Keras' symbolic build once the model is built."""
+
+    def epoch_logs(self, logs: dict[str, Any] | None) -> dict[str, Any]:
+        """The logs of an epoch or evaluation (``logs``: the last step's)."""
+        return super()._get_metrics_result_or_logs(logs)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if not self.built:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        self.finish_build()
+
+    def _get_metrics_result_or_logs(self, logs):
+        return self.epoch_logs(logs)
+
+
+# ---- optimizers -----------------------------------------------------------------------------
+
+
+def optimizer_variable_index(optimizer: keras.optimizers.Optimizer, variable: Any) -> int:
+    """The index of a model variable in a built optimizer's variable list (the slot of its
+    per-variable state)."""
+    return optimizer._get_variable_index(variable)
+
+
+def optimizer_tracks(optimizer: keras.optimizers.Optimizer, variable: Any) -> bool:
+    """Whether a built optimizer was built with ``variable``."""
+    return bool(optimizer.built) and optimizer._var_key(variable) in optimizer._trainable_variables_indices
+
+
+class ClipGradientsHook:
+    """Mixin for a ``keras.optimizers.Optimizer`` subclass: Keras clips the gradients in
+    ``apply`` (after gradient accumulation, before the weight decay and the update) with
+    ``_clip_gradients``; the mixin calls ``self.clip_gradients(grads)`` there instead
+    (default: Keras' ``clipnorm`` / ``clipvalue`` / ``global_clipnorm``)."""
+
+    def clip_gradients(self, grads: list[Any]) -> list[Any]:
+        return super()._clip_gradients(grads)
+
+    def _clip_gradients(self, grads):
+        return self.clip_gradients(grads)
+
+
+class PreReducedGradients:
+    """Mixin for a ``keras.optimizers.Optimizer`` subclass whose ``apply`` receives
+    gradients already summed over replicas (the training step all-reduces them itself).
+
+    Keras' TensorFlow optimizer all-reduces the gradients in a cross-replica merge call
+    before ``update_step``; with the mixin the merge call applies ``update_step`` to each
+    replica's (identical) gradient without reducing again.
+    """
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        strategy = self._distribution_strategy
+        variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            self._distributed_tf_update_step, strategy, list(zip(grads, variables)), learning_rate
+        )
+
+
+# ---- callbacks ------------------------------------------------------------------------------
+
+
+class TensorBoardWithoutLearningRate(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard callback without its ``learning_rate`` entry (which it reads from
+    the optimizer at the end of an epoch, i.e. after rskeras' epoch-end scheduler step:
+    the next epoch's rate)."""
+
+    def _collect_learning_rate(self, logs):
+        return logs

@@ -1,0 +1,214 @@
+"""rskeras.keras_compat: the private Keras internals rskeras relies on still behave as
+rskeras expects. A Keras upgrade that changes one of them fails here first."""
+
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rskeras import keras_compat as kc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Block(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(2, name="dense")
+        self.norm = keras.layers.BatchNormalization(name="norm")
+
+    def call(self, x, training=None):
+        return self.norm(self.dense(x), training=training)
+
+
+class Tree(keras.layers.Layer):
+    """Sub-layers in an attribute, a list and a dict; one layer reachable twice."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.head = Block(name="head")
+        self.items = [Block(name="a"), Block(name="b")]
+        self.named = {"c": Block(name="c")}
+        self.alias = self.items[0]
+        self.scale = self.add_weight(shape=(), initializer="ones", name="scale")
+
+    def call(self, x, training=None):
+        for block in [self.head, *self.items, self.named["c"]]:
+            x = block(x, training=training)
+        return x * self.scale
+
+
+def built_tree():
+    tree = Tree()
+    tree(np.zeros((1, 2), np.float32))
+    return tree
+
+
+def test_sublayers_walks_attributes_lists_and_dicts_once():
+    tree = built_tree()
+    names = [layer.name for layer in kc.sublayers(tree)]
+    assert names[0] == tree.name
+    assert sorted(names[1:]) == sorted(["head", "a", "b", "c"] + ["dense", "norm"] * 4)
+    assert len({id(layer) for layer in kc.sublayers(tree)}) == len(names)
+    assert tree not in kc.sublayers(tree, include_self=False)
+
+
+def test_created_trainable_variables_keep_frozen_ones_and_skip_statistics():
+    tree = built_tree()
+    tree.items[1].trainable = False
+    variables = kc.created_trainable_variables(tree)
+    # scale + per block: dense kernel/bias, norm gamma/beta (moving statistics are not trainable)
+    assert len(variables) == 1 + 4 * 4 == len({id(v) for v in variables})
+    assert not any("moving" in v.path for v in variables)
+    assert any(not v.trainable for v in variables)  # frozen ones are kept
+    assert len(tree.trainable_weights) == 1 + 3 * 4
+    assert kc.created_trainable_variables(tree, recursive=False) == [tree.scale]
+    assert [v.path for v in kc.created_trainable_variables(tree)] == [v.path for v in kc.created_trainable_variables(tree)]
+
+
+class Counting(kc.ModelHooks, keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(1)
+        self.finished = 0
+        self.epoch_log_calls = 0
+
+    def call(self, x):
+        return self.dense(x)
+
+    def finish_build(self):
+        self.finished += 1
+
+    def epoch_logs(self, logs):
+        self.epoch_log_calls += 1
+        return {"answer": 42.0}
+
+
+def test_model_hooks_replace_symbolic_build_and_epoch_logs():
+    x = np.ones((4, 3), np.float32)
+    y = np.zeros((4, 1), np.float32)
+    model = Counting()
+    model.compile(optimizer="sgd", loss="mse")
+    model(x)  # built eagerly
+    history = model.fit(x, y, epochs=2, verbose=0)
+    assert model.finished >= 1
+    assert history.history["answer"] == [42.0, 42.0]
+    assert model.evaluate(x, y, verbose=0, return_dict=True) == {"answer": 42.0}
+    # An unbuilt model gets Keras' own symbolic build.
+    fresh = Counting()
+    fresh.compile(optimizer="sgd", loss="mse")
+    fresh.fit(x, y, epochs=1, verbose=0)
+    assert fresh.built and fresh.finished == 0
+
+
+def test_weights_file_leaves_out_skipped_objects(tmp_path):
+    def model():
+        inputs = keras.Input((3,))
+        m = keras.Model(inputs, keras.layers.Dense(2, name="out")(inputs))
+        m.compile(optimizer="adam", loss="mse")
+        m.optimizer.build(m.trainable_variables)
+        return m
+
+    a, b = model(), model()
+    path = str(tmp_path / "a.weights.h5")
+    kc.save_weights_file(a, path, [a.optimizer])
+    with h5py.File(path) as f:
+        assert "optimizer" not in f
+    kc.load_weights_file(b, path, [b.optimizer])
+    for va, vb in zip(a.weights, b.weights):
+        np.testing.assert_array_equal(va.numpy(), vb.numpy())
+    kc.save_weights_file(a, path)
+    with h5py.File(path) as f:
+        assert "optimizer" in f
+    inputs = keras.Input((3,))
+    other = keras.Model(inputs, keras.layers.Dense(5)(inputs))
+    with pytest.raises(ValueError):
+        kc.load_weights_file(other, path, [])
+
+
+def test_optimizer_variable_index_and_tracking():
+    v1, v2, v3 = (keras.Variable(np.zeros(2, np.float32)) for _ in range(3))
+    optimizer = keras.optimizers.SGD()
+    assert not kc.optimizer_tracks(optimizer, v1)
+    optimizer.build([v1, v2])
+    assert [kc.optimizer_variable_index(optimizer, v) for v in (v1, v2)] == [0, 1]
+    assert kc.optimizer_tracks(optimizer, v2) and not kc.optimizer_tracks(optimizer, v3)
+
+
+def test_clip_gradients_hook_is_where_keras_clips():
+    class Halving(kc.ClipGradientsHook, keras.optimizers.SGD):
+        def clip_gradients(self, grads):
+            return [g * 0.5 for g in grads]
+
+    v = keras.Variable(np.zeros(2, np.float32))
+    optimizer = Halving(learning_rate=1.0)
+    optimizer.apply([tf.constant([1.0, 2.0])], [v])
+    np.testing.assert_allclose(v.numpy(), [-0.5, -1.0])
+    plain = kc.ClipGradientsHook.clip_gradients  # the default is Keras' own clipping
+    clipped = type("C", (kc.ClipGradientsHook, keras.optimizers.SGD), {})(learning_rate=1.0, clipvalue=0.25)
+    assert plain is type(clipped).clip_gradients
+    w = keras.Variable(np.zeros(2, np.float32))
+    clipped.apply([tf.constant([1.0, -2.0])], [w])
+    np.testing.assert_allclose(w.numpy(), [-0.25, 0.25])
+
+
+def test_in_multi_worker_mode():
+    assert not kc.in_multi_worker_mode(tf.distribute.get_strategy())
+    assert not kc.in_multi_worker_mode(tf.distribute.OneDeviceStrategy("/cpu:0"))
+    from tensorflow.python.distribute.collective_all_reduce_strategy import CollectiveAllReduceExtended
+
+    assert callable(CollectiveAllReduceExtended._in_multi_worker_mode)
+
+
+def test_tensorboard_without_learning_rate(tmp_path):
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    plain = keras.callbacks.TensorBoard(log_dir=str(tmp_path / "plain"))
+    plain.set_model(model)
+    assert plain._collect_learning_rate({})["learning_rate"] == 0.5  # what Keras would log
+    ours = kc.TensorBoardWithoutLearningRate(log_dir=str(tmp_path / "ours"))
+    ours.set_model(model)
+    assert ours._collect_learning_rate({}) == {}
+
+
+PRE_REDUCED_SCRIPT = """
+import json
+import keras
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from rskeras.keras_compat import PreReducedGradients
+
+class Plain(keras.optimizers.Optimizer):
+    def update_step(self, gradient, variable, learning_rate):
+        self.assign_sub(variable, gradient * learning_rate)
+
+class Reduced(PreReducedGradients, Plain):
+    pass
+
+out = {}
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+for cls in (Plain, Reduced):
+    with strategy.scope():
+        v = keras.Variable(0.0)
+        opt = cls(learning_rate=1.0)
+        opt.build([v])
+    strategy.run(tf.function(lambda: opt.apply([tf.constant(1.0)], [v])))
+    out[cls.__name__] = float(v.numpy())
+print(json.dumps(out))
+"""
+
+
+def test_pre_reduced_gradients_are_not_summed_again():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", PRE_REDUCED_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    # Keras sums the two replicas' gradients of 1; with the mixin each replica applies its own.
+    assert result == {"Plain": -2.0, "Reduced": -1.0}
