@@ -48,6 +48,8 @@ def user_error_types() -> tuple[type[BaseException], ...]:
         ("rskeras.utils.raster_format", ("RasterReadError",)),
         ("rskeras.dataset.window", ("WindowError",)),
         ("rskeras.train.run_dir", ("DiskFullError",)),
+        ("rskeras.train.prediction_writer", ("PredictionWriteError",)),
+        ("rskeras.utils.fileio", ("UnsafePathError",)),
     ):
         mod = sys.modules.get(module)
         if mod is None:
@@ -68,6 +70,8 @@ _WRAPPED_NAMES = (
     "CheckpointError",
     "WeightLoadError",
     "DiskFullError",
+    "PredictionWriteError",
+    "UnsafePathError",
     "UserError",
 )
 

@@ -115,6 +115,13 @@ def build_parser(prog: str = "train.py", subcommand: str | None = None) -> argpa
         f"{ALLOW_ENV}). By default only rskeras classes, the rslearn/Lightning/torch.nn names mapped onto "
         "them and a few Keras callbacks are allowed",
     )
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="predict: only shard I of N (0-based) of the windows, e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT "
+        "(TF_CONFIG with several workers sets it too); completed windows are skipped (see docs/scale.md)",
+    )
     parser.add_argument("--verbose", action="store_true", help="print the traceback of an error (else it goes to <run dir>/error.log)")
     return parser
 
@@ -306,6 +313,12 @@ def run(argv: list[str] | None = None, prog: str = "train.py") -> int:
     if args.ckpt_path:
         config["ckpt_path"] = args.ckpt_path
     apply_project_management(config, args.subcommand)
+    if args.shard is not None and args.subcommand != "predict":
+        raise ConfigError(f"--shard is for predict, not {args.subcommand}")
+    if args.subcommand == "predict":
+        from rskeras.train.sharding import apply_predict_shard
+
+        apply_predict_shard(config, args.shard)
     if args.print_config:
         from rskeras.run import filled_config
 
@@ -314,7 +327,13 @@ def run(argv: list[str] | None = None, prog: str = "train.py") -> int:
     ckpt_path = config.get("ckpt_path")
     if ckpt_path is not None and not isinstance(ckpt_path, str):
         raise ConfigError(f"ckpt_path: expected a path, got {ckpt_path!r}")
-    r = build_run(config, SUBCOMMAND_STAGES[args.subcommand], default_root_dir(args.config))
+    from rskeras.train.prediction_writer import NothingToPredict
+
+    try:
+        r = build_run(config, SUBCOMMAND_STAGES[args.subcommand], default_root_dir(args.config))
+    except NothingToPredict as e:
+        print(e)
+        return 0
     if args.subcommand == "fit" and not r.trainer.fast_dev_run:
         r.trainer.lock_run_dir()  # before anything is written to the run directory
     if r.trainer.is_chief and not r.trainer.fast_dev_run:

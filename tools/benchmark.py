@@ -8,7 +8,13 @@ Sections (run one, or ``all``)::
     python tools/benchmark.py detection    # detection training rate and inference latency
     python tools/benchmark.py encoders     # foundation-model configs: ms per train step, 64x64
     python tools/benchmark.py olmoearth    # OlmoEarth nano/tiny train step on 64x64x12
-    python tools/benchmark.py all
+    python tools/benchmark.py predict-shards   # predict windows/s with 1 and 2 worker processes
+    python tools/benchmark.py predict-memory   # peak RSS predicting 8192^2 and 16384^2 x 12 scenes
+    python tools/benchmark.py data-service     # input examples/s with and without a tf.data service
+    python tools/benchmark.py vs-rslearn   # rslearn and rskeras side by side (needs --rslearn-python)
+    python tools/benchmark.py step         # the train step of both systems on one cached batch
+    python tools/benchmark.py inference    # per-tile latency: rslearn eager vs Keras/SavedModel/TFLite
+    python tools/benchmark.py all          # every section but the three that need rslearn
 
 ``input`` builds (or reuses, with --sample / --large) two sample datasets
 (tools/make_sample_dataset.py): 64x64 and 256x256 windows with 12 bands, and iterates
@@ -67,9 +73,11 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import numpy as np
@@ -468,6 +476,234 @@ def run_olmoearth(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 import vs_rslearn  # noqa: E402  (tools/ is on sys.path)
+# ---- scale: sharded predict, bounded-memory scenes, tf.data service ------------------------
+
+SCALE_CONFIG = """
+seed_everything: 0
+model:
+  class_path: rslearn.train.lightning_module.RslearnLightningModule
+  init_args:
+    model:
+      class_path: rslearn.models.singletask.SingleTaskModel
+      init_args:
+        encoder:
+          - class_path: rskeras.models.simple_cnn.SimpleCNN
+            init_args: {in_channels: 12, channels: [8, 16], convs_per_stage: 1}
+        decoder:
+          - class_path: rslearn.models.unet.UNetDecoder
+            init_args: {in_channels: [[2, 8], [4, 16]], out_channels: 4}
+          - class_path: rslearn.train.tasks.segmentation.SegmentationHead
+data:
+  class_path: rslearn.train.data_module.RslearnDataModule
+  init_args:
+    path: ${DATASET_PATH}
+    batch_size: 16
+    num_workers: 2
+    inputs:
+      image:
+        data_type: raster
+        layers: [sentinel2]
+        bands: [B01, B02, B03, B04, B05, B06, B07, B08, B8A, B09, B11, B12]
+        dtype: FLOAT32
+        passthrough: true
+    task: {class_path: rslearn.train.tasks.segmentation.SegmentationTask, init_args: {num_classes: 4}}
+    default_config:
+      transforms:
+        - {class_path: rslearn.train.transforms.normalize.Normalize, init_args: {mean: 1500, std: 1000}}
+    predict_config: {groups: [GROUP], skip_targets: true, load_all_crops: true, crop_size: CROP, overlap_pixels: 16}
+trainer:
+  logger: false
+  enable_progress_bar: false
+  callbacks:
+    - class_path: rslearn.train.prediction_writer.RslearnWriter
+      init_args:
+        output_layer: output_segmentation
+        merger: {class_path: rslearn.train.prediction_writer.RasterMerger, init_args: {overlap_pixels: 16}}
+"""
+
+
+def run_measured(command: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> dict[str, Any]:
+    """Runs a command; returns its exit code, wall seconds, peak RSS (MiB, from wait4) and output."""
+    with tempfile.TemporaryFile("w+") as out:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, text=True)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - start
+        out.seek(0)
+        text = out.read()
+    return {"rc": process.returncode, "seconds": seconds, "max_rss_mib": usage.ru_maxrss / 1024, "output": text}
+
+
+def scale_env(dataset: str) -> dict[str, str]:
+    env = dict(os.environ, DATASET_PATH=dataset, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TF_CONFIG", None)
+    return env
+
+
+def predict_loop_seconds(output: str) -> float:
+    line = [x for x in output.splitlines() if x.startswith("predicted ")][-1]
+    return float(line.split(" in ", 1)[1].split("s", 1)[0])
+
+
+def add_predict_shards_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sample", help="64x64 sample dataset to use/create (default: a temp dir)")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker process counts to time (default 1 2)")
+
+
+def run_predict_shards(args: argparse.Namespace) -> dict[str, Any]:
+    """Windows/s of ``train.py predict`` over the 300 windows of the sample dataset with 1
+    and 2 worker processes (``--shard i/N``) on this machine."""
+    workdir = tempfile.mkdtemp(prefix="rskeras-bench-")
+    results: dict[str, Any] = {}
+    try:
+        sample = make_or_reuse(args.sample, 64, 300, workdir)
+        config = os.path.join(workdir, "predict.yaml")
+        with open(config, "w") as f:
+            f.write(SCALE_CONFIG.replace("GROUP", "default").replace("CROP", "64"))
+        for n in args.workers:
+            dataset = os.path.join(workdir, f"ds-{n}")
+            shutil.rmtree(dataset, ignore_errors=True)
+            shutil.copytree(sample, dataset)
+            command = [sys.executable, os.path.join(ROOT, "tools", "train.py"), "predict", "--config", config]
+            start = time.perf_counter()
+            with ThreadPoolExecutor(n) as pool:
+                runs = list(pool.map(lambda i: run_measured(command + ([] if n == 1 else ["--shard", f"{i}/{n}"]), scale_env(dataset), workdir), range(n)))
+            wall = time.perf_counter() - start
+            for r in runs:
+                if r["rc"] != 0:
+                    raise RuntimeError(r["output"][-3000:])
+            windows = sum(int(r["output"].rsplit(" for ", 1)[1].split()[0]) for r in runs)
+            loop = max(predict_loop_seconds(r["output"]) for r in runs)
+            results[f"{n} worker(s)"] = {"windows": windows, "wall_s": round(wall, 1), "windows_per_s": round(windows / wall, 2), "predict_loop_windows_per_s": round(windows / loop, 1)}
+            print(f"  predict {n} worker(s): {windows} windows in {wall:.1f}s = {windows / wall:.2f} windows/s end to end, {windows / loop:.1f} windows/s in the predict loop", flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
+def write_scene_geotiff(path: str, size: int, bands: int = 12) -> None:
+    """A compressed size x size x bands uint16 GeoTIFF (low-entropy pixels), block by block."""
+    import rasterio
+    from affine import Affine
+
+    yy, xx = np.mgrid[0:512, 0:512]
+    profile = dict(driver="GTiff", width=size, height=size, count=bands, dtype="uint16", crs="EPSG:32610", transform=Affine(10, 0, 10000, 0, -10, 20000))
+    profile.update(tiled=True, blockxsize=512, blockysize=512, compress="deflate", BIGTIFF="YES")
+    with rasterio.open(path, "w", **profile) as dst:
+        for y in range(0, size, 512):
+            for x in range(0, size, 512):
+                a = (1000 + ((xx + x) // 37 % 5) * 300 + ((yy + y) // 53 % 3) * 200).astype(np.uint16)
+                dst.write(np.stack([a + 10 * i for i in range(bands)]), window=rasterio.windows.Window(x, y, 512, 512))
+
+
+def scene_dataset(root: str, size: int) -> str:
+    """An rslearn dataset with one size x size window of 12 Sentinel-2-like bands."""
+    bands = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
+    window = os.path.join(root, "windows", "scene", "big")
+    raster_dir = os.path.join(window, "layers", "sentinel2", "_".join(bands))
+    os.makedirs(raster_dir)
+    layers = {"sentinel2": {"type": "raster", "band_sets": [{"dtype": "uint16", "bands": bands}]}, "output_segmentation": {"type": "raster", "band_sets": [{"dtype": "uint8", "bands": ["class"]}]}}
+    with open(os.path.join(root, "config.json"), "w") as f:
+        json.dump({"layers": layers}, f)
+    with open(os.path.join(window, "metadata.json"), "w") as f:
+        json.dump({"projection": {"crs": "EPSG:32610", "x_resolution": 10.0, "y_resolution": -10.0}, "bounds": [1000, -2000, 1000 + size, -2000 + size], "time_range": None, "options": {}}, f)
+    write_scene_geotiff(os.path.join(raster_dir, "geotiff.tif"), size)
+    open(os.path.join(window, "layers", "sentinel2", "completed"), "w").close()
+    return os.path.join(raster_dir, "geotiff.tif")
+
+
+def add_predict_memory_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sample", help="unused (accepted by 'all')")
+    p.add_argument("--sizes", type=int, nargs="+", default=[8192, 16384], help="scene sizes in pixels (default 8192 16384)")
+    p.add_argument("--tools", nargs="+", choices=("train", "tflite"), default=["train", "tflite"], help="what to measure (default both)")
+
+
+def run_predict_memory(args: argparse.Namespace) -> dict[str, Any]:
+    """Peak RSS of ``train.py predict`` and ``tools/predict_tflite.py`` over one synthetic
+    12-band scene per size (crops of 256, overlap 16; the model of SCALE_CONFIG)."""
+    workdir = tempfile.mkdtemp(prefix="rskeras-bench-")
+    results: dict[str, Any] = {}
+    try:
+        config = os.path.join(workdir, "predict.yaml")
+        with open(config, "w") as f:
+            f.write(SCALE_CONFIG.replace("GROUP", "scene").replace("CROP", "256"))
+        tflite = os.path.join(workdir, "seg.tflite")
+        if "tflite" in args.tools:
+            code = (
+                "import os, sys; sys.path.insert(0, %r)\n"
+                "from rskeras.config.loader import load_config\nfrom rskeras.run import build_run\n"
+                "from rskeras.export.inference import exportable_from_run\nfrom rskeras.export.tflite import convert_tflite, write_tflite\n"
+                "r = build_run(load_config([%r], []), 'predict')\n"
+                "e = exportable_from_run(r, 'predict', name='seg')\n"
+                "write_tflite(e, convert_tflite(e, (256, 256)), %r, (256, 256), 'none')\n"
+            ) % (ROOT, config, tflite)
+        for size in args.sizes:
+            dataset = os.path.join(workdir, f"scene-{size}")
+            print(f"  writing a {size}x{size}x12 uint16 scene ...", flush=True)
+            scene = scene_dataset(dataset, size)
+            if "tflite" in args.tools and not os.path.exists(tflite):
+                built = run_measured([sys.executable, "-c", code], scale_env(dataset), workdir)
+                if built["rc"] != 0:
+                    raise RuntimeError(built["output"][-3000:])
+            whole_gib = size * size * 12 * 4 / (1 << 30)
+            if "train" in args.tools:
+                command = [sys.executable, os.path.join(ROOT, "tools", "train.py"), "predict", "--config", config]
+                r = run_measured(command, scale_env(dataset), workdir)
+                if r["rc"] != 0:
+                    raise RuntimeError(r["output"][-3000:])
+                results[f"train.py predict {size}"] = {"max_rss_mib": round(r["max_rss_mib"]), "seconds": round(r["seconds"], 1), "whole_scene_float32_gib": round(whole_gib, 1)}
+                print(f"  train.py predict {size}x{size}x12: peak RSS {r['max_rss_mib']:.0f} MiB ({r['seconds']:.0f}s; the scene is {whole_gib:.1f} GiB as float32)", flush=True)
+            if "tflite" in args.tools:
+                command = [sys.executable, os.path.join(ROOT, "tools", "predict_tflite.py"), "--model", tflite, "--input", scene, "--output", os.path.join(workdir, f"out-{size}.tif"), "--overlap", "16", "--quiet"]
+                r = run_measured(command, scale_env(dataset), workdir)
+                if r["rc"] != 0:
+                    raise RuntimeError(r["output"][-3000:])
+                results[f"predict_tflite {size}"] = {"max_rss_mib": round(r["max_rss_mib"]), "seconds": round(r["seconds"], 1), "whole_scene_float32_gib": round(whole_gib, 1)}
+                print(f"  predict_tflite.py {size}x{size}x12: peak RSS {r['max_rss_mib']:.0f} MiB ({r['seconds']:.0f}s)", flush=True)
+            shutil.rmtree(dataset, ignore_errors=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
+def add_data_service_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sample", help="64x64 sample dataset to use/create (default: a temp dir)")
+    p.add_argument("--workers", type=int, default=2, help="tf.data service workers (default 2)")
+    p.add_argument("--min-examples", type=int, default=1200, help="examples timed after the first epoch (default 1200)")
+
+
+def run_data_service(args: argparse.Namespace) -> dict[str, Any]:
+    """Input examples/s of the classification train split (disk cache) in this process and
+    through a loopback tf.data service (a dispatcher and --workers workers)."""
+    import socket
+
+    workdir = tempfile.mkdtemp(prefix="rskeras-bench-")
+    results: dict[str, Any] = {}
+    servers: list[subprocess.Popen] = []
+    try:
+        sample = make_or_reuse(args.sample, 64, 300, workdir)
+        cache = os.path.join(workdir, "cache")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        tool = os.path.join(ROOT, "tools", "data_service.py")
+        env = scale_env(sample)
+        servers.append(subprocess.Popen([sys.executable, tool, "dispatcher", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        servers += [subprocess.Popen([sys.executable, tool, "worker", "--dispatcher", f"127.0.0.1:{port}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(args.workers)]
+        for mode, extra in (("local", {}), (f"tf.data service, {args.workers} workers", {"data_service": {"address": f"grpc://127.0.0.1:{port}"}})):
+            dm = data_module(sample, 16, 0, cache_dir=cache, **extra)
+            (n1, t1), (n2, t2) = time_epochs(dm, args.min_examples)
+            results[mode] = {"epoch1_examples_per_s": round(n1 / t1, 1), "later_examples_per_s": round(n2 / max(t2, 1e-9), 1)}
+            print(f"  input {mode:<28}: epoch 1 {n1 / t1:8.1f} ex/s, epochs 2+ {n2 / max(t2, 1e-9):8.1f} ex/s", flush=True)
+    finally:
+        for server in servers:
+            server.terminate()
+        for server in servers:
+            server.wait(timeout=60)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
 
 SECTIONS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], dict]]] = {
     "input": ("input pipeline throughput (no cache / disk cache / memory cache)", add_input_arguments, run_input),
@@ -486,6 +722,9 @@ SECTIONS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
         vs_rslearn.add_inference_arguments,
         vs_rslearn.guarded(vs_rslearn.run_inference),
     ),
+    "predict-shards": ("train.py predict windows/s with 1 and 2 worker processes (--shard i/N)", add_predict_shards_arguments, run_predict_shards),
+    "predict-memory": ("peak RSS of train.py predict / predict_tflite.py over 8192^2 and 16384^2 x 12 scenes", add_predict_memory_arguments, run_predict_memory),
+    "data-service": ("input examples/s in-process vs through a loopback tf.data service", add_data_service_arguments, run_data_service),
 }
 # Sections that compare with rslearn need its venv; ``all`` runs the others.
 RSLEARN_SECTIONS = ("vs-rslearn", "step", "inference")

@@ -158,11 +158,13 @@ class Window:
     def completed_group_indexes(self, layer: str) -> list[int]:
         return [idx for name, idx in self.completed_layers() if name == layer]
 
-    def mark_layer_completed(self, layer: str, group_idx: int = 0) -> None:
-        d = self.layer_dir(layer, group_idx)
-        os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, "completed"), "w"):
-            pass
+    def mark_layer_completed(self, layer: str, group_idx: int = 0, root: str | None = None) -> None:
+        """Writes the layer's ``completed`` marker durably (temporary file, fsync, rename):
+        a symlink named ``completed`` is replaced, never followed. With ``root`` (the
+        dataset root) the layer directory must resolve inside it."""
+        from rskeras.utils.fileio import atomic_write_bytes
+
+        atomic_write_bytes(os.path.join(self.layer_dir(layer, group_idx), "completed"), b"", root)
 
     def raster_dir(self, layer: str, bands: list[str], group_idx: int = 0) -> str:
         return os.path.join(self.layer_dir(layer, group_idx), band_set_dir_name(bands))

@@ -11,18 +11,23 @@ GeoTIFF with the input's CRS and transform; classification, regression and detec
 GeoJSON in rslearn's pixel-coordinate format. A multi-task model writes one file per task
 into the --output directory (<task>.tif / <task>.geojson). Imports numpy, rasterio, shapely
 and ai_edge_litert only. See docs/deployment.md.
+
+Scenes of any size run in bounded memory: crops are read one by one from the input files
+and raster outputs are merged and written block by block into a tiled, compressed GeoTIFF
+(--cog: a Cloud Optimized GeoTIFF with overviews); GDAL's block cache is limited to
+GDAL_CACHEMAX (default here 256 MB). See docs/scale.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import time
 
 from rskeras.export.litert import LiteRTModel
-from rskeras.export.sliding_window import predict_scene, read_scene, write_prediction
-
-RASTER_EXT = (".tif", ".tiff")
+from rskeras.export.sliding_window import open_scene, output_paths, predict_scene_to_files
 
 
 def parse_inputs(values: list[str], names: list[str]) -> dict[str, str]:
@@ -82,7 +87,21 @@ def main(argv: list[str] | None = None, prog: str = "rskeras predict-tflite") ->
         help="detections in overlaps: keep those whose centre the window owns (default) or all (rslearn)",
     )
     parser.add_argument("--num-threads", type=int, default=None, help="LiteRT interpreter threads")
+    parser.add_argument("--cog", action="store_true", help="write raster outputs as Cloud Optimized GeoTIFFs (with overviews)")
+    parser.add_argument(
+        "--stripe-width",
+        type=int,
+        default=4096,
+        help="output columns merged at a time (memory ~ 512 x this x bands; default 4096)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
+    if args.stripe_width < 1:
+        parser.error(f"--stripe-width {args.stripe_width}: expected a positive number of columns")
+    if args.overlap < 0:
+        parser.error(f"--overlap {args.overlap}: expected >= 0")
+    # SIGTERM (a batch scheduler's kill) unwinds like Ctrl-C: temporary files are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     try:
         return run(parser, args)
@@ -104,25 +123,52 @@ def check_model_path(path: str) -> None:
         raise ValueError(f"--model {path}: no such file")
 
 
+class Progress:
+    """Progress lines on stderr, at most every 10 s."""
+
+    def __init__(self, quiet: bool, prog: str):
+        self.quiet = quiet
+        self.prog = prog
+        self.last = 0.0
+        self.start = time.time()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.time()
+        if self.quiet or (now - self.last < 10 and done != total):
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        print(f"{self.prog}: {done}/{total} crops ({rate:.1f} crops/s)", file=sys.stderr, flush=True)
+
+
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import rasterio
+
     check_model_path(args.model)
     model = LiteRTModel(args.model, num_threads=args.num_threads)
     if model.description is None:
         parser.error(f"{args.model}.json not found: export the model with tools/export.py --format tflite")
     names = [spec["name"] for spec in model.description["inputs"]]
-    scene = read_scene(parse_inputs(args.input, names), parse_band_indexes(args.band_indexes, names))
-    results = predict_scene(model, scene, args.overlap, args.probabilities, args.score_threshold, args.vector_merge)
-    multi = len(results) > 1 or next(iter(results)) != ""
-    for task, prediction in results.items():
-        ext = ".tif" if prediction.raster is not None else ".geojson"
-        if multi:
-            path = os.path.join(args.output, f"{task}{ext}")
-        else:
-            path = args.output
-            if (ext == ".tif") != path.lower().endswith(RASTER_EXT):
-                parser.error(f"--output {path}: this model writes a {'GeoTIFF (.tif)' if ext == '.tif' else 'GeoJSON (.geojson)'}")
-        write_prediction(prediction, path, scene.crs)
-        what = f"{prediction.raster.shape[0]}-band raster" if prediction.raster is not None else f"{len(prediction.features or [])} features"
-        print(f"wrote {path} ({what})")
+    inputs = parse_inputs(args.input, names)
+    band_indexes = parse_band_indexes(args.band_indexes, names)
+    try:
+        paths = output_paths(model.description, args.output)
+    except ValueError as e:
+        parser.error(str(e))
+    cache = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": 256}  # MB of decoded blocks
+    with rasterio.Env(**cache), open_scene(inputs, band_indexes) as source:
+        results = predict_scene_to_files(
+            model,
+            source,
+            paths,
+            args.overlap,
+            args.probabilities,
+            args.score_threshold,
+            args.vector_merge,
+            stripe_width=args.stripe_width,
+            cog=args.cog,
+            progress=Progress(args.quiet, parser.prog),
+        )
+    for task, what in results.items():
+        print(f"wrote {paths[task]} ({what})")
     return 0
-

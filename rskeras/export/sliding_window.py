@@ -314,3 +314,266 @@ def write_prediction(prediction: Prediction, path: str, crs: Any) -> str:
     else:
         write_geojson(path, prediction.features or [], prediction.projection)
     return path
+
+
+# ---- whole scenes in bounded memory -------------------------------------------------------
+
+@dataclasses.dataclass
+class SceneSource:
+    """The input GeoTIFFs of a scene (same grid), read crop by crop: nothing of the scene
+    is held in memory but GDAL's block cache (``GDAL_CACHEMAX``)."""
+
+    datasets: dict[str, Any]
+    indexes: dict[str, list[int]]
+    crs: Any
+    transform: Affine
+    height: int
+    width: int
+
+    projection = Scene.projection
+    pixel_offset = Scene.pixel_offset
+
+    def bands(self, name: str) -> int:
+        return len(self.indexes[name])
+
+    def read(self, name: str, col: int, row: int, height: int, width: int) -> np.ndarray:
+        """``[bands, height, width]`` of input ``name`` at (col, row), zeros past the scene."""
+        src = self.datasets[name]
+        out = np.zeros((len(self.indexes[name]), height, width), dtype=src.dtypes[0])
+        c1, r1 = min(col + width, self.width), min(row + height, self.height)
+        if c1 > col and r1 > row:
+            window = rasterio.windows.Window(col, row, c1 - col, r1 - row)
+            try:
+                out[:, : r1 - row, : c1 - col] = src.read(self.indexes[name], window=window)
+            except rasterio.errors.RasterioError as e:
+                raise ValueError(f"{src.name}: cannot read pixels {c1 - col}x{r1 - row} at ({col}, {row}): {e}") from None
+        return out
+
+    def close(self) -> None:
+        for src in self.datasets.values():
+            src.close()
+
+    def __enter__(self) -> "SceneSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_scene(paths: dict[str, str], band_indexes: dict[str, list[int]] | None = None) -> SceneSource:
+    """Opens one GeoTIFF per input (1-based ``band_indexes`` optional) without reading
+    pixels; all must share size, CRS and transform, and hold real-valued bands."""
+    datasets: dict[str, Any] = {}
+    indexes: dict[str, list[int]] = {}
+    ref = None
+    try:
+        for name, path in paths.items():
+            try:
+                src = rasterio.open(path)
+            except rasterio.errors.RasterioError as e:
+                raise ValueError(f"{path}: cannot open input {name!r} as a raster: {e}") from None
+            datasets[name] = src
+            grid = (src.height, src.width, src.crs, src.transform)
+            if ref is None:
+                ref = grid
+            elif (grid[0], grid[1]) != (ref[0], ref[1]) or grid[2] != ref[2] or not grid[3].almost_equals(ref[3]):
+                raise ValueError(f"{path}: input {name!r} is not on the grid of the first input (size, CRS and transform must match)")
+            wanted = list((band_indexes or {}).get(name) or range(1, src.count + 1))
+            bad = [i for i in wanted if not 1 <= i <= src.count]
+            if bad:
+                raise ValueError(f"{path}: band index {bad[0]} does not exist (the file has bands 1..{src.count})")
+            dtypes = {src.dtypes[i - 1] for i in wanted}
+            for dtype in dtypes:
+                kind = np.dtype(dtype).kind if dtype in np.sctypeDict else "?"
+                if kind not in "uif":
+                    raise ValueError(f"{path}: input {name!r} has {dtype} pixels; the model takes real-valued bands (integer or float)")
+            if len(dtypes) > 1:
+                raise ValueError(f"{path}: input {name!r} mixes band dtypes {sorted(dtypes)}")
+            indexes[name] = wanted
+    except BaseException:
+        for src in datasets.values():
+            src.close()
+        raise
+    assert ref is not None
+    return SceneSource(datasets, indexes, ref[2], ref[3], ref[0], ref[1])
+
+
+def output_paths(description: dict[str, Any], output: str) -> dict[str, str]:
+    """Per task ("" for a single task) the file it writes: ``output`` itself for a single
+    task (.tif for raster tasks, .geojson for vector ones), ``output/<task>.tif|.geojson``
+    for a multi-task model."""
+    tasks = single_tasks(description["task"])
+    multi = len(tasks) > 1 or next(iter(tasks)) != ""
+    out = {}
+    for name, task in tasks.items():
+        ext = ".tif" if merge_of(task) == "raster" else ".geojson"
+        if multi:
+            out[name] = os.path.join(output, f"{name}{ext}")
+        else:
+            if (ext == ".tif") != output.lower().endswith((".tif", ".tiff")):
+                raise ValueError(f"--output {output}: this model writes a {'GeoTIFF (.tif)' if ext == '.tif' else 'GeoJSON (.geojson)'}")
+            out[name] = output
+    return out
+
+
+def _check_inputs(model: LiteRTModel, source: SceneSource) -> dict[str, dict[str, Any]]:
+    description = model.description
+    if description is None:
+        raise ValueError(f"{model.path}: no {model.path}.json description beside the model (export it with tools/export.py)")
+    specs = {spec["name"]: spec for spec in description["inputs"]}
+    if sorted(specs) != sorted(source.datasets):
+        raise ValueError(f"the model takes inputs {sorted(specs)}, got rasters for {sorted(source.datasets)}")
+    for name, spec in specs.items():
+        expected = len(spec["bands"]) * int(spec.get("num_timesteps", 1))
+        if source.bands(name) != expected:
+            raise ValueError(
+                f"input {name!r}: the raster has {source.bands(name)} bands, the model takes {expected} "
+                f"({', '.join(spec['bands'])}{' per timestep' if expected != len(spec['bands']) else ''}); select bands with --band-indexes"
+            )
+    return specs
+
+
+def predict_scene_to_files(
+    model: LiteRTModel,
+    source: SceneSource,
+    paths: dict[str, str],
+    overlap_pixels: int = 0,
+    probabilities: bool = False,
+    score_threshold: float | None = None,
+    vector_merge: str = "owned",
+    stripe_width: int = 4096,
+    cog: bool = False,
+    progress: Any = None,
+) -> dict[str, str]:
+    """:func:`predict_scene` for scenes of any size: crops are read one by one from the
+    input files, raster outputs are merged stripe by stripe (``rskeras.utils.block_merge``)
+    and written block by block into tiled, compressed GeoTIFFs (``cog``: converted to Cloud
+    Optimized GeoTIFFs at the end), vector features are written as GeoJSON at the end. The
+    files are those :func:`predict_scene` + :func:`write_prediction` give (same pixels,
+    features in the same order); memory does not grow with the scene.
+
+    Args:
+        paths: per task name ("" for a single task) the output file (:func:`output_paths`).
+        stripe_width: output columns merged at a time (a multiple of 512; a crop at a
+            stripe boundary is predicted once per stripe).
+        progress: called as ``progress(crops done, crops planned)``.
+
+    Returns per task a description of what was written.
+    """
+    from rskeras.utils.block_merge import StripeMerger, StripePlan
+    from rskeras.utils.raster_format import GeoTIFFWriter, geotiff_profile
+
+    if vector_merge not in ("owned", "all"):
+        raise ValueError(f"vector_merge must be 'owned' or 'all', got {vector_merge!r}")
+    specs = _check_inputs(model, source)
+    description = model.description
+    assert description is not None
+    tasks = single_tasks(description["task"])
+    if sorted(paths) != sorted(tasks):
+        raise ValueError(f"output paths for tasks {sorted(paths)}, the model has tasks {sorted(tasks)}")
+    crop_h, crop_w = model.input_size
+    cols = crop_origins(source.width, crop_w, overlap_pixels)
+    rows = crop_origins(source.height, crop_h, overlap_pixels)
+    col_owned = owned_ranges(cols, source.width, overlap_pixels)
+    row_owned = owned_ranges(rows, source.height, overlap_pixels)
+    raster_tasks = [t for t, d in tasks.items() if merge_of(d) == "raster"]
+    vector_tasks = [t for t in tasks if t not in raster_tasks]
+    offset = source.pixel_offset() if vector_tasks else (0.0, 0.0)
+    trim = overlap_pixels // 2
+
+    def run_crop(kx: int, ky: int) -> dict[str, np.ndarray]:
+        col, row = cols[kx], rows[ky]
+        feed = {}
+        for name, spec in specs.items():
+            shape = model.input_details[name][0]
+            h, w = (shape[1], shape[2]) if len(shape) == 4 else (shape[2], shape[3])
+            feed[name] = _model_input(source.read(name, col, row, h, w), spec, shape, 0, 0)
+        return model(**feed)
+
+    # One crop tells each raster output's channels, dtype and downsample factor.
+    probe = run_crop(0, 0)
+    groups: dict[int, list[tuple[str, int, Any]]] = {}
+    for name in raster_tasks:
+        task = tasks[name]
+        value = _as_chw(probe[raster_output(task, probabilities)])
+        factor = max(crop_h // value.shape[1], 1) if value.shape[1] else 1
+        dtype = value.dtype
+        if raster_output(task, probabilities) == task["outputs"].get("class_ids"):  # a class map
+            dtype = np.uint8 if int(task["num_classes"]) <= 256 else np.int32
+        groups.setdefault(factor, []).append((name, value.shape[0], dtype))
+    features: list[tuple[int, int, str, list[Feature]]] = []
+
+    def collect(kx: int, ky: int, out: dict[str, np.ndarray]) -> None:
+        owned = (col_owned[kx], row_owned[ky]) if vector_merge == "owned" else None
+        place = CropPlace(cols[kx], rows[ky], offset, owned, score_threshold)
+        for name in vector_tasks:
+            features.append((kx, ky, name, VECTOR_MERGERS[merge_of(tasks[name])](tasks[name], out, place)))
+
+    plans = []
+    for factor, members in groups.items():
+        h_out = _as_chw(probe[raster_output(tasks[members[0][0]], probabilities)]).shape[1:]
+        plans.append(
+            (
+                factor,
+                members,
+                StripePlan(
+                    [c // factor for c in cols],
+                    [r // factor for r in rows],
+                    [0 if c == 0 else trim for c in cols],
+                    [0 if r == 0 else trim for r in rows],
+                    h_out[1],
+                    h_out[0],
+                    source.width // factor,
+                    source.height // factor,
+                    max(-(-stripe_width // 512) * 512, 512),
+                ),
+            )
+        )
+    total = sum(len(plan) for _, _, plan in plans) if plans else len(cols) * len(rows)
+    done = 0
+    results: dict[str, str] = {}
+    if not plans:
+        for kx in range(len(cols)):
+            for ky in range(len(rows)):
+                collect(kx, ky, probe if kx == ky == 0 else run_crop(kx, ky))
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+    for pass_index, (factor, members, plan) in enumerate(plans):
+        files = []
+        try:
+            mergers = []
+            for name, channels, dtype in members:
+                profile = geotiff_profile(
+                    channels, plan.height, plan.width, dtype, source.crs, source.transform @ Affine.scale(factor), tiled=True
+                )
+                file = GeoTIFFWriter(paths[name], profile, cog=cog).__enter__()
+                files.append(file)
+                mergers.append((name, StripeMerger(plan, channels, dtype, file.write)))
+            for stripe, kx, ky in plan.items():
+                out = probe if (kx, ky) == (0, 0) and stripe == 0 else run_crop(kx, ky)
+                for name, merger in mergers:
+                    merger.add(stripe, kx, ky, _as_chw(out[raster_output(tasks[name], probabilities)]))
+                if pass_index == 0 and plan.is_first(stripe, kx):
+                    collect(kx, ky, out)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+            for _, merger in mergers:
+                merger.finish()
+        except BaseException as e:
+            for file in files:
+                try:
+                    file.__exit__(type(e), e, e.__traceback__)
+                except BaseException:  # noqa: BLE001 - the temporary files are removed either way
+                    pass
+            raise
+        for file, (name, channels, _) in zip(files, members):
+            file.__exit__(None, None, None)
+            results[name] = f"{channels}-band raster"
+    features.sort(key=lambda f: (f[0], f[1]))
+    for name in vector_tasks:
+        feats = [feat for _, _, task, fs in features if task == name for feat in fs]
+        write_geojson(paths[name], feats, source.projection)
+        results[name] = f"{len(feats)} features"
+    return results

@@ -87,6 +87,19 @@ class RslearnDataModule:
         strict: rskeras extension: a raster that does not cover its whole window (wrong
             CRS or transform: the rest reads as nodata) is an error; by default a raster
             covering none of its window is a warning naming the window.
+        predict_shard: rskeras extension: ``"i/N"``, predict only shard i of N of the
+            predict split's windows (``train.py predict --shard i/N`` or ``TF_CONFIG`` set
+            it; see ``rskeras.train.sharding`` and docs/scale.md).
+        large_window_pixels: rskeras extension: an all-crops predict split with a window
+            of more pixels than this reads every crop from disk on its own (instead of
+            the whole window at once) and ``RslearnWriter`` writes such windows block by
+            block, so memory does not grow with the window (docs/scale.md). Default
+            4096 x 4096.
+        data_service: rskeras extension: run the input pipeline of some stages on a
+            ``tf.data`` service (``tools/data_service.py`` starts the dispatcher and
+            workers): ``{address: "grpc://host:port", processing_mode:
+            distributed_epoch | parallel_epochs, job_name: null, stages: [train]}``. Needs
+            ``cache_dir`` (the service workers run the graph-only cached pipeline).
     """
 
     def __init__(
@@ -113,6 +126,9 @@ class RslearnDataModule:
         skip_bad_windows: bool = False,
         check_nan: bool = False,
         strict: bool = False,
+        predict_shard: str | None = None,
+        large_window_pixels: int = 4096 * 4096,
+        data_service: dict[str, Any] | None = None,
     ):
         if not path:
             raise ValueError("path (the dataset root) is required")
@@ -129,6 +145,19 @@ class RslearnDataModule:
             use_in_memory_dataset = use_in_memory_all_crops_dataset
         if use_in_memory_dataset and cache_dir:
             raise ValueError("use_in_memory_dataset and cache_dir are exclusive: choose the memory or the disk cache")
+        if large_window_pixels < 1:
+            raise ValueError(f"large_window_pixels must be >= 1, got {large_window_pixels}")
+        from rskeras.train.data_service import DataServiceConfig
+        from rskeras.train.sharding import parse_shard
+
+        self.predict_shard = parse_shard(predict_shard, "data.init_args.predict_shard")
+        self.large_window_pixels = int(large_window_pixels)
+        self.data_service = DataServiceConfig.parse(data_service) if data_service is not None else None
+        if self.data_service is not None and not cache_dir:
+            raise ValueError(
+                "data_service needs cache_dir: the tf.data service workers run the input pipeline in other processes, "
+                "which can run the graph-only pipeline of the input cache but not the Python GeoTIFF reads of the no-cache path"
+            )
         self.inputs = dict(inputs)
         self.task = task
         self.path = str(path)
@@ -177,10 +206,18 @@ class RslearnDataModule:
                 check_nan=self.check_nan,
                 strict=self.strict,
                 map_all_crops=self.use_map_all_crops_dataset,
+                shard=self.predict_shard if stage == "predict" else None,
             )
+            if stage == "predict" and md.all_crops and self.large_windows(md):
+                # Whole-window reads of these would need memory growing with the window.
+                md.read_crops_separately()
             self._model_datasets[stage] = md
             logger.info("%s split: %d windows, %d examples (%.1fs)", stage, len(md.windows), len(md), time.time() - start)
         return self._model_datasets[stage]
+
+    def large_windows(self, md: ModelDataset) -> list[int]:
+        """Indexes of the windows of ``md`` with more than ``large_window_pixels`` pixels."""
+        return [i for i, w in enumerate(md.windows) if w.width * w.height > self.large_window_pixels]
 
     def num_batches(self, stage: str) -> int:
         md = self.model_dataset(stage)
@@ -347,13 +384,26 @@ class RslearnDataModule:
         options.deterministic = ordered
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         ds = ds.with_options(options)
+        if self.served(stage):
+            ds = self.data_service.distribute(ds, stage, md)
         return ds.prefetch(tf.data.AUTOTUNE)
+
+    def served(self, stage: str) -> bool:
+        """Whether ``stage`` runs on the tf.data service (``data_service``)."""
+        return self.data_service is not None and stage in self.data_service.stages
 
     def raw_dataset(self, stage: str, shuffle: bool | None = None, seed: int | None = None) -> tf.data.Dataset:
         """The ``(raw_inputs, metadata)`` examples of a stage, before the task and the
         transforms (what rslearn's ``get_raw_inputs`` returns, per crop)."""
         md = self.model_dataset(stage)
         if len(md) == 0:
+            done, elsewhere = md.selection_stats.get("skipped_completed", 0), md.selection_stats.get("other_shards", 0)
+            if stage == "predict" and (done or elsewhere):
+                from rskeras.train.prediction_writer import NothingToPredict
+
+                what = [f"{done} window(s) already have their output layer completed"] if done else []
+                what += [f"{elsewhere} belong to other shards than {md.shard}"] if elsewhere else []
+                raise NothingToPredict(f"nothing to predict in {self.path}: {' and '.join(what)}")
             raise DataReadError(
                 f"the {stage} split of dataset {self.path} has no examples (check {stage}_config / default_config: "
                 "groups, names, tags, and the windows' completed required inputs)"
@@ -371,6 +421,8 @@ class RslearnDataModule:
             crop_shuffle_buffer=max(4 * self.batch_size, 16) if train and shuffle else None,
             dataset_source=self.name or "",
             run_seed=self._run_seed(stage),
+            # A tf.data service worker runs only its splits of an epoch: no fixed count.
+            known_length=not self.served(stage),
         )
 
     def unit_source(self, stage: str) -> UnitSource:
@@ -378,6 +430,8 @@ class RslearnDataModule:
         memory (``use_in_memory_dataset``) or host reads (see ``rskeras.train.raw_examples``)."""
         md = self.model_dataset(stage)
         deterministic = stage != "train"
+        if md.clip_crops:  # large windows: crop by crop from disk, never whole (nor cached)
+            return HostReadSource(md, deterministic, self._host_read, self.skip_bad_windows)
         if self.cache_dir:
             paths, bad = self.build_cache(stage)
             return FileCacheSource(md, deterministic, paths, bad)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
 import threading
 import warnings
@@ -552,9 +553,13 @@ def select_windows_and_layers(
     split: SplitConfig,
     skip_bad: bool = False,
     bad: list[tuple[str, str]] | None = None,
+    shard: Any = None,
+    stats: dict[str, int] | None = None,
 ) -> tuple[list[Window], list[set[tuple[str, int]]]]:
     """:func:`select_windows` plus the completed item groups of every window; with
-    ``skip_bad`` malformed windows are left out (and appended to ``bad``)."""
+    ``skip_bad`` malformed windows are left out (and appended to ``bad``). ``shard`` (a
+    ``rskeras.train.sharding.Shard``) keeps only its windows, after every other rule;
+    ``stats`` receives the counts ``skipped_completed`` and ``other_shards``."""
     windows = [w for w in dataset.load_windows(split.groups, split.names, skip_bad=skip_bad, bad=bad) if matches_tags(w, split.tags)]
     skip_layer = split.get_output_layer_name_skip_inference_if_exists()
     out: list[tuple[Window, set[tuple[str, int]]]] = []
@@ -585,6 +590,14 @@ def select_windows_and_layers(
     out.sort(key=lambda wc: window_sort_key(wc[0]))
     if split.num_samples:
         out = out[: split.num_samples]
+    other_shards = 0
+    if shard is not None:
+        kept = [wc for wc in out if shard.contains(wc[0].group, wc[0].name)]
+        other_shards = len(out) - len(kept)
+        logger.info("shard %s: %d of %d windows", shard, len(kept), len(out))
+        out = kept
+    if stats is not None:
+        stats.update(skipped_completed=has_output, other_shards=other_shards)
     return [w for w, _ in out], [c for _, c in out]
 
 
@@ -666,6 +679,30 @@ def candidate_groups(window: Window, data_input: DataInput, completed: set[tuple
     return options
 
 
+def physical_memory() -> int | None:
+    """Bytes of physical memory of this machine (None if unknown)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_read_size(where: str, timesteps: int, height: int, width: int, bands: int, dtype: Any) -> None:
+    """Refuses a read that cannot fit in this machine's memory (a whole 200000 x 200000
+    window, a sparse GeoTIFF declaring a huge size) with an error instead of an attempt to
+    allocate it."""
+    need = timesteps * height * width * bands * np.dtype(dtype).itemsize
+    memory = physical_memory()
+    if memory is not None and need > memory:
+        gib = 1 << 30
+        raise DataReadError(
+            f"{where}: reading {width}x{height} px x {bands} band(s)"
+            + (f" x {timesteps} timesteps" if timesteps > 1 else "")
+            + f" needs {need / gib:.1f} GiB, more than this machine's {memory / gib:.1f} GiB of memory; "
+            "predict large windows in crops (predict_config: load_all_crops: true, crop_size: ...), which reads them crop by crop"
+        )
+
+
 def _to_posix(text: str) -> float:
     """ISO-8601 time (UTC when no offset is given) -> POSIX seconds."""
     return parse_time(text).timestamp()
@@ -719,6 +756,7 @@ def read_raster_group(
         except RasterReadError as e:
             raise DataReadError(f"{where}: {e}") from None
         t = sidecar["num_timesteps"] if sidecar and sidecar.get("num_timesteps") else 1
+        check_read_size(where, t, height, width, len(bands), dtype)
         # File band index c*T + t (channel-major), 1-based for rasterio.
         indexes = [src_c * t + ts + 1 for _, src_c in wanted for ts in range(t)]
         path = f"{raster_dir}/geotiff.tif"
@@ -803,6 +841,8 @@ class ModelDataset:
             warning when it covers none of it); see :class:`ReadChecks`.
         map_all_crops: read each crop of ``load_all_crops`` from disk (rslearn's
             ``use_map_all_crops_dataset``) instead of slicing it from the whole window.
+        shard: keep only the windows of this ``rskeras.train.sharding.Shard`` (sharded
+            prediction).
     """
 
     def __init__(
@@ -817,6 +857,7 @@ class ModelDataset:
         check_nan: bool = False,
         map_all_crops: bool = False,
         strict: bool = False,
+        shard: Any = None,
     ):
         self.dataset = dataset
         self.split = split
@@ -838,7 +879,22 @@ class ModelDataset:
                 d = di.resolution_factor.denominator
                 if di.data_type == "raster" and d > 1 and (self.crop_size[0] % d or self.crop_size[1] % d):
                     raise ValueError(f"input {key}: crop_size {list(self.crop_size)} is not a multiple of its resolution factor denominator {d}")
-        self.windows, self.completed = select_windows_and_layers(dataset, self.inputs, split, skip_bad_windows, self.bad_windows)
+        self.shard = shard
+        self.selection_stats: dict[str, int] = {}
+        self.windows, self.completed = select_windows_and_layers(
+            dataset, self.inputs, split, skip_bad_windows, self.bad_windows, shard, self.selection_stats
+        )
+        # Crops read one by one from disk, clipped to the window (the iterable all-crops
+        # semantics without reading whole windows): see read_crops_separately.
+        self.clip_crops = False
+        if self.crop_size is None:
+            # Whole windows are read at once: refuse up front those that cannot fit.
+            for window in self.windows:
+                for key, di in self.inputs.items():
+                    if di.data_type == "raster":
+                        b = scale_bounds(di.resolution_factor, window.bounds, strict=False)
+                        where = f"window {window.label}, input {key}"
+                        check_read_size(where, 1, b[3] - b[1], b[2] - b[0], len(self.bands[key]), di.numpy_dtype())
         # Examples: (window index, crop bounds or None, crop idx, num crops).
         self.examples: list[tuple[int, PixelBounds | None, int, int]] = []
         self.window_crops: list[list[PixelBounds]] = []
@@ -853,6 +909,54 @@ class ModelDataset:
 
     def __len__(self) -> int:
         return len(self.examples)
+
+    def read_crops_separately(self, crop_orders: dict[int, list[int]] | None = None) -> None:
+        """Reads every example of this all-crops split from disk over its own crop (bounded
+        memory for windows far larger than memory) with the semantics of reading the
+        whole window: pixels outside the window are zeros, vector features are those
+        intersecting the crop.
+
+        ``crop_orders`` maps window indexes to the order in which that window's crops are
+        produced (indexes into its crops, repeats allowed: a block-by-block writer's
+        plan); their examples then carry ``crop_idx`` = position in that order and
+        ``num_crops_in_window`` = its length.
+        """
+        if not self.all_crops:
+            raise ValueError("read_crops_separately needs load_all_crops")
+        self.clip_crops = True
+        self.map_all_crops = False
+        if not crop_orders:
+            return
+        examples: list[tuple[int, PixelBounds | None, int, int]] = []
+        for wi, crops in enumerate(self.window_crops):
+            order = crop_orders.get(wi)
+            if order is None:
+                examples.extend((wi, c, ci, len(crops)) for ci, c in enumerate(crops))
+            else:
+                examples.extend((wi, crops[k], i, len(order)) for i, k in enumerate(order))
+        self.examples = examples
+
+    def clipped_region(self, window_idx: int, crop: PixelBounds) -> PixelBounds:
+        """The part of the window a crop covers, grown to the grid of every input's
+        resolution-factor denominator (counted from the window origin), so that reading it
+        gives the pixels the whole-window read would."""
+        w = self.windows[window_idx].bounds
+        d = max([di.resolution_factor.denominator for di in self.inputs.values() if di.data_type == "raster"] or [1])
+        x0 = w[0] + (max(crop[0], w[0]) - w[0]) // d * d
+        y0 = w[1] + (max(crop[1], w[1]) - w[1]) // d * d
+        x1 = min(w[2], w[0] + -(-(min(crop[2], w[2]) - w[0]) // d) * d)
+        y1 = min(w[3], w[1] + -(-(min(crop[3], w[3]) - w[1]) // d) * d)
+        return (x0, y0, max(x1, x0), max(y1, y0))
+
+    def host_clipped_crop_unit(self, index: int, seed: int | None) -> dict[str, Any]:
+        """Example ``index`` of :meth:`read_crops_separately`: the item groups drawn with
+        the window-seeded rng (as for the whole-window unit), read over the crop's part of
+        the window."""
+        window_idx, crop, _, _ = self.examples[index]
+        assert crop is not None
+        _, choices = self.draw(random.Random(seed), window_idx, crop=False)
+        unit = self.read_unit(window_idx, self.clipped_region(window_idx, crop), choices, crop, strict=False, unit_crops=[crop])
+        return unit
 
     # ---- random choices ---------------------------------------------------------------
 
@@ -925,6 +1029,7 @@ class ModelDataset:
         choices: list[int] | None,
         crop_bounds: PixelBounds | None = None,
         strict: bool = True,
+        unit_crops: list[PixelBounds] | None = None,
     ) -> dict[str, Any]:
         """Reads one window unit (see the module docstring).
 
@@ -936,9 +1041,11 @@ class ModelDataset:
             crop_bounds: the crop this unit is for (defaults to ``region``).
             strict: the region's size must be divisible by resolution-factor
                 denominators (rslearn's rule for the bounds it reads).
+            unit_crops: the crops of the unit (vector crop masks; default: the window's
+                crops for iterable all crops).
         """
         window, completed = self.windows[window_idx], self.completed[window_idx]
-        crops = self.window_crops[window_idx]
+        crops = self.window_crops[window_idx] if unit_crops is None else unit_crops
         inputs: dict[str, Any] = {}
         for i, (key, di) in enumerate(self.inputs.items()):
             where = f"window {window.label}, input {key}"
@@ -957,7 +1064,8 @@ class ModelDataset:
             if di.data_type == "raster":
                 inputs[key] = self._read_raster_unit(window, key, di, groups, region, strict)
             else:
-                inputs[key] = self._read_vector_unit(window, key, groups, crops if self.all_crops and not self.map_all_crops else [])
+                masked = unit_crops is not None or (self.all_crops and not self.map_all_crops)
+                inputs[key] = self._read_vector_unit(window, key, groups, crops if masked else [])
         return {
             "ok": np.bool_(True),
             "window_index": np.int64(window_idx),
@@ -1159,7 +1267,6 @@ class ModelDataset:
     def window_file_fingerprint(self, window_idx: int) -> str:
         """A fingerprint of a window's metadata and the files of the layers its inputs
         read (paths, sizes, mtimes), for cache invalidation."""
-        import os
 
         window = self.windows[window_idx]
         layer_names = {parse_layer_dir_name(e)[0] for di in self.inputs.values() for e in di.layers}

@@ -13,7 +13,9 @@ turns it into ``(raw_inputs, metadata)`` examples::
 Sources (``UnitSource``): ``FileCacheSource`` (units decoded once into ``cache_dir``, read
 in the graph), ``MemoryCacheSource`` (``use_in_memory_dataset``: decoded on first use,
 kept in memory) and ``HostReadSource`` (no cache: rslearn's random draws on the host, then
-only the chosen item groups over the crop are read). A cached source reads whole windows
+only the chosen item groups over the crop are read; for the large windows of
+``ModelDataset.read_crops_separately`` every crop is read on its own, clipped to the
+window). A cached source reads whole windows
 and draws crops and item groups in the graph, so random crops stay random every epoch.
 
 Elements between the steps are dicts: ``unit``, ``choice`` (int32 ``[num_inputs]``: item
@@ -236,7 +238,8 @@ class HostReadSource(UnitSource):
     """
 
     def __init__(self, md: ModelDataset, deterministic: bool, read: Callable[..., Any], skip_bad_windows: bool):
-        super().__init__(md, deterministic, per_window=md.all_crops and not md.map_all_crops, filters_lazily=skip_bad_windows)
+        per_window = md.all_crops and not md.map_all_crops and not md.clip_crops
+        super().__init__(md, deterministic, per_window=per_window, filters_lazily=skip_bad_windows)
         self._read = read
         self._host = py_unit(md, self._unit)
 
@@ -244,7 +247,10 @@ class HostReadSource(UnitSource):
         seed_or_none = None if seed < 0 else seed
         if self.per_window:
             return self.md.guarded(index, functools.partial(self._read, self.md.host_unit, index, seed_or_none))
-        reader = self.md.host_crop_unit if self.md.map_all_crops else self.md.host_unit
+        if self.md.clip_crops:
+            reader = self.md.host_clipped_crop_unit
+        else:
+            reader = self.md.host_crop_unit if self.md.map_all_crops else self.md.host_unit
         return self.md.guarded(int(self.example_window[index]), functools.partial(self._read, reader, index, seed_or_none))
 
     def _seed(self, index: tf.Tensor) -> tf.Tensor:
@@ -254,7 +260,7 @@ class HostReadSource(UnitSource):
         if not self.deterministic:
             element = randomness.current_seed()
             return tf.constant(-1, tf.int64) if element is None else randomness.host_seed(element)
-        if self.md.map_all_crops:
+        if self.md.map_all_crops or self.md.clip_crops:
             return tf.gather(self._example_window_t, index)
         return index
 
@@ -303,13 +309,15 @@ def crop_element(element: dict[str, Any], k: tf.Tensor) -> dict[str, Any]:
     }
 
 
-def materialize(md: ModelDataset, table: WindowTable, dataset_source: str, iterable_crops: bool, element: dict[str, Any]):
+def materialize(md: ModelDataset, table: WindowTable, dataset_source: str, iterable_crops: bool, element: dict[str, Any], clipped: bool = False):
     """Raw inputs + metadata of one example from its element (graph).
 
     Args:
         iterable_crops: the unit is a whole window read once, its crops taken from it as
             rslearn's iterable all-crops dataset does: offsets ``int((crop - window) *
             factor)`` instead of on the factor's grid, vector features filtered by crop.
+        clipped: the unit is the crop's part of the window (``read_crops_separately``):
+            sliced as the whole window would be, features filtered by its one crop.
     """
     unit, crop_bounds, choice = element["unit"], element["crop"], element["choice"]
     raw: dict[str, Any] = {}
@@ -331,7 +339,7 @@ def materialize(md: ModelDataset, table: WindowTable, dataset_source: str, itera
             n, d = rf.numerator, rf.denominator
             k_w = (crop_bounds[2] - crop_bounds[0]) * n // d
             k_h = (crop_bounds[3] - crop_bounds[1]) * n // d
-            if iterable_crops:
+            if iterable_crops or clipped:
                 x0 = (crop_bounds[0] - region[0]) * n // d
                 y0 = (crop_bounds[1] - region[1]) * n // d
             else:
@@ -350,6 +358,8 @@ def materialize(md: ModelDataset, table: WindowTable, dataset_source: str, itera
                 keep = tf.equal(group, tf.maximum(choice[i], 0))
             if iterable_crops:
                 keep = keep & tf.gather(u["crop_mask"], element["crop_idx"])
+            elif clipped:
+                keep = keep & u["crop_mask"][0]
             raw[key] = {
                 "bounds": tf.boolean_mask(u["bounds"], keep),
                 "centroid": tf.boolean_mask(u["centroid"], keep),
@@ -379,6 +389,7 @@ def raw_examples(
     crop_shuffle_buffer: int | None = None,
     dataset_source: str = "",
     run_seed: int | None = None,
+    known_length: bool = True,
 ) -> tf.data.Dataset:
     """The ``(raw_inputs, metadata)`` examples of ``source``'s split.
 
@@ -389,6 +400,8 @@ def raw_examples(
         crop_shuffle_buffer: shuffle the crops of whole-window units with this buffer.
         dataset_source: the ``dataset_source`` metadata.
         run_seed: the seed of ``seed_everything`` (train only): the draws become reproducible.
+        known_length: assert the epoch's length when it is known up front (not on a
+            tf.data service worker, which produces only its share).
     """
     md = source.md
     # A seeded train pipeline (``run_seed``) keeps example order and draws from per-element
@@ -396,8 +409,8 @@ def raw_examples(
     ordered = source.deterministic or run_seed is not None
     if seed is None:
         seed = run_seed
-    iterable_crops = md.all_crops and not md.map_all_crops
-    example = functools.partial(materialize, md, source.table, dataset_source, iterable_crops)
+    iterable_crops = md.all_crops and not md.map_all_crops and not md.clip_crops
+    example = functools.partial(materialize, md, source.table, dataset_source, iterable_crops, clipped=md.clip_crops)
     ds = index_dataset(md, source.ids, source.per_window, shuffle, seed)
     element = source.element
     if run_seed is not None and not source.deterministic:
@@ -419,7 +432,7 @@ def raw_examples(
         ds = ds.map(graph_fn(example), num_parallel_calls=parallel, deterministic=ordered)
     # Tell Keras the epoch length when it is known up front (no lazy bad-window
     # filtering): progress bars and steps work from the first epoch.
-    if not source.filters_lazily:
+    if not source.filters_lazily and known_length:
         if source.per_window:
             count = int(sum(len(md.window_crops[w]) for w in source.ids))
         elif md.split.sampler is not None:

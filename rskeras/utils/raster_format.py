@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -154,6 +155,80 @@ def read_timestep_metadata(raster_dir: str) -> dict[str, Any] | None:
     return d
 
 
+class RasterWriteError(OSError):
+    """A GeoTIFF could not be written completely (the message names the file)."""
+
+
+def _write_failure(path: str, error: BaseException | str) -> RasterWriteError:
+    """A RasterWriteError for ``path``, saying when its file system is full."""
+    detail = str(error)
+    cause = getattr(error, "__cause__", None) or getattr(error, "__context__", None)
+    if cause is not None and str(cause) and str(cause) not in detail:
+        detail += f" ({cause})"
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+        full = st.f_bavail == 0 or st.f_favail == 0
+    except OSError:
+        full = False
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        full = True
+    if full and "No space left" not in detail:
+        detail += " (No space left on device)"
+    err = RasterWriteError(f"cannot write GeoTIFF {path}: {detail}")
+    if full:
+        err.errno = errno.ENOSPC
+    return err
+
+
+def verify_geotiff(path: str, count: int, height: int, width: int) -> None:
+    """Reads back every block of a just-written GeoTIFF: GDAL reports some write failures
+    (e.g. a full disk while flushing a small file at close) only by leaving a truncated
+    or empty file."""
+    try:
+        with rasterio.open(path) as src:
+            if (src.count, src.height, src.width) != (count, height, width):
+                raise RasterWriteError(f"{src.count}x{src.height}x{src.width} instead of {count}x{height}x{width}")
+            for _, window in src.block_windows(1):
+                src.read(window=window)
+    except RASTER_ERRORS + (RasterWriteError,) as e:
+        raise _write_failure(path, f"the written file is incomplete: {e}") from None
+
+
+def geotiff_profile(
+    count: int,
+    height: int,
+    width: int,
+    dtype: Any,
+    crs: Any,
+    transform: Any,
+    nodata: float | None = None,
+    block_size: int = 512,
+    tiled: bool | None = None,
+    compress: str = "lzw",
+    geotiff_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The GTiff creation profile: ``compress`` (LZW as rslearn), BigTIFF when needed,
+    ``block_size`` tiles when the raster is larger than a block or ``tiled``, nodata tag
+    only when given, ``geotiff_options`` last."""
+    profile = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": count,
+        "dtype": np.dtype(dtype).name,
+        "crs": crs,
+        "transform": transform,
+        "compress": compress,
+        "BIGTIFF": "IF_SAFER",
+    }
+    if nodata is not None:
+        profile["nodata"] = nodata
+    if tiled or (tiled is None and (width > block_size or height > block_size)):
+        profile.update(tiled=True, blockxsize=block_size, blockysize=block_size)
+    profile.update(geotiff_options or {})
+    return profile
+
+
 def write_geotiff(
     path: str,
     array: np.ndarray,
@@ -163,12 +238,16 @@ def write_geotiff(
     block_size: int = 512,
     always_enable_tiling: bool = False,
     geotiff_options: dict[str, Any] | None = None,
+    root: str | None = None,
 ) -> None:
-    """Writes ``array`` ``[bands, H, W]`` as an LZW GeoTIFF covering ``bounds``, atomically.
+    """Writes ``array`` ``[bands, H, W]`` as an LZW GeoTIFF covering ``bounds``, atomically
+    and durably (temporary file read back, flushed to disk, then renamed).
 
     As rslearn's ``GeotiffRasterFormat``: tiled with ``block_size`` blocks only when the
     raster is larger than a block (or ``always_enable_tiling``), nodata tag only when
-    given, ``geotiff_options`` passed to rasterio last.
+    given, ``geotiff_options`` passed to rasterio last. With ``root`` the file's directory
+    must resolve inside ``root`` (``rskeras.utils.fileio.atomic_path``). Failures (a full
+    disk included) raise :class:`RasterWriteError` naming ``path``.
     """
     array = np.asarray(array)
     if array.ndim != 3:
@@ -176,22 +255,100 @@ def write_geotiff(
     bands, height, width = array.shape
     if (width, height) != (bounds[2] - bounds[0], bounds[3] - bounds[1]):
         raise ValueError(f"write_geotiff: array size {width}x{height} does not match bounds {bounds}")
-    profile = {
-        "driver": "GTiff",
-        "width": width,
-        "height": height,
-        "count": bands,
-        "dtype": array.dtype.name,
-        "crs": projection.rasterio_crs,
-        "transform": projection.transform_for(bounds),
-        "compress": "lzw",
-        "BIGTIFF": "IF_SAFER",
-    }
-    if nodata is not None:
-        profile["nodata"] = nodata
-    if always_enable_tiling or width > block_size or height > block_size:
-        profile.update(tiled=True, blockxsize=block_size, blockysize=block_size)
-    profile.update(geotiff_options or {})
-    with atomic_path(path) as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(array)
+    profile = geotiff_profile(
+        bands,
+        height,
+        width,
+        array.dtype,
+        projection.rasterio_crs,
+        projection.transform_for(bounds),
+        nodata,
+        block_size,
+        True if always_enable_tiling else None,
+        geotiff_options=geotiff_options,
+    )
+    with GeoTIFFWriter(path, profile, root) as dst:
+        dst.write(array, 0, 0)
+
+
+class GeoTIFFWriter:
+    """Writes a GeoTIFF block by block (``write(array, col, row)``) into a temporary file
+    beside ``path``; on a clean exit the file is read back (:func:`verify_geotiff`),
+    optionally converted to a Cloud Optimized GeoTIFF, flushed and renamed onto ``path``.
+    On any error the temporary file is removed and ``path`` is left as it was.
+
+    Args:
+        path: the target file.
+        profile: the GTiff creation profile (:func:`geotiff_profile`).
+        root: directories must resolve inside it (see ``atomic_path``).
+        cog: rewrite the finished file with GDAL's COG driver (overviews, tiles in
+            COG order; streams block by block).
+    """
+
+    def __init__(self, path: str, profile: dict[str, Any], root: str | None = None, cog: bool = False):
+        self.path = path
+        self.profile = dict(profile)
+        self.root = root
+        self.cog = cog
+        self._atomic: Any = None
+        self._dst: Any = None
+
+    def __enter__(self) -> "GeoTIFFWriter":
+        self._atomic = atomic_path(self.path, self.root)
+        self.tmp = self._atomic.__enter__()
+        try:
+            self._dst = rasterio.open(self.tmp, "w", **self.profile)
+        except BaseException as e:
+            self._atomic.__exit__(type(e), e, e.__traceback__)
+            if isinstance(e, RASTER_ERRORS + (OSError,)):
+                raise _write_failure(self.path, e) from None
+            raise
+        return self
+
+    def write(self, array: np.ndarray, col: int, row: int) -> None:
+        """Writes ``array`` ``[bands, h, w]`` with its top-left pixel at (col, row)."""
+        array = np.asarray(array)
+        window = rasterio.windows.Window(col, row, array.shape[2], array.shape[1])
+        try:
+            self._dst.write(array, window=window)
+        except RASTER_ERRORS + (OSError,) as e:
+            raise _write_failure(self.path, e) from None
+
+    def _finish(self) -> None:
+        try:
+            self._dst.close()
+        except RASTER_ERRORS + (OSError,) as e:
+            raise _write_failure(self.path, e) from None
+        verify_geotiff(self.tmp, self.profile["count"], self.profile["height"], self.profile["width"])
+        if self.cog:
+            import rasterio.shutil
+
+            cog_tmp = self.tmp + ".cog.tif"
+            options = {"compress": self.profile.get("compress", "lzw"), "BLOCKSIZE": self.profile.get("blockxsize", 512), "BIGTIFF": "IF_SAFER"}
+            try:
+                rasterio.shutil.copy(self.tmp, cog_tmp, driver="COG", **options)
+                verify_geotiff(cog_tmp, self.profile["count"], self.profile["height"], self.profile["width"])
+                os.replace(cog_tmp, self.tmp)
+            except RASTER_ERRORS + (OSError,) as e:
+                raise _write_failure(self.path, e) from None
+            finally:
+                if os.path.exists(cog_tmp):
+                    os.remove(cog_tmp)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            try:
+                self._finish()
+            except BaseException as e:
+                self._atomic.__exit__(type(e), e, e.__traceback__)
+                raise
+        else:
+            try:
+                self._dst.close()
+            except Exception:
+                pass
+        try:
+            return bool(self._atomic.__exit__(exc_type, exc, tb))
+        except OSError as e:
+            raise _write_failure(self.path, e) from None
+

@@ -200,6 +200,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-def write_geojson(path: str, features: list[Feature], projection: Projection, coordinate_mode: str = "pixel") -> None:
-    """Writes features (pixel coordinates of ``projection``) atomically."""
-    atomic_write_text(path, json.dumps(features_to_geojson(features, projection, coordinate_mode), default=_json_default))
+def write_geojson(path: str, features: list[Feature], projection: Projection, coordinate_mode: str = "pixel", root: str | None = None) -> None:
+    """Writes features (pixel coordinates of ``projection``) atomically and durably (with
+    ``root``: only inside it, see ``rskeras.utils.fileio.atomic_path``)."""
+    atomic_write_text(path, json.dumps(features_to_geojson(features, projection, coordinate_mode), default=_json_default), root)
