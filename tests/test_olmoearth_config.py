@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from rskeras import lightning_cli
+from rskeras.run import build_run
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 CONFIG = "configs/olmoearth_segmentation.yaml"
@@ -50,7 +51,7 @@ def test_config_trains_with_the_loss_going_down(trained):
 def reloaded(trained, sample_dataset):
     """The config's Run (test split) with the trained weights."""
     config = lightning_cli.load_config([CONFIG], [("data.init_args.path", sample_dataset), ("trainer.default_root_dir", str(trained / "reload"))])
-    r = lightning_cli.Run(config, [CONFIG], "test")
+    r = build_run(config, "test")
     (checkpoint,) = (trained / "checkpoints").glob("*.weights.h5")
     r.lm.load_weights(str(checkpoint))
     return r

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from rskeras import lightning_cli as cli
+from rskeras.run import build_run
 from rskeras.train import randomness
 from tests.training_scripts.tiny_config import CONFIG
 
@@ -26,7 +26,7 @@ def fit(dataset, root, seed=5, **data_changes):
         {"class_path": "rslearn.train.transforms.gaussian_noise.GaussianNoise", "init_args": {"std": 0.1}},
     ]
     init["train_config"]["crop_size"] = 24
-    run = cli.Run(config, ["tiny.yaml"], "fit")
+    run = build_run(config, "train")
     run.trainer.fit(run.lm, run.data)
     with open(os.path.join(root, "metrics.json")) as f:
         return json.load(f), run.lm.model.get_weights()

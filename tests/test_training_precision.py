@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from rskeras import lightning_cli as cli
+from rskeras.run import build_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # multi_task covers the classification and segmentation heads (test time).
@@ -19,7 +20,7 @@ def build(name, dataset, root, precision):
     os.environ["DATASET_PATH"] = dataset
     path = os.path.join(ROOT, "configs", f"{name}.yaml")
     overrides = [("data.init_args.batch_size", "4"), ("trainer.default_root_dir", str(root)), ("trainer.logger", "false"), ("seed_everything", "1"), ("trainer.precision", precision)]
-    return cli.Run(cli.load_config([path], overrides), [path], "fit")
+    return build_run(cli.load_config([path], overrides), "train")
 
 
 def floats(structure):

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from rskeras import lightning_cli as cli
+from rskeras.run import build_run
 from rskeras.config.errors import ConfigError
 from rskeras.train.trainer import Trainer
 
@@ -40,7 +41,7 @@ def three_steps(name, dataset, root, jit):
         ("trainer.logger", "false"),
         ("seed_everything", "3"),
     ]
-    run = cli.Run(cli.load_config([path], overrides), [path], "fit")
+    run = build_run(cli.load_config([path], overrides), "train")
     lm = run.lm
     expected = {"segmentation": "model", "detection": "encoder"}[name]
     assert lm.configure_jit(jit) == (expected if jit else None)
