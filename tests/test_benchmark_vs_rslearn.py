@@ -107,6 +107,7 @@ def test_benchmark_configs_load_in_rskeras(anchor_dataset, monkeypatch):
     root, _ = anchor_dataset
     monkeypatch.setenv("RSLEARN_ANCHOR", str(root.parent))
     monkeypatch.syspath_prepend(vs_rslearn.RSKERAS_SIDE)
+    monkeypatch.setenv("RSKERAS_ALLOW_CLASS_PREFIX", "anchor_callbacks.")  # as vs_rslearn's runs do
     for name in vs_rslearn.CONFIGS:
         cfg = load_config([vs_rslearn.config_path(name)], [])
         assert cfg["model"]["class_path"] == "rslearn.train.lightning_module.RslearnLightningModule"

@@ -318,8 +318,10 @@ def test_satlas_detection_config_builds():
     }
     assert sorted(out["loss_dict"]) == sorted(LOSSES)
     # SatlasPretrain Swin-v2-B + FPN + upsampling (89,599,456) + FasterRCNN (7,643,171),
-    # the counts of rslearn's model
-    assert sum(int(np.prod(v.shape)) for v in model.trainable_weights) == 89_599_456 + 7_643_171
+    # the counts of rslearn's model; the Swin classification head (norm + 1000-class
+    # Linear, 1,027,048) is kept for the state dict but not trainable (never used)
+    assert sum(int(np.prod(v.shape)) for v in model.weights) == 89_599_456 + 7_643_171
+    assert sum(int(np.prod(v.shape)) for v in model.trainable_weights) == 89_599_456 + 7_643_171 - 1_027_048
 
 
 def test_docs_config_matches_configs_detection_yaml():

@@ -343,6 +343,8 @@ def run_fit(args, system: str, name: str, seed: int, dataset: str, overrides: li
     env = dict(os.environ)
     env.update(RSLEARN_ANCHOR=anchor, WANDB_MODE="disabled", TF_CPP_MIN_LOG_LEVEL="2", **thread_env(args.threads))
     env["PYTHONPATH"] = args.rslearn_callbacks if system == "rslearn" else os.pathsep.join([RSKERAS_SIDE, ROOT])
+    if system == "rskeras":  # the measuring callback is the benchmark's, outside rskeras' allow-list
+        env["RSKERAS_ALLOW_CLASS_PREFIX"] = "anchor_callbacks."
     cmd = fit_command(system, config_path(name), seed, args.epochs, args.rslearn_python, overrides, export=args.rskeras_export)
     log_path = os.path.join(run_dir, "log.txt")
     print(f"  {name} {label} seed {seed}: running ({args.epochs} epochs, load {load_start:.2f}) ...", flush=True)
