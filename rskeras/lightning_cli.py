@@ -327,7 +327,7 @@ def run(argv: list[str] | None = None, prog: str = "train.py") -> int:
     ckpt_path = config.get("ckpt_path")
     if ckpt_path is not None and not isinstance(ckpt_path, str):
         raise ConfigError(f"ckpt_path: expected a path, got {ckpt_path!r}")
-    from rskeras.train.prediction_writer import NothingToPredict
+    from rskeras.train.sharding import NothingToPredict
 
     try:
         r = build_run(config, SUBCOMMAND_STAGES[args.subcommand], default_root_dir(args.config))

@@ -399,7 +399,7 @@ class RslearnDataModule:
         if len(md) == 0:
             done, elsewhere = md.selection_stats.get("skipped_completed", 0), md.selection_stats.get("other_shards", 0)
             if stage == "predict" and (done or elsewhere):
-                from rskeras.train.prediction_writer import NothingToPredict
+                from rskeras.train.sharding import NothingToPredict
 
                 what = [f"{done} window(s) already have their output layer completed"] if done else []
                 what += [f"{elsewhere} belong to other shards than {md.shard}"] if elsewhere else []

@@ -65,10 +65,6 @@ class PredictionWriteError(ValueError):
     file); prediction stops, and the window has no ``completed`` marker."""
 
 
-class NothingToPredict(ValueError):
-    """Every window of the predict split is already completed or in another shard."""
-
-
 @dataclasses.dataclass
 class PendingCropOutput:
     """One crop's processed output waiting for the rest of its window."""

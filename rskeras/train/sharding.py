@@ -28,6 +28,10 @@ from rskeras.config.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 
+class NothingToPredict(ValueError):
+    """Every window of the predict split is already completed or in another shard."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Shard:
     """Shard ``index`` of ``count`` (0-based)."""

@@ -26,8 +26,8 @@ from rskeras.train.tasks.task import (
     draw_label_text,
     export_outputs,
     first_true_index,
+    property_found_check,
     unknown_class_message,
-    window_label,
 )
 from rskeras.utils.feature import Feature
 
@@ -162,21 +162,7 @@ class ClassificationTask(BasicTask):
                 )
             )
         if not self.allow_invalid:
-            checks.append(
-                tf.debugging.Assert(
-                    found,
-                    [
-                        tf.strings.join(
-                            [
-                                "ClassificationTask: window ",
-                                window_label(metadata),
-                                f", input targets: no feature with property '{self.property_name}' "
-                                "(set allow_invalid to mark such examples invalid)",
-                            ]
-                        )
-                    ],
-                )
-            )
+            checks.append(property_found_check("ClassificationTask", metadata, self.property_name, found))
         with tf.control_dependencies(checks):
             cls = tf.gather(tf.concat([ids, [0]], 0), first)
             valid = tf.where(found, 1.0, 0.0)

@@ -13,7 +13,7 @@ import tensorflow as tf
 from rskeras.models.component import Predictor, model_output, require_feature_vector
 from rskeras.train.metrics import REGRESSION_METRICS, RegressionSums
 from rskeras.train.model_context import SampleMetadata
-from rskeras.train.tasks.task import BasicTask, draw_label_text, export_outputs, first_true_index, window_label
+from rskeras.train.tasks.task import BasicTask, draw_label_text, export_outputs, first_true_index, property_found_check
 from rskeras.utils.feature import Feature
 
 LOSS_MODES = ("mse", "l1", "huber")
@@ -126,21 +126,7 @@ class RegressionTask(BasicTask):
         first = first_true_index(has)
         checks = []
         if not self.allow_invalid:
-            checks.append(
-                tf.debugging.Assert(
-                    found,
-                    [
-                        tf.strings.join(
-                            [
-                                "RegressionTask: window ",
-                                window_label(metadata),
-                                f", input targets: no feature with property '{self.property_name}' "
-                                "(set allow_invalid to mark such examples invalid)",
-                            ]
-                        )
-                    ],
-                )
-            )
+            checks.append(property_found_check("RegressionTask", metadata, self.property_name, found))
         with tf.control_dependencies(checks):
             text = tf.gather(tf.concat([vec["properties"][self.property_name], ["0"]], 0), first)
             # float(v) * scale_factor in float64, then float32 (as rslearn).

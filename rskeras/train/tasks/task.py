@@ -147,6 +147,19 @@ def unknown_class_message(task: str, metadata: dict[str, tf.Tensor], property_na
     )
 
 
+def property_found_check(task: str, metadata: dict[str, tf.Tensor], property_name: str, found: tf.Tensor) -> tf.Operation:
+    """The assertion that some feature of the window has ``property_name`` (for tasks
+    without ``allow_invalid``): its message names the task, the window and the way out."""
+    message = tf.strings.join(
+        [
+            f"{task}: window ",
+            window_label(metadata),
+            f", input targets: no feature with property '{property_name}' (set allow_invalid to mark such examples invalid)",
+        ]
+    )
+    return tf.debugging.Assert(found, [message])
+
+
 def class_ids_from_text(values: tf.Tensor, classes: list[str], read_class_id: bool) -> tf.Tensor:
     """Property texts ``[N]`` -> class ids int32 ``[N]`` (graph).
 
