@@ -57,6 +57,18 @@ def load_weights_file(model: keras.Model, path: str, objects_to_skip: Sequence[A
 
 # ---- layers and variables -------------------------------------------------------------------
 
+# Keras base classes whose ``**kwargs`` are internals (input_shape, autocast, ...), by the
+# private modules that define them; other Keras classes (callbacks, optimizers) take
+# ordinary arguments.
+_KERAS_BASE_MODULES = ("keras.src.layers.layer", "keras.src.models.", "keras.src.ops.operation", "keras.src.trainers.", "keras.src.backend.", "tensorflow.")
+
+
+def is_keras_base_class(klass: type) -> bool:
+    """Whether ``klass`` is one of Keras' (or TensorFlow's) base classes of layers and
+    models, where the config resolver stops reading constructor arguments."""
+    return klass.__module__.startswith(_KERAS_BASE_MODULES)
+
+
 
 def sublayers(layer: keras.layers.Layer, include_self: bool = True) -> list[keras.layers.Layer]:
     """Every layer tracked under ``layer`` (attributes, lists, dicts; depth first), each once."""

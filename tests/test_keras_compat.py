@@ -212,3 +212,11 @@ def test_pre_reduced_gradients_are_not_summed_again():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     # Keras sums the two replicas' gradients of 1; with the mixin each replica applies its own.
     assert result == {"Plain": -2.0, "Reduced": -1.0}
+
+
+def test_is_keras_base_class_stops_at_layers_and_models_only():
+    from rskeras.keras_compat import is_keras_base_class
+
+    assert is_keras_base_class(keras.layers.Layer) and is_keras_base_class(keras.Model)
+    assert not is_keras_base_class(keras.callbacks.EarlyStopping)  # ordinary arguments
+    assert not is_keras_base_class(keras.layers.Dense)

@@ -11,12 +11,14 @@ PACKAGE = ROOT / "rskeras"
 
 # Each room may import only the rooms listed before it (and itself).
 LAYERS = [
+    {"rskeras.errors"},
     {"rskeras.config", "rskeras.utils", "rskeras.dataset", "rskeras.keras_compat", "rskeras.weights"},
     {"rskeras.models"},
     {"rskeras.train"},
     {"rskeras.run"},
-    {"rskeras.export"},
+    {"rskeras.export", "rskeras.saving"},
     {"rskeras.lightning_cli", "rskeras.testing"},
+    {"rskeras.commands", "rskeras.__main__"},
 ]
 
 

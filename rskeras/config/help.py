@@ -110,9 +110,8 @@ def help_for(key: str, class_path: str) -> str:
 
     import_tensorflow()
     if key == "trainer":
-        from rskeras.train.trainer import Trainer
-
-        return class_help("rskeras.train.trainer.Trainer", "trainer", Trainer)
+        # by class path, like any class a config names (config sits below train)
+        return class_help("rskeras.train.trainer.Trainer", "trainer")
     if not key:
         raise ConfigError("--help CLASS: give the config key, e.g. --model.help rslearn.models.swin.Swin")
     if "." not in class_path:

@@ -30,10 +30,6 @@ BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True
 
 # Keyword arguments accepted through **kwargs by Keras layers/models.
 KERAS_KWARGS = {"name", "dtype", "trainable"}
-# Keras base classes whose **kwargs are internals (input_shape, autocast, ...): the
-# argument lookup stops there. Other Keras classes (callbacks, optimizers) have their
-# arguments read like any class.
-KERAS_LAYER_MODULES = ("keras.src.layers.layer", "keras.src.models.", "keras.src.ops.operation", "keras.src.trainers.", "keras.src.backend.", "tensorflow.")
 
 
 def is_class_node(value: Any) -> bool:
@@ -72,12 +68,14 @@ def class_parameters(cls: type) -> tuple[dict[str, inspect.Parameter], dict[str,
     Returns (parameters, type hints, extra allowed keyword names or None if any keyword is
     allowed).
     """
+    from rskeras.keras_compat import is_keras_base_class
+
     params: dict[str, inspect.Parameter] = {}
     hints: dict[str, Any] = {}
     for klass in cls.__mro__:
         if klass is object or "__init__" not in vars(klass):
             continue
-        if klass.__module__.startswith(KERAS_LAYER_MODULES):
+        if is_keras_base_class(klass):
             return params, hints, set(KERAS_KWARGS)
         init = vars(klass)["__init__"]
         try:

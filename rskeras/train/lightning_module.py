@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rskeras.keras_compat import ModelHooks, created_trainable_variables, in_multi_worker_mode
+from rskeras.keras_compat import ModelHooks, created_trainable_variables, in_multi_worker_mode, sublayers
 from rskeras.train.metrics import flatten_metric_results
 from rskeras.train.optimizer import AdamW, unwrap_optimizer
 
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 def _supports_jit(layer) -> bool:
     """False when ``layer`` or any layer inside it declares ``supports_jit = False``."""
-    return all(getattr(sub, "supports_jit", True) for sub in layer._flatten_layers(include_self=True))
+    return all(getattr(sub, "supports_jit", True) for sub in sublayers(layer))
 
 
 class RestoreConfig:
