@@ -30,6 +30,7 @@ from typing import Any
 import tensorflow as tf
 
 from rskeras.dataset.dataset import Dataset
+from rskeras.models.time_inputs import TIMESTAMPS_SUFFIX, TIMESTEP_MASK_SUFFIX
 from rskeras.train import randomness
 from rskeras.train.dataset import DataInput, DataReadError, ModelDataset, SplitConfig
 from rskeras.train.input_cache import InputCache, MemoryCache
@@ -39,9 +40,6 @@ from rskeras.train.tasks.task import Task
 logger = logging.getLogger(__name__)
 
 STAGES = ("train", "val", "test", "predict")
-
-# Suffix of the bool [T] "real timestep" input of load_timestamps DataInputs.
-TIMESTEP_MASK_SUFFIX = "_timestep_mask"
 
 
 def timed_inputs(md: ModelDataset) -> list[str]:
@@ -291,7 +289,7 @@ class RslearnDataModule:
         skip_targets = md.split.get_skip_targets()
         passthrough = [k for k, di in md.inputs.items() if di.passthrough]
         timed = timed_inputs(md)
-        stamps = [k + "_timestamps" for k in timed]
+        stamps = [k + TIMESTAMPS_SUFFIX for k in timed]
         transforms = list(md.split.transforms or [])
         task = self.task
 
@@ -321,7 +319,7 @@ class RslearnDataModule:
 
         zeros = tf.nest.map_structure(zero, element_spec)
         for key, value in zeros[0].items():
-            if key.endswith("_timestamps") and value.dtype.is_floating:
+            if key.endswith(TIMESTAMPS_SUFFIX) and value.dtype.is_floating:
                 zeros[0][key] = tf.constant(float("nan"), value.dtype)
         overrides = self.task.target_padding_values()
 

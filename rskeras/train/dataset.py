@@ -43,6 +43,7 @@ import shapely
 from rskeras.config.dataset import DType, LayerConfig
 from rskeras.dataset.dataset import Dataset
 from rskeras.dataset.window import Window, WindowError, parse_layer_dir_name, parse_time
+from rskeras.models.time_inputs import TIMESTAMPS_SUFFIX
 from rskeras.train.model_context import SampleMetadata
 from rskeras.utils.feature import Feature, features_to_tensors, utf8_array
 from rskeras.utils.geometry import PixelBounds, ResolutionFactor
@@ -1159,7 +1160,7 @@ class ModelDataset:
             if di.data_type == "raster":
                 raw[key] = u["image"]
                 if di.load_timestamps:
-                    raw[key + "_timestamps"] = u["timestamps"]
+                    raw[key + TIMESTAMPS_SUFFIX] = u["timestamps"]
             else:
                 raw[key] = {k: v for k, v in u.items() if k not in ("group", "num_groups", "crop_mask")}
         window = self.windows[window_idx]

@@ -31,6 +31,7 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 
+from rskeras.models.time_inputs import TIMESTAMPS_SUFFIX
 from rskeras.train import randomness
 from rskeras.train.dataset import ModelDataset
 from rskeras.train.host_calls import host_call
@@ -349,7 +350,7 @@ def materialize(md: ModelDataset, table: WindowTable, dataset_source: str, itera
             image.set_shape([None, None, None, len(md.bands[key])])
             raw[key] = image
             if di.load_timestamps:
-                raw[key + "_timestamps"] = ts
+                raw[key + TIMESTAMPS_SUFFIX] = ts
         else:
             group = u["group"]
             if di.load_all_layers:

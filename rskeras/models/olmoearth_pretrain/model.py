@@ -48,13 +48,12 @@ from rskeras.models.olmoearth_pretrain.timestamps import (
     prepare_legacy,
     prepare_merged,
 )
+from rskeras.models.time_inputs import TIMESTAMPS_SUFFIX, TIMESTEP_MASK_SUFFIX
 from rskeras.weights.torch_params import TorchParam, join, load_torch_state_dict
 
 logger = logging.getLogger(__name__)
 
 MODALITY_NAMES = modalities.WRAPPER_MODALITIES
-TIMESTEP_MASK_SUFFIX = "_timestep_mask"
-TIMESTAMPS_SUFFIX = "_timestamps"
 AUTOCAST_DTYPES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16", "float32": "float32"}
 SDPA_BACKENDS = ("cudnn", "flash", "efficient", "math")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from rskeras.models.time_inputs import TIMESTAMPS_SUFFIX, TIMESTEP_MASK_SUFFIX
 from rskeras.train import randomness
 
 from rskeras.train.transforms.transform import Transform, parent_of, read_selector, selector_exists
@@ -50,7 +51,7 @@ class RandomTimeDropping(Transform):
             keep = self.keep_mask(tf.shape(image)[0])
             holder, key = parent_of(input_dict, target_dict, selector)
             holder[key] = tf.boolean_mask(image, keep)
-            for suffix in ("_timestamps", "_timestep_mask"):
+            for suffix in (TIMESTAMPS_SUFFIX, TIMESTEP_MASK_SUFFIX):
                 if key + suffix in holder:
                     holder[key + suffix] = tf.boolean_mask(holder[key + suffix], keep)
         return input_dict, target_dict
