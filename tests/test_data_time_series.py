@@ -2,6 +2,7 @@
 and ``<key>_timestep_mask`` through transforms and ``padded_batch``, missing modalities."""
 
 import datetime
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -102,3 +103,63 @@ def test_random_time_dropping_keeps_mask_and_timestamps_aligned(tmp_path):
     assert 0 < len(kept) < 4  # this seed drops a timestep
     assert batch["sentinel2_l2a_timestep_mask"].shape == (1, len(kept)) and batch["sentinel2_l2a_timestep_mask"].all()
     np.testing.assert_array_equal(batch["sentinel2_l2a_timestamps"][0, :, 0], [posix(1 + 2 * t) for t in kept])
+
+
+S2_BANDS = ["B02", "B03", "B04", "B08", "B05", "B06", "B07", "B8A", "B11", "B12", "B01", "B09"]
+
+
+def test_pipeline_timestamps_drive_olmoearth_merged_timelines(tmp_path):
+    """``load_timestamps`` batches (padded timesteps, a modality missing from one example)
+    straight into OlmoEarth(use_legacy_timestamps=False): the merged timeline holds the
+    images' dates, and each example's training-mode output is its output alone."""
+    from rskeras.models.olmoearth_pretrain.model import OlmoEarth
+
+    root = str(tmp_path)
+    make_config(
+        root,
+        {
+            "s2": {"type": "raster", "band_sets": [{"dtype": "uint16", "bands": S2_BANDS}]},
+            "s1": {"type": "raster", "band_sets": [{"dtype": "float32", "bands": ["vv", "vh"]}]},
+        },
+    )
+    rng = np.random.default_rng(0)
+    days = {"w0": [1, 20], "w1": [5]}  # w1: one Sentinel-2 image (padded) and a Sentinel-1 one
+    for name, starts in days.items():
+        w = add_window(root, name, [0, 0, 8, 8])
+        stamps = [[iso(d), iso(d + 1)] for d in starts]
+        array = rng.integers(0, 4000, (12 * len(starts), 8, 8)).astype(np.uint16)
+        add_raster(w, "s2", S2_BANDS, array, [0, 0, 8, 8], sidecar={"num_channels": 12, "num_timesteps": len(starts), "timestamps": stamps})
+    add_raster(os.path.join(root, "windows", "default", "w1"), "s1", ["vv", "vh"], rng.normal(size=(2, 8, 8)).astype(np.float32), [0, 0, 8, 8],
+               sidecar={"num_channels": 2, "num_timesteps": 1, "timestamps": [[iso(6), iso(7)]]})  # fmt: skip
+    inputs = {
+        "sentinel2_l2a": DataInput("raster", ["s2"], bands=S2_BANDS, passthrough=True, load_timestamps=True),
+        "sentinel1": DataInput("raster", ["s1"], bands=["vv", "vh"], passthrough=True, required=False, load_timestamps=True),
+    }
+    dm = RslearnDataModule(inputs=inputs, task=RawTask(), path=root, batch_size=2, default_config=SplitConfig())
+    (batch,) = [b for b, _ in dm.tf_dataset("val")]
+    import json
+
+    from rskeras.models.olmoearth_pretrain.config import bundle_config, model_id_config
+
+    arch = model_id_config("OLMOEARTH_V1_2_NANO")
+    arch.drop_path, arch.band_dropout_rate = 0.0, 0.0  # a deterministic training-mode forward
+    os.makedirs(tmp_path / "bundle")
+    (tmp_path / "bundle" / "config.json").write_text(json.dumps(bundle_config(arch)))
+    model = OlmoEarth(patch_size=4, model_path=str(tmp_path / "bundle"), random_initialization=True, autocast_dtype=None, use_legacy_timestamps=False)
+    model_inputs = {k: v for k, v in batch.items() if k.startswith(("sentinel2_l2a", "sentinel1"))}
+    order = [int(np.asarray(batch["sentinel1_timestep_mask"])[i].any()) for i in range(2)]  # 1 = w1
+    _, valid, timestamps = model.prepare(model_inputs)
+    # [day, month (0-based), year] of the image centres; w1's S2 (5th) and S1 (6th) merge (tolerance 15 days)
+    for i, w in enumerate(order):
+        want = [[1, 2, 2024], [20, 2, 2024]] if w == 0 else [[5, 2, 2024]]
+        assert timestamps.numpy()[i, : len(want)].tolist() == want
+    (both,) = model(model_inputs, training=True)
+    for i in range(2):
+        alone = {k: v[i : i + 1] for k, v in model_inputs.items()}
+        if order[i] == 1:  # drop its padded Sentinel-2 timestep
+            alone = {k: (v[:, :1] if k.startswith("sentinel2_l2a") else v) for k, v in alone.items()}
+        else:  # no Sentinel-1 at all: drop the modality (rslearn averages its absent 0 in)
+            alone = {k: v for k, v in alone.items() if k.startswith("sentinel2_l2a")}
+        (out,) = model(alone, training=True)
+        scale = 0.5 if order[i] == 0 else 1.0
+        np.testing.assert_allclose(both[i].numpy(), scale * out[0].numpy(), atol=2e-5)
