@@ -136,7 +136,7 @@ def predict(root, out_root, task, writers, large_window_pixels):
         large_window_pixels=large_window_pixels,
     )
     lm = types.SimpleNamespace(model=lambda inputs, training=False: {"outputs": inputs["image"][:, 0]}, task=task)
-    trainer = types.SimpleNamespace(callbacks=writers, steps=lambda dm, stage: None)
+    trainer = types.SimpleNamespace(callbacks=writers, steps=lambda dm, stage: None, configure_jit=lambda lm: None)
     run_predict(trainer, lm, dm)
     return dm
 
