@@ -109,7 +109,7 @@ def write_s2(case: Case, array: np.ndarray, crs: str | None = None, shift: tuple
         profile = dict(src.profile)
     transform = profile["transform"]
     profile.update(dtype=array.dtype.name, nodata=None, crs=crs or profile["crs"])
-    profile["transform"] = transform * transform.translation(*shift)
+    profile["transform"] = transform @ transform.translation(*shift)
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(array)
 

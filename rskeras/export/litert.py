@@ -55,7 +55,8 @@ class LiteRTModel:
             from rskeras.weights.errors import CheckpointError
 
             size = f"{os.path.getsize(path)} bytes" if path else f"{len(content or b'')} bytes"
-            raise CheckpointError(f"{path or 'model'}: not a valid TFLite model ({size}; {e})") from None
+            reason = " ".join(str(e).split())  # LiteRT's message ends with a newline
+            raise CheckpointError(f"{path or 'model'}: not a valid TFLite model ({size}; {reason})") from None
         signatures = self.interpreter.get_signature_list()
         if not signatures:
             raise ValueError(f"LiteRTModel: {path or 'model'} has no signature (export it with rskeras)")

@@ -39,10 +39,10 @@ def parse_inputs(values: list[str], names: list[str]) -> dict[str, str]:
         elif len(names) == 1 and not paths:
             name, path = names[0], value
         else:
-            raise SystemExit(f"predict_tflite.py: error: give --input NAME=PATH for each of the model inputs {names}")
+            raise ValueError(f"give --input NAME=PATH for each of the model inputs {names}")
         paths[name] = path
     if sorted(paths) != sorted(names):
-        raise SystemExit(f"predict_tflite.py: error: the model takes inputs {names}, got {sorted(paths)}")
+        raise ValueError(f"the model takes inputs {names}, got {sorted(paths)}")
     return paths
 
 
@@ -53,15 +53,27 @@ def parse_band_indexes(values: list[str] | None, names: list[str]) -> dict[str, 
         name, _, rest = value.rpartition("=")
         name = name or (names[0] if len(names) == 1 else "")
         if name not in names:
-            raise SystemExit(f"predict_tflite.py: error: --band-indexes {value}: give NAME=i,j,... for one of {names}")
-        out[name] = [int(i) for i in rest.split(",") if i]
+            raise ValueError(f"--band-indexes {value}: give NAME=i,j,... for one of {names}")
+        try:
+            out[name] = [int(i) for i in rest.split(",") if i]
+        except ValueError:
+            raise ValueError(f"--band-indexes {value}: expected 1-based band numbers like 1,2,3") from None
+        if any(i < 1 for i in out[name]):
+            raise ValueError(f"--band-indexes {value}: band numbers start at 1")
     return out
 
 
 def main(argv: list[str] | None = None, prog: str = "rskeras predict-tflite") -> int:
-    from rskeras.errors import pop_verbose
+    """The command: a bad argument, input file or model is one line on stderr with exit code
+    2 (``--verbose``: the traceback too; rskeras.errors)."""
+    from rskeras.errors import report_user_errors
 
-    argv, _ = pop_verbose(list(sys.argv[1:] if argv is None else argv))
+    return report_user_errors(lambda args: _main(args, prog), argv, prog)
+
+
+def _main(argv: list[str], prog: str) -> int:
+    from rskeras.errors import UserError, user_error_types
+
     parser = argparse.ArgumentParser(
         prog=prog,
         description=__doc__.split("\n\n")[0],
@@ -106,8 +118,10 @@ def main(argv: list[str] | None = None, prog: str = "rskeras predict-tflite") ->
     try:
         return run(parser, args)
     except (ValueError, OSError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
+        if isinstance(e, user_error_types()):
+            raise
+        # Here a ValueError / OSError is about the user's files or arguments.
+        raise UserError(str(e)) from e
 
 
 def check_model_path(path: str) -> None:
