@@ -136,3 +136,70 @@ def test_rest_status_metadata_and_errors(served):
     for path, payload, code, text in cases:
         status, body = rest_request(served["rest"] + path, payload, timeout=TIMEOUT)
         assert status == code and text in body["error"], (path, status, body)
+
+
+def raw_http(url: str, head: str, body: bytes = b"") -> tuple[int, dict]:
+    """Sends a hand-written HTTP request (headers a client library would not send)."""
+    import json
+    import socket
+    from urllib.parse import urlparse
+
+    where = urlparse(url)
+    with socket.create_connection((where.hostname, where.port), timeout=TIMEOUT) as conn:
+        conn.sendall(head.encode() + b"\r\n\r\n" + body)
+        conn.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, json.loads(data.split(b"\r\n\r\n", 1)[1] or b"{}")
+
+
+def test_rest_hostile_requests(served, caplog):
+    """Issue 13: Content-Length -1 (hung before), 100000-deep JSON (HTTP 500 RecursionError
+    before), NaN / Infinity literals (accepted silently before: now a warning with the count)."""
+    url = served["rest"] + "/v1/models/tiny:predict"
+    for length in ("-1", "abc"):
+        status, body = raw_http(url, f"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nContent-Length: {length}", b"{}")
+        assert status == 400 and "invalid Content-Length" in body["error"], body
+    status, body = raw_http(url, "POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x", b"{}")
+    assert status == 411 and "no Content-Length" in body["error"], body
+    deep = b"[" * 100000 + b"]" * 100000
+    status, body = raw_http(url, f"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nContent-Length: {len(deep)}", deep)
+    assert status == 400 and "nested too deeply" in body["error"], body
+    status, body = raw_http(url, "POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 8", b"{\"instan")
+    assert status == 400 and "malformed JSON" in body["error"], body
+    status, body = raw_http(url, "POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100", b"{}")
+    assert status == 400 and "ended after 2 of its 100 bytes" in body["error"], body
+    image = served["raw"][0]["image"][0].tolist()
+    image[0][0] = [float("nan"), float("inf"), 0.0, 0.0]
+    with caplog.at_level("WARNING", logger="rskeras.testing.serving"):
+        status, body = rest_request(url, {"instances": [image]}, timeout=TIMEOUT)  # json.dumps writes NaN / Infinity
+    assert status == 200, body
+    assert "2 non-finite value(s)" in caplog.text and "NaN: 1" in caplog.text, caplog.text
+
+
+def test_grpc_malformed_tensor_proto(served):
+    """Issue 13: a malformed TensorProto is INVALID_ARGUMENT naming the input, not a crash."""
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+    def proto(dtype, dims, content=b""):
+        shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims])
+        return tensor_pb2.TensorProto(dtype=dtype, tensor_shape=shape, tensor_content=content)
+
+    cases = [
+        (proto(types_pb2.DT_FLOAT, [1, 8, 8, 4], b"\0" * 7), "tensor_content has 7 bytes"),
+        (proto(types_pb2.DT_FLOAT, [-1, 8, 8, 4]), "not fully defined"),
+        (proto(types_pb2.DT_INVALID, [1]), "no dtype"),
+        (proto(types_pb2.DT_FLOAT, [1 << 20, 1 << 20, 4]), "more than"),
+    ]
+    with grpc.insecure_channel(served["grpc"]) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        for tensor, text in cases:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "tiny"
+            request.inputs["image"].CopyFrom(tensor)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Predict(request, timeout=TIMEOUT)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value
+            assert "input 'image'" in info.value.details() and text in info.value.details(), info.value.details()
