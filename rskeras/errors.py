@@ -146,7 +146,7 @@ def report_user_errors(run: Callable[[list[str]], int], argv: list[str] | None, 
             if message is None:
                 raise
         trace = traceback.format_exc()
-        log = None if verbose else _write_log(trace)
+        log = None if verbose or not getattr(e, "writes_error_log", True) else _write_log(trace)
         if verbose:
             print(trace, file=sys.stderr, end="")
         where = f" (traceback: {log})" if log else ""

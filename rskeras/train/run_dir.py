@@ -53,6 +53,9 @@ _LEFTOVER_DIRS = re.compile(r"^\.saved_model-.+$")
 class RunDirectoryBusyError(ConfigError):
     """Another fit holds the run directory's lock."""
 
+    # The run directory is the other fit's: its error.log is not ours to overwrite.
+    writes_error_log = False
+
 
 class DiskFullError(ValueError):
     """A file of the run could not be written for lack of disk space (or quota)."""
