@@ -159,3 +159,34 @@ def test_unknown_detection_category_is_one_line(sample_dataset, tmp_path):
     ]
     line = one_line_error(run(args, tmp_path, {"DATASET_PATH": sample_dataset}, timeout=400), "is not one of ['unknown', 'ship']", "window ")
     assert "InvalidArgumentError" not in line
+
+
+def test_pipeline_assertion_from_a_compiled_step_is_surfaced():
+    """A task's data check failing while a compiled train step pulls the batch (not the
+    iterator itself) is still the task's one-line message (it came out as rc 1 before)."""
+    import tensorflow as tf
+
+    from rskeras.train.host_calls import pipeline_assertion, surface_errors
+    from rskeras.train.dataset import DataReadError
+
+    text = (
+        "assertion failed: [DetectionTask: window default/w_1, input targets: value 'vessel' of property 'category' "
+        "is not one of ['unknown', 'ship'] (set skip_unknown_categories to skip such features)]\n\t [[{{node Assert/Assert}}]]"
+        "\n\t [[IteratorGetNext]] [Op:__inference_multi_step_on_iterator_11003]"
+    )
+    error = tf.errors.InvalidArgumentError(None, None, text)
+    assert pipeline_assertion(error).startswith("DetectionTask: window default/w_1, input targets: value 'vessel'")
+    with pytest.raises(DataReadError, match=r"^DetectionTask: window default/w_1, .*skip such features\)$"):
+        with surface_errors():
+            raise error
+    graph = (
+        "Graph execution error:\n\nDetected at node Assert/Assert defined at (most recent call last):\n<stack traces unavailable>\n"
+        "Error in user-defined function passed to ParallelMapDatasetV2:27 transformation with iterator: Iterator::Root::Prefetch::"
+        "ParallelMapV2: assertion failed: [DetectionTask: window default/w_2, input targets: value \\'vessel\\' of property "
+        "\\'category\\' is not one of [\\'unknown\\']]\n\t [[{{node Assert/Assert}}]]\n\t [[IteratorGetNext]] [Op:__inference_multi_step_on_iterator_1]"
+    )
+    assert pipeline_assertion(tf.errors.InvalidArgumentError(None, None, graph)) == (
+        "DetectionTask: window default/w_2, input targets: value 'vessel' of property 'category' is not one of ['unknown']"
+    )
+    # An assertion of the model's own graph (no iterator) is not a data error.
+    assert pipeline_assertion(tf.errors.InvalidArgumentError(None, None, "assertion failed: [x > 0]\n\t [[{{node Assert}}]]")) is None

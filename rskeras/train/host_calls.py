@@ -103,9 +103,13 @@ def pipeline_assertion(error: BaseException) -> str | None:
     if not isinstance(error, tf.errors.InvalidArgumentError):
         return None
     text = getattr(error, "message", None) or str(error)
-    first = text.splitlines()[0] if text else ""
     marker = "assertion failed: "
-    if "Iterator::" not in first or marker not in first:
+    # The first line holding the assertion (graph-mode errors start "Graph execution
+    # error:" and name the node on later lines).
+    first = next((line for line in (text or "").splitlines() if marker in line), "")
+    # Raised by the iterator itself ("Iterator::..."), or by a compiled train/eval step
+    # that pulls from it ("[[IteratorGetNext]] [Op:__inference_multi_step_on_iterator]").
+    if marker not in first or ("Iterator::" not in first and "IteratorGetNext" not in text):
         return None
     payload = first.split(marker, 1)[1].strip()
     if payload.startswith("[") and payload.endswith("]"):
