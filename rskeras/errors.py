@@ -118,6 +118,20 @@ def _write_log(text: str) -> str | None:
     return None
 
 
+def _exit_before_teardown() -> None:
+    """Ends the process with exit code 2 once the command returns, before the interpreter
+    tears its objects down (the last atexit hook to run; stdout/stderr flushed first)."""
+    import atexit
+
+    def hard_exit() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(EXIT_USER_ERROR)
+
+    atexit.register(hard_exit)  # registered last: runs first, after sys.exit's unwinding
+
+
 def pop_verbose(argv: list[str]) -> tuple[list[str], bool]:
     """Removes ``--verbose`` from ``argv``; returns (the rest, whether it was there)."""
     rest = [a for a in argv if a != "--verbose"]
@@ -151,4 +165,6 @@ def report_user_errors(run: Callable[[list[str]], int], argv: list[str] | None, 
             print(trace, file=sys.stderr, end="")
         where = f" (traceback: {log})" if log else ""
         print(f"{prog}: error: {one_line(message)}{where}", file=sys.stderr)
+        if getattr(e, "exit_without_teardown", False):
+            _exit_before_teardown()
         return EXIT_USER_ERROR

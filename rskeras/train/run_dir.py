@@ -60,6 +60,10 @@ class RunDirectoryBusyError(ConfigError):
 class DiskFullError(ValueError):
     """A file of the run could not be written for lack of disk space (or quota)."""
 
+    # h5py objects of the failed write can crash the interpreter's teardown (signal 11,
+    # "Can't decrement id ref count"): the command ends without it (rskeras.errors).
+    exit_without_teardown = True
+
 
 # ---- lock -------------------------------------------------------------------------------
 
