@@ -36,6 +36,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 from typing import Any
 
 from rskeras.config.errors import ConfigError
@@ -196,10 +197,38 @@ def _mb(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
+def _quiet_failed_h5_writes() -> None:
+    """Drops h5py's "Exception ignored in ObjectID.__dealloc__ ... file write failed"
+    reports (each with a traceback): after a write failed for lack of space, every HDF5
+    object of that file reports it when collected; the DiskFullError says it once."""
+    if getattr(sys.unraisablehook, "_rskeras_quiet_h5", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and "file write failed" in str(value) and "h5py" in repr(unraisable.object) + str(getattr(unraisable, "err_msg", "")):
+            return
+        previous(unraisable)
+
+    hook._rskeras_quiet_h5 = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+    # Cython prints the same error with its traceback through sys.excepthook first.
+    previous_excepthook = sys.excepthook
+
+    def excepthook(kind, value, tb) -> None:
+        if isinstance(value, RuntimeError) and "file write failed" in str(value) and tb is not None and "h5py" in tb.tb_frame.f_code.co_filename:
+            return
+        previous_excepthook(kind, value, tb)
+
+    sys.excepthook = excepthook
+
+
 @contextlib.contextmanager
 def disk_full_as_error(path: str):
     """Inside this block, a write failing for lack of space raises DiskFullError naming
     ``path`` (other errors pass through)."""
+    _quiet_failed_h5_writes()
     try:
         yield
     except DiskFullError:
