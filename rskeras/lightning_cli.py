@@ -62,7 +62,7 @@ project management (rslearn):
 
 SUBCOMMAND_HELP = {
     "fit": "Train a model (resuming an interrupted run of the same run directory), reload the best checkpoint, "
-    "validate it and export a SavedModel into the run directory.",
+    "validate it (and, with --trainer.export_saved_model true, export a SavedModel into the run directory).",
     "validate": "Compute the validation metrics of a checkpoint (--ckpt_path).",
     "test": "Compute the test metrics of a checkpoint (--ckpt_path); writes visualisations and the metrics file "
     "when the model asks for them.",
@@ -246,7 +246,9 @@ def print_metrics(title: str, metrics: dict[str, float]) -> None:
 
 
 def fit(r: Run, ckpt_path: str | None) -> None:
-    """``fit``: train, reload the best checkpoint, validate, export a SavedModel."""
+    """``fit``: train, reload the best checkpoint, validate; export a SavedModel when
+    ``trainer.export_saved_model`` asks for it (off by default: ``rskeras export`` does it
+    from a checkpoint later)."""
     start = time.time()
     r.trainer.fit(r.lm, r.data, ckpt_path=ckpt_path)
     elapsed = time.time() - start
@@ -259,7 +261,7 @@ def fit(r: Run, ckpt_path: str | None) -> None:
     if r.trainer.fast_dev_run:
         print("fast_dev_run: nothing written (no checkpoints, logs, metrics or SavedModel)")
         return
-    if r.trainer.is_chief:
+    if r.trainer.export_saved_model and r.trainer.is_chief:
         from rskeras.export.saved_model import export_run_saved_model
 
         path = export_run_saved_model(r, os.path.join(r.root, "saved_model"))

@@ -240,7 +240,7 @@ def test_fit_lifecycle(sample, tmp_path):
     base = str(tmp_path)
     log_dir = os.path.join(base, "logs")
     os.makedirs(log_dir)
-    fit = Spec(lambda c: None, (), command="fit", rc=0, trainer={"limit_train_batches": 1, "limit_val_batches": 1})
+    fit = Spec(lambda c: None, (), command="fit", rc=0, trainer={"limit_train_batches": 1, "limit_val_batches": 1, "export_saved_model": True})
     done = fit_case(sample, base, "finished", fit)
     locked = fit_case(sample, base, "locked", fit)
 

@@ -97,7 +97,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from rskeras import lightning_cli
-sys.exit(lightning_cli.main(["fit", "--config", {cfg!r}, "--trainer.default_root_dir", {out!r}, "--trainer.devices", "2"]))
+sys.exit(lightning_cli.main(["fit", "--config", {cfg!r}, "--trainer.default_root_dir", {out!r}, "--trainer.devices", "2", "--trainer.export_saved_model", "true"]))
 """
 
 LOSSES = ["loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"]

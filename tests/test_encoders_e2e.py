@@ -36,7 +36,7 @@ def test_presto_config_trains_and_exports(sample_dataset, tmp_path):
 
     cfg = config_file(tmp_path, "presto_segmentation.yaml", sample_dataset, edit)
     root = tmp_path / "run"
-    assert lightning_cli.main(["fit", "--config", cfg, "--trainer.default_root_dir", str(root)]) == 0
+    assert lightning_cli.main(["fit", "--config", cfg, "--trainer.default_root_dir", str(root), "--trainer.export_saved_model", "true"]) == 0
     rows = yaml.safe_load((root / "metrics.json").read_text())
     losses = [r["train_loss"] for r in rows]
     assert len(losses) == 2 and losses[-1] < losses[0] - 0.05, losses

@@ -38,7 +38,7 @@ def trained_run(sample_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     cfg = root / "cfg.yaml"
     cfg.write_text(config_text(sample_dataset, root))
-    code = lightning_cli.main(["fit", "--config", str(cfg), "--trainer.default_root_dir", str(root)])
+    code = lightning_cli.main(["fit", "--config", str(cfg), "--trainer.default_root_dir", str(root), "--trainer.export_saved_model", "true"])
     assert code == 0
     return root, cfg
 

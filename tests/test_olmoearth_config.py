@@ -34,6 +34,7 @@ def trained(sample_dataset, tmp_path_factory):
         "--trainer.logger", "false",
         "--trainer.enable_progress_bar", "false",
         "--trainer.default_root_dir", str(root),
+        "--trainer.export_saved_model", "true",
         "--seed_everything", "0",
     ]  # fmt: skip
     assert lightning_cli.main(args) == 0

@@ -1,4 +1,5 @@
-"""Every non-detection example config trains through the CLI with the loss going down."""
+"""Every non-detection example config trains through the CLI with the loss going down; fit
+writes its SavedModel only when ``trainer.export_saved_model`` asks for it."""
 
 import json
 
@@ -26,6 +27,9 @@ def test_example_config_trains(name, sample_dataset, tmp_path):
         # a smaller encoder keeps the test fast
         "--model.init_args.model.init_args.encoder.0.init_args.channels", "[16, 32, 64]",
     ]
+    export = name == "segmentation"  # one config exports (asked); the others must not
+    if export:
+        args += ["--trainer.export_saved_model", "true"]
     if name in ("classification", "regression"):
         args += ["--model.init_args.model.init_args.decoder.0.init_args.in_channels", "64"]
     elif name in ("segmentation", "per_pixel_regression"):
@@ -39,4 +43,16 @@ def test_example_config_trains(name, sample_dataset, tmp_path):
     rows = json.loads((root / "metrics.json").read_text())
     assert len(rows) == 4
     assert rows[-1]["train_loss"] < rows[0]["train_loss"], [r["train_loss"] for r in rows]
-    assert (root / "saved_model" / "saved_model.pb").exists()
+    assert (root / "saved_model" / "saved_model.pb").exists() == export, "fit exported without being asked" if not export else "no SavedModel"
+    assert not [n for n in root.iterdir() if "saved_model" in n.name] or export
+
+
+def test_export_saved_model_key():
+    from rskeras.config.errors import ConfigError
+    from rskeras.train.trainer import Trainer
+
+    assert Trainer().export_saved_model is False  # a fit is training: no export unless asked
+    assert Trainer(export_saved_model=True).export_saved_model is True
+    assert Trainer(export_saved_model=True, fast_dev_run=True).export_saved_model is False  # fast_dev_run writes nothing
+    with pytest.raises(ConfigError, match="trainer.export_saved_model"):
+        Trainer(export_saved_model="yes")

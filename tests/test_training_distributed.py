@@ -63,7 +63,7 @@ def test_two_workers_on_loopback_end_with_identical_weights(sample_dataset, tmp_
     for index in range(2):
         env = dict(ENV, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
         log = open(tmp_path / f"worker{index}.log", "w")
-        command = [sys.executable, os.path.join(ROOT, "tools", "train.py"), "fit", "--config", config, "--trainer.num_nodes", "2"]
+        command = [sys.executable, os.path.join(ROOT, "tools", "train.py"), "fit", "--config", config, "--trainer.num_nodes", "2", "--trainer.export_saved_model", "true"]
         workers.append((subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     try:
         codes = [p.wait(timeout=240) for p, _ in workers]

@@ -299,15 +299,6 @@ def read_epoch_stats(path: str) -> tuple[list[dict], dict | None]:
     return epochs, fit_end
 
 
-# ``tools/train.py fit`` without its post-fit SavedModel export (rslearn's fit exports
-# nothing; the export is not training). Measurement-only; --rskeras-export keeps it.
-_RSKERAS_FIT_ONLY = (
-    "import sys; sys.path.insert(0, {root!r}); import rskeras.export.saved_model as m; "
-    "m.export_run_saved_model = lambda run, path: print('(benchmark: SavedModel export skipped)') or path; "
-    "from rskeras.lightning_cli import main; sys.exit(main(sys.argv[1:]))"
-)
-
-
 def fit_command(
     system: str, config: str, seed: int, epochs: int, rslearn_python: str | None, overrides: list[tuple[str, str]], export: bool = False
 ) -> list[str]:
@@ -318,8 +309,9 @@ def fit_command(
             return [rslearn_python, script, "model", "fit"] + common
         launcher = "import sys; from rslearn.main import main; sys.argv[0] = 'rslearn'; sys.exit(main())"
         return [rslearn_python, "-c", launcher, "model", "fit"] + common
-    train = [os.path.join(ROOT, "tools", "train.py")] if export else ["-c", _RSKERAS_FIT_ONLY.format(root=ROOT)]
-    return [sys.executable] + train + ["fit"] + common + [f"--{k}={v}" for k, v in overrides]
+    # rskeras' fit exports nothing unless trainer.export_saved_model asks (like rslearn's fit).
+    extra = ["--trainer.export_saved_model=true"] if export else []
+    return [sys.executable, os.path.join(ROOT, "tools", "train.py"), "fit"] + common + extra + [f"--{k}={v}" for k, v in overrides]
 
 
 def run_fit(args, system: str, name: str, seed: int, dataset: str, overrides: list[tuple[str, str]], label: str) -> dict:
@@ -985,7 +977,7 @@ def add_vs_rslearn_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tag", default=None, help="name of this rskeras variant in stored results (default: a hash of --rskeras-override)")
     p.add_argument("--rerun", action="store_true", help="run again even if a stored result exists")
     p.add_argument("--markdown", default=None, metavar="PATH", help="also write the tables as markdown to PATH")
-    p.add_argument("--rskeras-export", action="store_true", help="keep train.py's post-fit SavedModel export in the rskeras runs (default: skipped, as rslearn's fit exports nothing)")
+    p.add_argument("--rskeras-export", action="store_true", help="rskeras runs also export their SavedModel after fit (trainer.export_saved_model; default off, as rslearn's fit exports nothing)")
     p.add_argument("--strict-load", action="store_true", help="do not run (report 'skipped') when the load stays above --max-load")
 
 

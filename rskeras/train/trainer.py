@@ -259,6 +259,8 @@ class Trainer:
         stop_on_nonfinite_loss: (rskeras) stop with an error on a NaN/inf training loss.
         jit_compile: (rskeras) run the model's forward/backward pass under XLA: true,
             false, or "auto" (on when a GPU is visible; on CPU XLA was measured slower).
+        export_saved_model: (rskeras) after fit, write ``<root>/saved_model`` from the best
+            weights (default false: a fit is training; ``rskeras export`` exports later).
     """
 
     def __init__(
@@ -291,6 +293,7 @@ class Trainer:
         backup_and_restore: bool = True,
         stop_on_nonfinite_loss: bool = True,
         jit_compile: bool | str = "auto",
+        export_saved_model: bool = False,
         use_distributed_sampler: bool | None = None,
         benchmark: bool | None = None,
         inference_mode: bool | None = None,
@@ -327,6 +330,8 @@ class Trainer:
             raise ConfigError(f"trainer.precision={precision!r} is not supported (use one of {sorted(PRECISIONS)})")
         if jit_compile not in (True, False, "auto"):
             raise ConfigError(f"trainer.jit_compile must be true, false or auto, got {jit_compile!r}")
+        if not isinstance(export_saved_model, bool):
+            raise ConfigError(f"trainer.export_saved_model must be true or false, got {export_saved_model!r}")
         if deterministic not in (None, True, False, "warn"):
             raise ConfigError(f"trainer.deterministic must be a bool or 'warn', got {deterministic!r}")
         for stage, limit in (
@@ -398,6 +403,7 @@ class Trainer:
         self.backup_and_restore = backup_and_restore
         self.stop_on_nonfinite_loss = stop_on_nonfinite_loss
         self.jit_compile = jit_compile
+        self.export_saved_model = export_saved_model and not fast_dev_run
         self.is_chief, self.worker_name = worker_info()
         for c in self.callbacks:
             if isinstance(c, TQDMProgressBar) and c.refresh_rate == 0:
