@@ -189,6 +189,40 @@ def test_tflite_builtins_conversion_with_shifted_windows(arch):
         assert_close(got, want, 1e-4, f"{arch} tflite")
 
 
+def test_int8_tflite_runs_and_stays_close_to_float():
+    """Full-integer TFLite of a tiny Swin v2 (shifted windows, padding) runs and stays close
+    to float32. Its cosine attention once divided by a quantised norm (a DIV node whose
+    divisor's range held the zero point: ``div.cc:262 data[i] != zero_point`` at run
+    time); the normalisation is now ``x * rsqrt(...)``, so the graph has no DIV."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    keras.utils.set_random_seed(0)
+    model = Swin(arch="swin_v2_t", output_layers=[1, 3], embed_dim=8, depths=[2, 2], num_heads=[1, 2], window_size=[4, 4])
+    rng = np.random.default_rng(0)
+    inp = keras.Input((1, 24, 40, 3), batch_size=1, name="image")
+    functional = keras.Model(inp, model({"image": inp}))
+
+    def representative():
+        for _ in range(8):
+            yield [rng.uniform(0, 1, (1, 1, 24, 40, 3)).astype(np.float32)]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(functional)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    interpreter = Interpreter(model_content=converter.convert())
+    assert not [o for o in interpreter._get_ops_details() if o["op_name"] == "DIV"]
+    interpreter.allocate_tensors()
+    x = rng.uniform(0, 1, (1, 1, 24, 40, 3)).astype(np.float32)
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    outs = sorted((interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()), key=lambda o: -o.shape[1])
+    for got, want in zip(outs, [o.numpy() for o in functional(x)]):
+        assert got.shape == want.shape
+        assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99  # measured 0.998-0.999
+        assert np.abs(got - want).max() <= 0.2 * np.abs(want).max()  # measured 0.08-0.10
+
+
 def test_mixed_precision_runs():
     """Constants (masks, position bias) follow the compute dtype under mixed_bfloat16."""
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
