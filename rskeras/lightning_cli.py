@@ -253,10 +253,15 @@ def fit(r: Run, ckpt_path: str | None) -> None:
     r.trainer.fit(r.lm, r.data, ckpt_path=ckpt_path)
     elapsed = time.time() - start
     best = r.trainer.best_checkpoint()
+    metrics = None
     if best:
         r.load_checkpoint(best)
         print(f"\nloaded best checkpoint {best}")
-    metrics = r.trainer.evaluate(r.lm, r.data, "val") if r.has_validation() else {}
+        # The metrics this fit logged for the best epoch are those of these weights: no
+        # second validation pass (it would compute the same numbers).
+        metrics = r.trainer.logged_val_metrics(best)
+    if metrics is None:
+        metrics = r.trainer.evaluate(r.lm, r.data, "val") if r.has_validation() else {}
     print_metrics(f"validation metrics ({'best' if best else 'last'} weights, fit took {elapsed:.1f}s):", metrics)
     if r.trainer.fast_dev_run:
         print("fast_dev_run: nothing written (no checkpoints, logs, metrics or SavedModel)")

@@ -222,6 +222,10 @@ def build_run(config: dict[str, Any], stage: str, default_root: str | None = Non
         input_specs = dataset.element_spec[0]
         with surface_errors():
             batch = next(iter(dataset))[0]
-        lm.build_from_batch(batch)
+        # The weights' shapes do not depend on the batch size: one example builds them
+        # (an eager forward pass of a whole batch costs seconds on CPU for big models).
+        import tensorflow as tf
+
+        lm.build_from_batch(tf.nest.map_structure(lambda t: t[:1], batch))
         lm.compile(optimizer=lm.make_optimizer(), jit_compile=False)
     return Run(config, stage, trainer, strategy, data, lm, input_specs)

@@ -71,6 +71,25 @@ def test_saved_model_matches_keras(trained_run, sample_dataset):
     np.testing.assert_array_equal(out["class_ids"].numpy(), np.argmax(keras_out["probabilities"].numpy(), -1))
 
 
+def test_best_epoch_logged_metrics_are_those_of_the_best_checkpoint(trained_run):
+    """fit prints the val metrics it logged for the best checkpoint's epoch instead of
+    validating again: a fresh validation of that checkpoint gives the same numbers."""
+    root, cfg = trained_run
+    config = load_config([str(cfg)], [("trainer.default_root_dir", str(root / "revalidate"))])
+    run = build_run(config, "val")
+    best = str(root / "checkpoints" / "best.weights.h5")
+    run.load_checkpoint(best)
+    fresh = run.trainer.evaluate(run.lm, run.data, "val")
+    from rskeras.train.callbacks.checkpointing import read_training_state
+
+    epoch = read_training_state(best)["epoch"]
+    row = next(r for r in yaml.safe_load((root / "metrics.json").read_text()) if r["epoch"] == epoch)
+    logged = {k: v for k, v in row.items() if k.startswith("val_")}
+    assert set(logged) == set(fresh)
+    for key in fresh:
+        assert abs(logged[key] - fresh[key]) <= 1e-6 * max(1.0, abs(fresh[key])), key
+
+
 def test_validate_and_test_subcommands(trained_run, capsys):
     root, cfg = trained_run
     metrics_file = root / "test_metrics.json"

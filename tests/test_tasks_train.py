@@ -11,7 +11,7 @@ CONFIGS = ["classification", "regression", "segmentation", "per_pixel_regression
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_example_config_trains(name, sample_dataset, tmp_path):
+def test_example_config_trains(name, sample_dataset, tmp_path, monkeypatch, capsys):
     root = tmp_path / name
     args = [
         "fit",
@@ -39,8 +39,18 @@ def test_example_config_trains(name, sample_dataset, tmp_path):
             "--model.init_args.model.init_args.decoders.segment.0.init_args.in_channels", "[[2, 16], [4, 32], [8, 64]]",
             "--model.init_args.model.init_args.decoders.classify.0.init_args.in_channels", "64",
         ]
+    from rskeras.train.trainer import Trainer
+
+    evaluations = []
+    evaluate = Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, *a, **k: evaluations.append(a) or evaluate(self, *a, **k))
     assert lightning_cli.main(args) == 0
+    # The printed val metrics are the ones logged for the best (here: last) epoch: no
+    # second validation pass after fit.
+    assert not evaluations
+    printed = capsys.readouterr().out.split("validation metrics", 1)[1]
     rows = json.loads((root / "metrics.json").read_text())
+    assert f"val_loss: {rows[-1]['val_loss']:.4f}" in printed, printed
     assert len(rows) == 4
     assert rows[-1]["train_loss"] < rows[0]["train_loss"], [r["train_loss"] for r in rows]
     assert (root / "saved_model" / "saved_model.pb").exists() == export, "fit exported without being asked" if not export else "no SavedModel"

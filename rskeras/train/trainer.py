@@ -172,6 +172,8 @@ class _EpochController(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         trainer = self.trainer
+        # This epoch's validation results (computed on the weights its checkpoints hold).
+        trainer.epoch_val_logs[epoch] = {k: float(np.asarray(v)) for k, v in (logs or {}).items() if str(k).startswith("val_")}
         optimizer = unwrap_optimizer(self.model.optimizer)
         if hasattr(optimizer, "param_group_lrs"):
             lrs = optimizer.param_group_lrs()
@@ -412,6 +414,7 @@ class Trainer:
         self.lm = None
         self.current_epoch = 0
         self.epoch_lrs: list[float] | None = None
+        self.epoch_val_logs: dict[int, dict[str, float]] = {}
         self.resumed_from: str | None = None
         self._worker_dirs_applied = False
 
@@ -834,6 +837,17 @@ class Trainer:
                 return path
         finished = getattr(self, "_finished_best", None)
         return finished if finished and os.path.exists(finished) else None
+
+    def logged_val_metrics(self, checkpoint: str) -> dict[str, float] | None:
+        """The validation metrics this fit logged for the epoch whose weights ``checkpoint``
+        holds (checkpoints are written after that epoch's validation, so they are exactly
+        the metrics of those weights), or None when this fit did not validate that epoch
+        (a resumed or finished fit, a checkpoint of a non-validation epoch)."""
+        try:
+            epoch = int((read_training_state(checkpoint) or {}).get("epoch", -1))
+        except (CheckpointError, ValueError, TypeError):
+            return None
+        return dict(self.epoch_val_logs[epoch]) if self.epoch_val_logs.get(epoch) else None
 
     # ---- evaluation ---------------------------------------------------------------------
 
