@@ -245,3 +245,25 @@ def test_roi_align_gradient_is_the_adjoint():
     adjoint = tf.reduce_sum(f0 * g0) + tf.reduce_sum(f1 * g1)
     np.testing.assert_allclose(adjoint.numpy(), total.numpy(), rtol=1e-4)
     assert np.abs(g0.numpy()).sum() > 0 and np.abs(g1.numpy()).sum() > 0
+
+
+def test_roi_align_in_a_graph_equals_eager():
+    """In a tf.function the taps are chained (one gathered tensor alive at a time, not
+    16): values and gradients must stay those of eager execution (to float32 rounding:
+    Grappler may regroup the graph's sums)."""
+    rng = np.random.default_rng(5)
+    feats = [tf.constant(rng.normal(size=(2, s, s, 4)).astype(np.float32)) for s in (16, 8)]
+    boxes = tf.constant(np.stack([random_boxes(rng, 5, size=50.0, max_side=40.0) for _ in range(2)]))
+    upstream = tf.constant(rng.normal(size=(2, 5, 7, 7, 4)).astype(np.float32))
+
+    def pooled_and_grads(f0, f1):
+        with tf.GradientTape() as tape:
+            tape.watch([f0, f1])
+            pooled = multi_scale_roi_align([f0, f1], boxes, (64, 64))
+            total = tf.reduce_sum(pooled * upstream)
+        return [pooled] + tape.gradient(total, [f0, f1])
+
+    eager = pooled_and_grads(*feats)
+    graph = tf.function(pooled_and_grads)(*feats)
+    for e, g in zip(eager, graph):
+        np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-5, atol=1e-5)

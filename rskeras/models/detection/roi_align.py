@@ -180,17 +180,27 @@ def _weighted_gather(table: tf.Tensor, taps: list, num_samples: int) -> tf.Tenso
     output gradient) so that training does not keep the 4 * num_samples gathered
     ``[R, P, P, C]`` tensors alive; the boxes, hence indices and weights, get no
     gradient (torchvision detaches proposals too).
+
+    The taps run one after the other (each gather, and each weighted gradient, waits for
+    the previous partial sum): left to TensorFlow's executor, the 4 * num_samples
+    independent gathers all ran before their sums and held 16 ``[R, P, P, C]`` tensors at
+    once — 3.4 GB for the 8 x 1020 RoIs of a 64x64 detection batch in evaluation, the bulk
+    of the detection anchor config's 11 GB peak. The same sums in the same order (checksum
+    of that batch unchanged to 7 digits).
     """
 
     @tf.custom_gradient
     def pooled_from(table):
         pooled = None
+        last = None  # the newest partial sum: the next gather waits for it (see above)
         for s in range(num_samples):
             sample = None
             for idx, weight in taps[4 * s : 4 * s + 4]:
-                term = weight[..., None] * tf.gather(table, idx)
-                sample = term if sample is None else sample + term
-            pooled = sample if pooled is None else pooled + sample
+                with tf.control_dependencies([last] if last is not None else []):
+                    gathered = tf.gather(table, idx)
+                term = weight[..., None] * gathered
+                sample = last = term if sample is None else sample + term
+            pooled = last = sample if pooled is None else pooled + sample
         pooled = pooled / float(num_samples)
 
         def grad(upstream):
@@ -198,8 +208,10 @@ def _weighted_gather(table: tf.Tensor, taps: list, num_samples: int) -> tf.Tenso
             channels = tf.shape(table)[1]
             total = None
             for idx, weight in taps:
+                with tf.control_dependencies([total] if total is not None else []):
+                    weighted = weight[..., None] * upstream
                 part = tf.math.unsorted_segment_sum(
-                    tf.reshape(weight[..., None] * upstream, tf.stack([-1, channels])),
+                    tf.reshape(weighted, tf.stack([-1, channels])),
                     tf.reshape(idx, [-1]),
                     num_segments=tf.shape(table)[0],
                 )
