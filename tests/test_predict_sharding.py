@@ -123,7 +123,10 @@ def outputs(dataset):
             for d, _, files in os.walk(layer):
                 for f in files:
                     p = os.path.join(d, f)
-                    out[os.path.relpath(p, dataset)] = (hashlib.sha256(open(p, "rb").read()).hexdigest(), os.stat(p).st_ino)
+                    try:
+                        out[os.path.relpath(p, dataset)] = (hashlib.sha256(open(p, "rb").read()).hexdigest(), os.stat(p).st_ino)
+                    except FileNotFoundError:  # a writer's temporary file, renamed meanwhile
+                        continue
     return out
 
 
