@@ -29,6 +29,7 @@ setup(
         "torch": ["torch>=2.2"],
         "test": [
             "pytest>=8",
+            "pytest-xdist>=3.5",
             "ai-edge-litert>=2.0",
             "safetensors>=0.4",
             "grpcio>=1.60",

@@ -26,7 +26,9 @@ from bad_input_cases import DATA_CASES, WARN_CASES, Case, Spec, make_sample, pre
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER = os.path.join(ROOT, "tests", "bad_input_runner.py")
 TIMEOUT = 180  # seconds per command: far above what any of them needs, even on a busy machine
-HANG_REPEATS = 10
+# Runs of each data error that once hung at exit: 3 in the suite (21 process exits); the
+# closing measurement of issue 17 used RSKERAS_HANG_REPEATS=10 (70 of 70 exited).
+HANG_REPEATS = int(os.environ.get("RSKERAS_HANG_REPEATS", "3"))
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -140,7 +142,7 @@ def test_data_case(name, data_runs):
 
 @pytest.mark.parametrize("name", [n for n, s in DATA_CASES.items() if s.hang])
 def test_data_error_exits_every_time(name, data_runs):
-    """17.3: the data errors that hung at exit, 10 times each: every run ends (rc 1: the
+    """17.3: the data errors that hung at exit, HANG_REPEATS times each: every run ends (rc 1: the
     error is left uncaught on purpose), printing the error naming the window."""
     cases, results, _, log_dir = data_runs
     case, _ = cases[name]
