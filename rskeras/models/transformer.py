@@ -35,6 +35,18 @@ def layer_norm(name: str, dtype=None) -> keras.layers.LayerNormalization:
 
 
 @keras.saving.register_keras_serializable(package="rskeras")
+def vit_block_params(block: keras.layers.Layer, prefix: str) -> list[TorchParam]:
+    """The torch keys of a timm-style ViT block (``norm1``, ``attn``, ``norm2``,
+    ``mlp.fc1``, ``mlp.fc2``) for a Keras block with those attributes."""
+    return (
+        layer_norm_params(block.norm1, join(prefix, "norm1"))
+        + block.attn.torch_params(join(prefix, "attn"))
+        + layer_norm_params(block.norm2, join(prefix, "norm2"))
+        + dense_params(block.fc1, join(prefix, "mlp.fc1"))
+        + dense_params(block.fc2, join(prefix, "mlp.fc2"))
+    )
+
+
 class Attention(keras.layers.Layer):
     """Multi-head self-attention with a bias on every projection.
 
@@ -147,13 +159,7 @@ class Block(keras.layers.Layer):
         return x + self.drop2(h, training=training)
 
     def torch_params(self, prefix: str) -> list[TorchParam]:
-        return (
-            layer_norm_params(self.norm1, join(prefix, "norm1"))
-            + self.attn.torch_params(join(prefix, "attn"))
-            + layer_norm_params(self.norm2, join(prefix, "norm2"))
-            + dense_params(self.fc1, join(prefix, "mlp.fc1"))
-            + dense_params(self.fc2, join(prefix, "mlp.fc2"))
-        )
+        return vit_block_params(self, prefix)
 
     def get_config(self):
         return {

@@ -21,6 +21,7 @@ from rskeras.models.olmoearth_pretrain import rope
 from rskeras.models.olmoearth_pretrain.config import EncoderConfig
 from rskeras.models.olmoearth_pretrain.patch_embed import xavier_linear
 from rskeras.models.torch_nn import TORCH_NORM_EPS
+from rskeras.models.transformer import vit_block_params
 from rskeras.weights.torch_params import TorchParam, dense_params, join, layer_norm_params
 
 
@@ -180,11 +181,5 @@ class Block(keras.layers.Layer):
         return x + tf.cast(self.drop_path(y, training=training), tf.float32)
 
     def torch_params(self, prefix: str) -> list[TorchParam]:
-        return (
-            layer_norm_params(self.norm1, join(prefix, "norm1"))
-            + self.attn.torch_params(join(prefix, "attn"))
-            + layer_norm_params(self.norm2, join(prefix, "norm2"))
-            + dense_params(self.fc1, join(prefix, "mlp.fc1"))
-            + dense_params(self.fc2, join(prefix, "mlp.fc2"))
-        )
+        return vit_block_params(self, prefix)
 
