@@ -19,6 +19,7 @@ import rasterio
 from affine import Affine
 
 from conftest import ROOT
+from predict_configs import TINY_SEGMENTATION_MODEL
 
 BANDS12 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
 CRS = "EPSG:32610"
@@ -144,21 +145,7 @@ def test_complex_geotiff_is_refused_naming_the_file(seg256, tmp_path):
 
 DATA_LIMIT = 1500  # MiB of heap (RLIMIT_DATA): a streamed run stays near 900 MiB
 
-CONFIG = """
-seed_everything: 0
-model:
-  class_path: rslearn.train.lightning_module.RslearnLightningModule
-  init_args:
-    model:
-      class_path: rslearn.models.singletask.SingleTaskModel
-      init_args:
-        encoder:
-          - class_path: rskeras.models.simple_cnn.SimpleCNN
-            init_args: {in_channels: 12, channels: [8, 16], convs_per_stage: 1}
-        decoder:
-          - class_path: rslearn.models.unet.UNetDecoder
-            init_args: {in_channels: [[2, 8], [4, 16]], out_channels: 4}
-          - class_path: rslearn.train.tasks.segmentation.SegmentationHead
+CONFIG = "seed_everything: 0\n" + TINY_SEGMENTATION_MODEL + """\
 data:
   class_path: rslearn.train.data_module.RslearnDataModule
   init_args:

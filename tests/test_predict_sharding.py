@@ -16,22 +16,9 @@ import pytest
 from conftest import ROOT
 from rskeras.config.errors import ConfigError
 from rskeras.train.sharding import Shard, parse_shard, resolve_shard, shard_from_tf_config
+from predict_configs import TINY_SEGMENTATION_MODEL
 
-CONFIG = """
-seed_everything: 0
-model:
-  class_path: rslearn.train.lightning_module.RslearnLightningModule
-  init_args:
-    model:
-      class_path: rslearn.models.singletask.SingleTaskModel
-      init_args:
-        encoder:
-          - class_path: rskeras.models.simple_cnn.SimpleCNN
-            init_args: {in_channels: 12, channels: [8, 16], convs_per_stage: 1}
-        decoder:
-          - class_path: rslearn.models.unet.UNetDecoder
-            init_args: {in_channels: [[2, 8], [4, 16]], out_channels: 4}
-          - class_path: rslearn.train.tasks.segmentation.SegmentationHead
+CONFIG = "seed_everything: 0\n" + TINY_SEGMENTATION_MODEL + """\
 data:
   class_path: rslearn.train.data_module.RslearnDataModule
   init_args:
