@@ -228,25 +228,29 @@ class TorchAdamW(ClipGradientsHook, PreReducedGradients, keras.optimizers.Optimi
 
         lrs = tf.concat([tf.reshape(tf.cast(learning_rate, tf.float64), [1]), tf.cast(self._extra_group_lrs, tf.float64)], 0)
         group_t = tf.convert_to_tensor(group)
+        # Variables in no group (frozen when the optimizer was built, made trainable by a
+        # callback without joining a group) receive gradients but are not updated. The
+        # choice is made on scalar coefficients (no tf.cond per variable, which cost most
+        # of the train step's tracing and one function call per variable and step); an
+        # active variable gets torch's AdamW arithmetic exactly, an inactive one is left
+        # as it is (decay 1, moment coefficients 0, step size 0).
+        active = group_t >= 0
 
-        def update():
-            lr = tf.gather(lrs, tf.maximum(group_t, 0))
-            step = tf.cast(step_var, tf.float64) + 1.0
-            self.assign(step_var, tf.cast(step, tf.float32))
-            grad = tf.cast(gradient, dtype)
-            decay = tf.cast(1.0 - lr * self.decoupled_weight_decay, dtype)
-            self.assign(variable, variable * decay)
-            self.assign_add(m, (grad - m) * (1.0 - self.beta_1))
-            self.assign(v, v * self.beta_2 + grad * grad * (1.0 - self.beta_2))
-            step_size = tf.cast(lr / (1.0 - tf.pow(tf.constant(self.beta_1, tf.float64), step)), dtype)
-            bc2_sqrt = tf.cast(tf.sqrt(1.0 - tf.pow(tf.constant(self.beta_2, tf.float64), step)), dtype)
-            denom = tf.sqrt(v) / bc2_sqrt + tf.cast(self.epsilon, dtype)
-            self.assign_sub(variable, step_size * (m / denom))
-            return tf.constant(True)
+        def pick(value, inactive, to=dtype):
+            return tf.where(active, tf.cast(value, to), tf.cast(inactive, to))
 
-        # Variables in no group (frozen when the optimizer was built, made trainable by
-        # a callback without joining a group) receive gradients but are not updated.
-        tf.cond(group_t >= 0, update, lambda: tf.constant(False))
+        lr = tf.gather(lrs, tf.maximum(group_t, 0))
+        step = tf.cast(step_var, tf.float64) + pick(1.0, 0.0, tf.float64)
+        self.assign(step_var, tf.cast(step, tf.float32))
+        counted = tf.maximum(step, 1.0)  # bias corrections of an inactive, never-updated variable stay finite
+        grad = tf.cast(gradient, dtype)
+        self.assign(variable, variable * pick(1.0 - lr * self.decoupled_weight_decay, 1.0))
+        self.assign_add(m, (grad - m) * pick(1.0 - self.beta_1, 0.0))
+        self.assign(v, v * pick(self.beta_2, 1.0) + grad * grad * pick(1.0 - self.beta_2, 0.0))
+        step_size = pick(lr / (1.0 - tf.pow(tf.constant(self.beta_1, tf.float64), counted)), 0.0)
+        bc2_sqrt = tf.cast(tf.sqrt(1.0 - tf.pow(tf.constant(self.beta_2, tf.float64), counted)), dtype)
+        denom = tf.sqrt(v) / bc2_sqrt + tf.cast(self.epsilon, dtype)
+        self.assign_sub(variable, step_size * (m / denom))
 
     def get_config(self):
         config = super().get_config()

@@ -263,6 +263,10 @@ class Trainer:
             false, or "auto" (on when a GPU is visible; on CPU XLA was measured slower).
         export_saved_model: (rskeras) after fit, write ``<root>/saved_model`` from the best
             weights (default false: a fit is training; ``rskeras export`` exports later).
+        graph_optimizer: (rskeras) TensorFlow's graph optimizer (Grappler) on the traced
+            steps: true, false, or "auto" (off when no GPU is visible: on CPU its rewrites
+            cost ~20 s per traced step of a Swin-v2-T model and were measured to make the
+            steady step no faster; on when a GPU is visible).
     """
 
     def __init__(
@@ -296,6 +300,7 @@ class Trainer:
         stop_on_nonfinite_loss: bool = True,
         jit_compile: bool | str = "auto",
         export_saved_model: bool = False,
+        graph_optimizer: bool | str = "auto",
         use_distributed_sampler: bool | None = None,
         benchmark: bool | None = None,
         inference_mode: bool | None = None,
@@ -332,6 +337,8 @@ class Trainer:
             raise ConfigError(f"trainer.precision={precision!r} is not supported (use one of {sorted(PRECISIONS)})")
         if jit_compile not in (True, False, "auto"):
             raise ConfigError(f"trainer.jit_compile must be true, false or auto, got {jit_compile!r}")
+        if graph_optimizer not in (True, False, "auto"):
+            raise ConfigError(f"trainer.graph_optimizer must be true, false or auto, got {graph_optimizer!r}")
         if not isinstance(export_saved_model, bool):
             raise ConfigError(f"trainer.export_saved_model must be true or false, got {export_saved_model!r}")
         if deterministic not in (None, True, False, "warn"):
@@ -406,6 +413,7 @@ class Trainer:
         self.stop_on_nonfinite_loss = stop_on_nonfinite_loss
         self.jit_compile = jit_compile
         self.export_saved_model = export_saved_model and not fast_dev_run
+        self.graph_optimizer = graph_optimizer
         self.is_chief, self.worker_name = worker_info()
         for c in self.callbacks:
             if isinstance(c, TQDMProgressBar) and c.refresh_rate == 0:
@@ -428,6 +436,17 @@ class Trainer:
             logger.info("precision %s: Keras dtype policy %s", self.precision, policy)
         if self.deterministic:
             tf.config.experimental.enable_op_determinism()
+        use_grappler = self.use_graph_optimizer()
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": not use_grappler})
+        if not use_grappler:
+            logger.debug("graph_optimizer off: traced steps run without Grappler's rewrites")
+
+    def use_graph_optimizer(self) -> bool:
+        """``graph_optimizer`` resolved: "auto" means Grappler on GPUs only (on CPU its
+        rewrites of a training step cost more time than they save, see docs/training.md)."""
+        if self.graph_optimizer == "auto":
+            return bool(tf.config.list_physical_devices("GPU"))
+        return bool(self.graph_optimizer)
 
     def use_jit(self) -> bool:
         """``jit_compile`` resolved: "auto" means XLA on GPUs only (slower than TF's oneDNN

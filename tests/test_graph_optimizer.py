@@ -1,0 +1,47 @@
+"""trainer.graph_optimizer: Grappler off on a CPU-only host by default (auto), forced on or
+off by true / false, anything else one ConfigError naming the key."""
+
+import pytest
+import tensorflow as tf
+
+from rskeras.config.errors import ConfigError
+from rskeras.train.trainer import Trainer
+
+
+@pytest.fixture(autouse=True)
+def restore_grappler():
+    before = tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
+    yield
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": before})
+
+
+@pytest.mark.parametrize(("value", "disabled"), [("auto", not tf.config.list_physical_devices("GPU")), (True, False), (False, True)])
+def test_setting_reaches_tensorflow(value, disabled, tmp_path):
+    trainer = Trainer(default_root_dir=str(tmp_path), graph_optimizer=value)
+    trainer.setup_environment()
+    assert tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False) is disabled
+
+
+def test_steps_give_the_same_numbers_with_and_without_grappler():
+    x = tf.random.stateless_normal([4, 16, 16, 3], seed=[1, 2])
+    kernel = tf.random.stateless_normal([3, 3, 3, 8], seed=[3, 4])
+
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(kernel)
+            y = tf.nn.relu(tf.nn.conv2d(x, kernel, 1, "SAME") + 0.1)
+            loss = tf.reduce_mean(tf.square(y))
+        return loss, tape.gradient(loss, kernel)
+
+    results = []
+    for disabled in (False, True):
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": disabled})
+        loss, grad = tf.function(step)(x)
+        results.append((loss.numpy(), grad.numpy()))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    assert abs(results[0][1] - results[1][1]).max() <= 1e-5 * abs(results[0][1]).max()
+
+
+def test_bad_value_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="trainer.graph_optimizer must be true, false or auto"):
+        Trainer(default_root_dir=str(tmp_path), graph_optimizer="fast")
