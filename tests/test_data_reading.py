@@ -7,6 +7,7 @@ import shutil
 import time
 
 import numpy as np
+import tensorflow as tf
 import pytest
 from data_helpers import PROJ, RawTask, add_raster, add_vector, add_window, box, by_window, collect, make_config, point, write_json
 
@@ -333,3 +334,16 @@ def test_resolution_factor_crops_identical_with_and_without_cache(tmp_path):
         base = 1000 * (0 if wb[0] == 3 else 1)
         crop = np.arange(256).reshape(16, 16)[cb[1] - wb[1] : cb[3] - wb[1], cb[0] - wb[0] : cb[2] - wb[0]] + base
         np.testing.assert_array_equal(a["double"][0, :, :, 0], np.kron(crop, np.ones((2, 2))))
+
+
+def test_train_draws_change_every_epoch_under_a_global_tf_seed(crops_dataset, tmp_path):
+    """A global TF seed set outside seed_everything (tf.random.set_seed) used to make TF's
+    stateful draws repeat every epoch: the train pipeline now always draws from per-element
+    seeds that change every epoch."""
+    tf.random.set_seed(0)
+    try:
+        dm = module(crops_dataset, INPUTS, train_config=SplitConfig(crop_size=4), cache_dir=str(tmp_path / "c"))
+        seen = {tuple(meta["crop_bounds"]) for _, meta in collect(dm, "train", epochs=4)}
+    finally:
+        tf.random.set_seed(None)
+    assert len(seen) > 4

@@ -337,8 +337,19 @@ class RslearnDataModule:
     # ---- tf.data ------------------------------------------------------------------------
 
     def _run_seed(self, stage: str) -> int | None:
-        """The seed of ``seed_everything`` for the train pipeline (None: not reproducible)."""
-        return randomness.global_seed() if stage == "train" else None
+        """The seed of the train pipeline's per-element draws (None for the other splits):
+        ``seed_everything``'s, else a fresh one per pipeline. Without one the transforms
+        drew from TF's stateful ops, which repeat the same draws every epoch once a
+        global TF seed is set (``tf.random.set_seed`` outside ``seed_everything``)."""
+        if stage != "train":
+            return None
+        seed = randomness.global_seed()
+        return seed if seed is not None else randomness.fresh_seed()
+
+    @staticmethod
+    def _reproducible() -> bool:
+        """Whether ``seed_everything`` fixed the train pipeline (order kept, draws fixed)."""
+        return randomness.global_seed() is not None
 
     def tf_dataset(
         self,
@@ -370,7 +381,7 @@ class RslearnDataModule:
         if run_seed is not None:  # reproducible transforms: per-element stateless draws
             ds = randomness.with_element_seeds(ds, run_seed, 2)
             process = graph_fn(randomness.seeded(self._process_fn(md)))
-        ordered = not train or run_seed is not None
+        ordered = not train or self._reproducible()
         ds = ds.map(process, num_parallel_calls=parallel, deterministic=ordered)
         if not with_metadata:
             ds = ds.map(lambda inputs, targets, metadata: (inputs, targets))
@@ -419,6 +430,7 @@ class RslearnDataModule:
             crop_shuffle_buffer=max(4 * self.batch_size, 16) if train and shuffle else None,
             dataset_source=self.name or "",
             run_seed=self._run_seed(stage),
+            reproducible=self._reproducible() if train else None,
             # A tf.data service worker runs only its splits of an epoch: no fixed count.
             known_length=not self.served(stage),
         )

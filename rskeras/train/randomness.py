@@ -34,6 +34,13 @@ def set_seed(seed: int | None) -> None:
     _SEED[0] = None if seed is None else int(seed)
 
 
+def fresh_seed() -> int:
+    """A seed from the OS for a pipeline that ``seed_everything`` did not fix."""
+    import random
+
+    return random.SystemRandom().randrange(2**31)
+
+
 def global_seed() -> int | None:
     """The seed recorded by ``seed_everything`` (None if none)."""
     return _SEED[0]

@@ -391,6 +391,7 @@ def raw_examples(
     dataset_source: str = "",
     run_seed: int | None = None,
     known_length: bool = True,
+    reproducible: bool | None = None,
 ) -> tf.data.Dataset:
     """The ``(raw_inputs, metadata)`` examples of ``source``'s split.
 
@@ -400,15 +401,20 @@ def raw_examples(
         parallel: parallel calls of the maps.
         crop_shuffle_buffer: shuffle the crops of whole-window units with this buffer.
         dataset_source: the ``dataset_source`` metadata.
-        run_seed: the seed of ``seed_everything`` (train only): the draws become reproducible.
+        run_seed: the seed of the train split's per-element draws (``seed_everything``'s,
+            or a fresh one per pipeline without it).
+        reproducible: keep example order and seed the shuffle from ``run_seed`` (default:
+            whether ``run_seed`` is given); false for a fresh, unlogged ``run_seed``.
         known_length: assert the epoch's length when it is known up front (not on a
             tf.data service worker, which produces only its share).
     """
     md = source.md
     # A seeded train pipeline (``run_seed``) keeps example order and draws from per-element
     # seeds; val/test/predict draws are fixed by the example index.
-    ordered = source.deterministic or run_seed is not None
-    if seed is None:
+    if reproducible is None:
+        reproducible = run_seed is not None
+    ordered = source.deterministic or reproducible
+    if seed is None and reproducible:
         seed = run_seed
     iterable_crops = md.all_crops and not md.map_all_crops and not md.clip_crops
     example = functools.partial(materialize, md, source.table, dataset_source, iterable_crops, clipped=md.clip_crops)
