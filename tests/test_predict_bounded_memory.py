@@ -19,7 +19,7 @@ import rasterio
 from affine import Affine
 
 from conftest import ROOT
-from predict_configs import TINY_SEGMENTATION_MODEL
+from tools.tiny_models import TINY_SEGMENTATION_MODEL
 
 BANDS12 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
 CRS = "EPSG:32610"

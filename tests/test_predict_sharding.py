@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT
 from rskeras.config.errors import ConfigError
 from rskeras.train.sharding import Shard, parse_shard, resolve_shard, shard_from_tf_config
-from predict_configs import TINY_SEGMENTATION_MODEL
+from tools.tiny_models import TINY_SEGMENTATION_MODEL
 
 CONFIG = "seed_everything: 0\n" + TINY_SEGMENTATION_MODEL + """\
 data:

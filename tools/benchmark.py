@@ -478,21 +478,9 @@ def run_olmoearth(args: argparse.Namespace) -> dict[str, Any]:
 import vs_rslearn  # noqa: E402  (tools/ is on sys.path)
 # ---- scale: sharded predict, bounded-memory scenes, tf.data service ------------------------
 
-SCALE_CONFIG = """
-seed_everything: 0
-model:
-  class_path: rslearn.train.lightning_module.RslearnLightningModule
-  init_args:
-    model:
-      class_path: rslearn.models.singletask.SingleTaskModel
-      init_args:
-        encoder:
-          - class_path: rskeras.models.simple_cnn.SimpleCNN
-            init_args: {in_channels: 12, channels: [8, 16], convs_per_stage: 1}
-        decoder:
-          - class_path: rslearn.models.unet.UNetDecoder
-            init_args: {in_channels: [[2, 8], [4, 16]], out_channels: 4}
-          - class_path: rslearn.train.tasks.segmentation.SegmentationHead
+from tiny_models import TINY_SEGMENTATION_MODEL  # noqa: E402  (tools/ is on sys.path)
+
+SCALE_CONFIG = "\nseed_everything: 0\n" + TINY_SEGMENTATION_MODEL + """\
 data:
   class_path: rslearn.train.data_module.RslearnDataModule
   init_args:

@@ -409,8 +409,9 @@ def raw_examples(
             tf.data service worker, which produces only its share).
     """
     md = source.md
-    # A seeded train pipeline (``run_seed``) keeps example order and draws from per-element
-    # seeds; val/test/predict draws are fixed by the example index.
+    # The train split draws from per-element seeds (``run_seed``); under seed_everything
+    # (``reproducible``) it also keeps example order. val/test/predict draws are fixed by
+    # the example index.
     if reproducible is None:
         reproducible = run_seed is not None
     ordered = source.deterministic or reproducible

@@ -1,5 +1,5 @@
-"""YAML shared by the prediction tests (sharding, bounded memory): the tiny segmentation
-model whose predictions they write."""
+"""YAML of the tiny segmentation model (SimpleCNN + UNetDecoder) whose predictions the scale
+benchmarks (tools/benchmark.py) and the prediction tests (sharding, bounded memory) write."""
 
 TINY_SEGMENTATION_MODEL = """\
 model:
