@@ -61,16 +61,12 @@ def write_saved_model(
 
     ``extra_files``: relative path -> text, written inside the SavedModel directory.
     """
-    archive = keras.export.ExportArchive()
-    for name, (model, specs) in endpoints.items():
-        archive.track(model)
-        signature = {k: tf.TensorSpec(s.shape, s.dtype, name=k) for k, s in specs.items()}
-        archive.add_endpoint(name, _caller(model), input_signature=[signature])
+    root, signatures = _serving_module(endpoints)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".saved_model-", dir=parent)
     try:
-        archive.write_out(tmp, verbose=False)
+        tf.saved_model.save(root, tmp, signatures=signatures)
         for rel, text in (extra_files or {}).items():
             full = os.path.join(tmp, rel)
             os.makedirs(os.path.dirname(full), exist_ok=True)
@@ -84,6 +80,34 @@ def write_saved_model(
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _serving_module(endpoints: dict[str, tuple[keras.Model, dict[str, tf.TensorSpec]]]) -> tuple[tf.Module, dict[str, Any]]:
+    """A ``tf.Module`` holding the variables the endpoints read, and the signatures
+    (one traced concrete function per endpoint) for ``tf.saved_model.save``.
+
+    Written directly rather than through ``keras.export.ExportArchive``: the archive
+    attaches each endpoint's ``tf.function`` to the saved object, which the saver traces a
+    second time, and walks every layer of the tracked models looking for lookup tables
+    (rskeras models have none). OlmoEarth Nano + UNet: 23 s with the archive, 9 s here.
+    The SavedModel is served through its signatures (``loaded.signatures[name]``, TF
+    Serving, the TFLite converter); every variable a signature reads is saved with it.
+    """
+    root = tf.Module()
+    signatures: dict[str, Any] = {}
+    seen: set[int] = set()
+    variables: list[tf.Variable] = []
+    for name, (model, specs) in endpoints.items():
+        signature = {k: tf.TensorSpec(s.shape, s.dtype, name=k) for k, s in specs.items()}
+        fn = tf.function(_caller(model), input_signature=[signature], autograph=False)
+        concrete = fn.get_concrete_function()
+        signatures[name] = concrete
+        for v in concrete.variables:
+            if id(v) not in seen:
+                seen.add(id(v))
+                variables.append(v)
+    root.endpoint_variables = variables
+    return root, signatures
 
 
 def _caller(model: keras.Model) -> Callable[[dict[str, tf.Tensor]], Any]:
