@@ -220,37 +220,46 @@ class TorchAdamW(ClipGradientsHook, PreReducedGradients, keras.optimizers.Optimi
 
     def update_step(self, gradient, variable, learning_rate):
         index = optimizer_variable_index(self, variable)
-        group = self._groups[index]
         step_var = self._steps[index]
         m = self._momentums[index]
         v = self._velocities[index]
         dtype = variable.dtype
 
         lrs = tf.concat([tf.reshape(tf.cast(learning_rate, tf.float64), [1]), tf.cast(self._extra_group_lrs, tf.float64)], 0)
-        group_t = tf.convert_to_tensor(group)
+        group = tf.convert_to_tensor(self._groups[index])
         # Variables in no group (frozen when the optimizer was built, made trainable by a
-        # callback without joining a group) receive gradients but are not updated. The
-        # choice is made on scalar coefficients (no tf.cond per variable, which cost most
-        # of the train step's tracing and one function call per variable and step); an
-        # active variable gets torch's AdamW arithmetic exactly, an inactive one is left
-        # as it is (decay 1, moment coefficients 0, step size 0).
-        active = group_t >= 0
-
-        def pick(value, inactive, to=dtype):
-            return tf.where(active, tf.cast(value, to), tf.cast(inactive, to))
-
-        lr = tf.gather(lrs, tf.maximum(group_t, 0))
-        step = tf.cast(step_var, tf.float64) + pick(1.0, 0.0, tf.float64)
+        # callback without joining a group) receive gradients but are not updated: the
+        # choice is made on the scalar coefficients (no tf.cond per variable). An inactive
+        # variable gets decay 1, moment coefficients 0 and step size 0.
+        active = group >= 0
+        lr = tf.where(active, tf.gather(lrs, tf.maximum(group, 0)), 0.0)
+        step = tf.cast(step_var, tf.float64) + tf.cast(active, tf.float64)
         self.assign(step_var, tf.cast(step, tf.float32))
         counted = tf.maximum(step, 1.0)  # bias corrections of an inactive, never-updated variable stay finite
-        grad = tf.cast(gradient, dtype)
-        self.assign(variable, variable * pick(1.0 - lr * self.decoupled_weight_decay, 1.0))
-        self.assign_add(m, (grad - m) * pick(1.0 - self.beta_1, 0.0))
-        self.assign(v, v * pick(self.beta_2, 1.0) + grad * grad * pick(1.0 - self.beta_2, 0.0))
-        step_size = pick(lr / (1.0 - tf.pow(tf.constant(self.beta_1, tf.float64), counted)), 0.0)
-        bc2_sqrt = tf.cast(tf.sqrt(1.0 - tf.pow(tf.constant(self.beta_2, tf.float64), counted)), dtype)
-        denom = tf.sqrt(v) / bc2_sqrt + tf.cast(self.epsilon, dtype)
-        self.assign_sub(variable, step_size * (m / denom))
+        bc1 = 1.0 - tf.pow(tf.constant(self.beta_1, tf.float64), counted)
+        bc2_sqrt = tf.sqrt(1.0 - tf.pow(tf.constant(self.beta_2, tf.float64), counted))
+        # torch: p *= 1 - lr*wd; m = lerp(m, g, 1-b1); v = b2*v + (1-b2)*g^2;
+        # p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps). The Adam part is one fused kernel
+        # (ResourceApplyAdam: one pass over p, m, v and g instead of about ten), given
+        # scalars that make its formula torch's: bias corrections folded into the rate and
+        # epsilon (powers 0), computed in float64 as torch does on the host:
+        # p -= (lr*sqrt(bc2)/bc1) * m / (sqrt(v) + eps*sqrt(bc2)).
+        self.assign(variable, variable * tf.cast(1.0 - lr * self.decoupled_weight_decay, dtype))
+        zero = tf.zeros([], dtype)
+        tf.raw_ops.ResourceApplyAdam(
+            var=_handle(variable),
+            m=_handle(m),
+            v=_handle(v),
+            beta1_power=zero,
+            beta2_power=zero,
+            lr=tf.cast(lr * bc2_sqrt / bc1, dtype),
+            beta1=tf.cast(tf.where(active, self.beta_1, 1.0), dtype),
+            beta2=tf.cast(tf.where(active, self.beta_2, 1.0), dtype),
+            epsilon=tf.cast(self.epsilon * bc2_sqrt, dtype),
+            grad=tf.cast(tf.convert_to_tensor(gradient), dtype),
+            use_locking=False,
+            use_nesterov=False,
+        )
 
     def get_config(self):
         config = super().get_config()
@@ -266,6 +275,12 @@ class TorchAdamW(ClipGradientsHook, PreReducedGradients, keras.optimizers.Optimi
             }
         )
         return config
+
+
+def _handle(variable):
+    """The resource handle of a Keras or TensorFlow variable (the local component under a
+    distribution strategy's update)."""
+    return (variable.value if isinstance(variable, keras.Variable) else variable).handle
 
 
 class OptimizerFactory:
