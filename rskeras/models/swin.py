@@ -64,7 +64,8 @@ _MASK_VALUE = -100.0
 
 
 def _roll(x: tf.Tensor, shift: Any, axis: int) -> tf.Tensor:
-    """``torch.roll(x, shift, axis)`` with slice + concat (TFLite builtins only).
+    """``torch.roll(x, shift, axis)`` with split + concat (TFLite builtins only; the
+    gradient of a split is one concat, where a strided slice's is a zero-filled scatter).
 
     ``shift`` is in ``[-n, n]`` (Python int or scalar tensor); positive shifts move
     elements towards higher indexes.
@@ -73,11 +74,10 @@ def _roll(x: tf.Tensor, shift: Any, axis: int) -> tf.Tensor:
         return x
     n = x.shape[axis] if x.shape[axis] is not None else tf.shape(x)[axis]
     split = (n - shift) % n if isinstance(shift, int) and isinstance(n, int) else tf.math.floormod(n - shift, n)
-    begin = [slice(None)] * len(x.shape)
-    end = [slice(None)] * len(x.shape)
-    begin[axis] = slice(split, None)
-    end[axis] = slice(None, split)
-    return tf.concat([x[tuple(begin)], x[tuple(end)]], axis=axis)
+    if isinstance(split, int) and split == 0:
+        return x
+    head, tail = tf.split(x, tf.stack([split, n - split]) if not isinstance(split, int) or not isinstance(n, int) else [split, n - split], axis=axis)
+    return tf.concat([tail, head], axis=axis)
 
 
 def _normalize(x: tf.Tensor) -> tf.Tensor:
@@ -288,7 +288,7 @@ class ShiftedWindowAttention(keras.layers.Layer):
             bias = bias * tf.constant(self._qkv_bias_mask, dtype)
         qkv = tf.reshape(qkv + bias, [-1, n, 3, heads, c // heads])
         qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        q, k, v = tf.unstack(qkv, 3, axis=0)  # unstack: its gradient is one stack (a strided slice's is a zero-filled scatter each)
         if self.version == 2:
             q, k = _normalize(q), _normalize(k)
             attn = tf.matmul(q, k, transpose_b=True) * tf.exp(tf.minimum(tf.cast(self.logit_scale, dtype), _LOG_100))

@@ -91,7 +91,7 @@ class Attention(keras.layers.Layer):
             q, k, v = self.q(x), self.k(x), self.v(x)
         else:
             qkv = self.qkv(x)
-            q, k, v = qkv[..., : self.dim], qkv[..., self.dim : 2 * self.dim], qkv[..., 2 * self.dim :]
+            q, k, v = tf.split(qkv, 3, axis=-1)  # a split's gradient is one concat (slices: a zero-filled scatter each)
         q, k, v = self._heads(q, b, n), self._heads(k, b, n), self._heads(v, b, n)
         scores = tf.matmul(q, k, transpose_b=True) * tf.cast(self.head_dim**-0.5, q.dtype)
         if key_mask is not None:

@@ -26,7 +26,8 @@ def rotate_half(x: tf.Tensor) -> tf.Tensor:
     """``(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...)``."""
     shape = tf.shape(x)
     pairs = tf.reshape(x, tf.concat([shape[:-1], [-1, 2]], 0))
-    rotated = tf.stack([-pairs[..., 1], pairs[..., 0]], axis=-1)
+    even, odd = tf.unstack(pairs, 2, axis=-1)  # unstack/split, not slices: their gradients are one stack/concat
+    rotated = tf.stack([-odd, even], axis=-1)
     return tf.reshape(rotated, shape)
 
 
@@ -46,16 +47,18 @@ def apply_1d_rope(x: tf.Tensor, positions: tf.Tensor, base: float) -> tf.Tensor:
 
 def apply_2d_axial_rope(x: tf.Tensor, positions: tf.Tensor, base: float) -> tf.Tensor:
     half = x.shape[-1] // 2
-    row = apply_1d_rope(x[..., :half], positions[:, None, :, 0], base)
-    col = apply_1d_rope(x[..., half:], positions[:, None, :, 1], base)
+    x_row, x_col = tf.split(x, [half, x.shape[-1] - half], axis=-1)
+    row = apply_1d_rope(x_row, positions[:, None, :, 0], base)
+    col = apply_1d_rope(x_col, positions[:, None, :, 1], base)
     return tf.concat([row, col], axis=-1)
 
 
 def apply_3d_axial_rope(x: tf.Tensor, positions: tf.Tensor, base: float, temporal_dim_frac: float, temporal_base: float | None) -> tf.Tensor:
     d_t, d_row, _ = axial_3d_split(x.shape[-1], temporal_dim_frac)
-    t = apply_1d_rope(x[..., :d_t], positions[:, None, :, 0], base if temporal_base is None else temporal_base)
-    row = apply_1d_rope(x[..., d_t : d_t + d_row], positions[:, None, :, 1], base)
-    col = apply_1d_rope(x[..., d_t + d_row :], positions[:, None, :, 2], base)
+    x_t, x_row, x_col = tf.split(x, [d_t, d_row, x.shape[-1] - d_t - d_row], axis=-1)
+    t = apply_1d_rope(x_t, positions[:, None, :, 0], base if temporal_base is None else temporal_base)
+    row = apply_1d_rope(x_row, positions[:, None, :, 1], base)
+    col = apply_1d_rope(x_col, positions[:, None, :, 2], base)
     return tf.concat([t, row, col], axis=-1)
 
 
