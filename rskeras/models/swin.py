@@ -76,7 +76,8 @@ def _roll(x: tf.Tensor, shift: Any, axis: int) -> tf.Tensor:
     split = (n - shift) % n if isinstance(shift, int) and isinstance(n, int) else tf.math.floormod(n - shift, n)
     if isinstance(split, int) and split == 0:
         return x
-    head, tail = tf.split(x, tf.stack([split, n - split]) if not isinstance(split, int) or not isinstance(n, int) else [split, n - split], axis=axis)
+    sizes = [split, n - split] if isinstance(split, int) else tf.stack([split, n - split])
+    head, tail = tf.split(x, sizes, axis=axis)
     return tf.concat([tail, head], axis=axis)
 
 
