@@ -220,6 +220,13 @@ def _limit_key(stage: str) -> str:
     return f"trainer.limit_{'val' if stage == 'val' else stage}_batches"
 
 
+def _on_gpu_if_auto(value: bool | str) -> bool:
+    """A true/false/"auto" trainer switch resolved: "auto" is on when a GPU is visible."""
+    if value == "auto":
+        return bool(tf.config.list_physical_devices("GPU"))
+    return bool(value)
+
+
 class Trainer:
     """Runs training and evaluation (Lightning ``Trainer`` arguments; see docs/training.md).
 
@@ -444,16 +451,12 @@ class Trainer:
     def use_graph_optimizer(self) -> bool:
         """``graph_optimizer`` resolved: "auto" means Grappler on GPUs only (on CPU its
         rewrites of a training step cost more time than they save, see docs/training.md)."""
-        if self.graph_optimizer == "auto":
-            return bool(tf.config.list_physical_devices("GPU"))
-        return bool(self.graph_optimizer)
+        return _on_gpu_if_auto(self.graph_optimizer)
 
     def use_jit(self) -> bool:
         """``jit_compile`` resolved: "auto" means XLA on GPUs only (slower than TF's oneDNN
         kernels on CPU, see docs/training.md)."""
-        if self.jit_compile == "auto":
-            return bool(tf.config.list_physical_devices("GPU"))
-        return bool(self.jit_compile)
+        return _on_gpu_if_auto(self.jit_compile)
 
     def configure_jit(self, lm) -> None:
         if hasattr(lm, "configure_jit"):
