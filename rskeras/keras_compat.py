@@ -16,9 +16,10 @@ breaks in this one module and its tests rather than across the package:
 * the model hooks ``Model._maybe_symbolic_build`` and
   ``Model._get_metrics_result_or_logs``, routed to named methods by :class:`ModelHooks`;
 * optimizer internals (``_get_variable_index``, ``_var_key``,
-  ``_trainable_variables_indices``, ``_clip_gradients``, ``_backend_update_step`` and TF's
-  ``maybe_merge_call``): :func:`optimizer_variable_index`, :func:`optimizer_tracks`,
-  :class:`ClipGradientsHook`, :class:`PreReducedGradients`;
+  ``_trainable_variables_indices``, ``_clip_gradients``, ``_backend_update_step``,
+  ``_distributed_tf_update_step`` and TF's ``maybe_merge_call``):
+  :func:`optimizer_variable_index`, :func:`optimizer_tracks`, :class:`ClipGradientsHook`,
+  :class:`PreReducedGradients`, :class:`StepWideUpdate`;
 * Keras' TensorBoard callback without its learning-rate entry
   (``TensorBoard._collect_learning_rate``): :class:`TensorBoardWithoutLearningRate`.
 """
@@ -177,6 +178,26 @@ class PreReducedGradients:
         tf.__internal__.distribute.interim.maybe_merge_call(
             self._distributed_tf_update_step, strategy, list(zip(grads, variables)), learning_rate
         )
+
+
+class StepWideUpdate:
+    """Mixin for a ``keras.optimizers.Optimizer`` subclass whose per-variable scalar
+    arithmetic is done once per step, for all variables together.
+
+    Keras' TensorFlow optimizer calls ``update_step(gradient, variable, lr)`` once per
+    variable; an optimizer with per-variable state (torch's step counts, parameter groups)
+    then builds the same scalar ops once per variable, which for a model of a few hundred
+    variables makes most of the traced step. With the mixin, the merge call (cross-replica
+    context) first calls ``prepare_update(variables, learning_rate)`` once, which returns
+    one tuple of arguments per variable, then updates each variable (on each replica's
+    component) with ``update_variable(variable, gradient, *arguments)``.
+    """
+
+    def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
+        grads_and_vars = list(grads_and_vars)
+        arguments = self.prepare_update([v for _, v in grads_and_vars], learning_rate)
+        for (grad, var), args in zip(grads_and_vars, arguments):
+            distribution.extended.update(var, self.update_variable, args=(grad, *args), group=False)
 
 
 # ---- callbacks ------------------------------------------------------------------------------

@@ -128,7 +128,7 @@ def test_rooms_import_downward_only():
 def test_private_keras_internals_only_in_keras_compat():
     pattern = re.compile(
         r"keras\.src|_flatten_layers|\b_trainable_variables\b|_maybe_symbolic_build|_get_metrics_result_or_logs|"
-        r"_in_multi_worker_mode|_backend_update_step|_collect_learning_rate|_get_variable_index|_var_key\b|_clip_gradients|tf\.__internal__"
+        r"_in_multi_worker_mode|_backend_update_step|_distributed_tf_update_step|_collect_learning_rate|_get_variable_index|_var_key\b|_clip_gradients|tf\.__internal__"
     )
     offenders = [
         f"{p.relative_to(ROOT)}:{i}"

@@ -23,7 +23,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rskeras.keras_compat import ClipGradientsHook, PreReducedGradients, optimizer_tracks, optimizer_variable_index
+from rskeras.keras_compat import (
+    ClipGradientsHook,
+    PreReducedGradients,
+    StepWideUpdate,
+    optimizer_tracks,
+    optimizer_variable_index,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +48,7 @@ def unwrap_optimizer(optimizer):
     return getattr(optimizer, "inner_optimizer", optimizer)
 
 
-class TorchAdamW(ClipGradientsHook, PreReducedGradients, keras.optimizers.Optimizer):
+class TorchAdamW(ClipGradientsHook, PreReducedGradients, StepWideUpdate, keras.optimizers.Optimizer):
     """AdamW with the exact update of ``torch.optim.AdamW`` and torch-style parameter groups.
 
     For a parameter ``p`` in a group with learning rate ``lr``, at its own step ``t``
@@ -219,44 +225,71 @@ class TorchAdamW(ClipGradientsHook, PreReducedGradients, keras.optimizers.Optimi
         return grads
 
     def update_step(self, gradient, variable, learning_rate):
-        index = optimizer_variable_index(self, variable)
-        step_var = self._steps[index]
-        m = self._momentums[index]
-        v = self._velocities[index]
-        dtype = variable.dtype
+        # Keras' one-variable entry point; a training step updates all its variables
+        # through prepare_update / update_variable (StepWideUpdate).
+        self.update_variable(variable, gradient, *self.prepare_update([variable], learning_rate)[0])
 
+    def prepare_update(self, variables, learning_rate) -> list[tuple]:
+        """The scalar part of torch's update for every variable of a step, as a few vector
+        ops (not some thirty scalar ops per variable, which dominated the step's trace):
+        advances each variable's step count and returns, per variable, its coefficients
+        ``(decay, rate, beta_1, beta_2, epsilon)`` in the variable's dtype.
+
+        Variables in no group (frozen when the optimizer was built, made trainable by a
+        callback without joining a group) receive gradients but are not updated: they get
+        decay 1, moment coefficients 1 (m and v kept) and rate 0, and their step stays.
+        The bias corrections are folded into the fused kernel's rate and epsilon (beta
+        powers 0), computed in float64 as torch does on the host:
+        ``p -= (lr*sqrt(bc2)/bc1) * m / (sqrt(v) + eps*sqrt(bc2))``.
+        """
+        if not variables:
+            return []
+        indices = [optimizer_variable_index(self, v) for v in variables]
+        groups = tf.stack([tf.convert_to_tensor(self._groups[i]) for i in indices])
+        steps = tf.stack([tf.convert_to_tensor(self._steps[i]) for i in indices])
         lrs = tf.concat([tf.reshape(tf.cast(learning_rate, tf.float64), [1]), tf.cast(self._extra_group_lrs, tf.float64)], 0)
-        group = tf.convert_to_tensor(self._groups[index])
-        # Variables in no group (frozen when the optimizer was built, made trainable by a
-        # callback without joining a group) receive gradients but are not updated: the
-        # choice is made on the scalar coefficients (no tf.cond per variable). An inactive
-        # variable gets decay 1, moment coefficients 0 and step size 0.
-        active = group >= 0
-        lr = tf.where(active, tf.gather(lrs, tf.maximum(group, 0)), 0.0)
-        step = tf.cast(step_var, tf.float64) + tf.cast(active, tf.float64)
-        self.assign(step_var, tf.cast(step, tf.float32))
+        active = groups >= 0
+        lr = tf.where(active, tf.gather(lrs, tf.maximum(groups, 0)), tf.constant(0.0, tf.float64))
+        step = tf.cast(steps, tf.float64) + tf.cast(active, tf.float64)
+        for i, value in zip(indices, tf.unstack(tf.cast(step, tf.float32))):
+            self.assign(self._steps[i], value)
         counted = tf.maximum(step, 1.0)  # bias corrections of an inactive, never-updated variable stay finite
         bc1 = 1.0 - tf.pow(tf.constant(self.beta_1, tf.float64), counted)
         bc2_sqrt = tf.sqrt(1.0 - tf.pow(tf.constant(self.beta_2, tf.float64), counted))
-        # torch: p *= 1 - lr*wd; m = lerp(m, g, 1-b1); v = b2*v + (1-b2)*g^2;
-        # p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps). The Adam part is one fused kernel
-        # (ResourceApplyAdam: one pass over p, m, v and g instead of about ten), given
-        # scalars that make its formula torch's: bias corrections folded into the rate and
-        # epsilon (powers 0), computed in float64 as torch does on the host:
-        # p -= (lr*sqrt(bc2)/bc1) * m / (sqrt(v) + eps*sqrt(bc2)).
-        self.assign(variable, variable * tf.cast(1.0 - lr * self.decoupled_weight_decay, dtype))
-        zero = tf.zeros([], dtype)
+        one = tf.ones_like(lr)
+        coefficients = tf.stack(
+            [
+                1.0 - lr * self.decoupled_weight_decay,
+                lr * bc2_sqrt / bc1,
+                tf.where(active, self.beta_1 * one, one),
+                tf.where(active, self.beta_2 * one, one),
+                self.epsilon * bc2_sqrt,
+            ],
+            axis=1,
+        )
+        per_dtype = {}
+        for dtype in {v.dtype for v in variables}:
+            columns = [tf.unstack(c) for c in tf.unstack(tf.cast(coefficients, dtype), axis=1)]
+            per_dtype[dtype] = list(zip(*columns))
+        return [per_dtype[v.dtype][k] for k, v in enumerate(variables)]
+
+    def update_variable(self, variable, gradient, decay, rate, beta_1, beta_2, epsilon):
+        """torch's update of one variable: ``p *= 1 - lr*wd``, then Adam as one fused kernel
+        (ResourceApplyAdam: one pass over p, m, v and g instead of about ten ops)."""
+        index = optimizer_variable_index(self, variable)
+        self.assign(variable, variable * decay)
+        zero = tf.zeros([], variable.dtype)
         tf.raw_ops.ResourceApplyAdam(
             var=_handle(variable),
-            m=_handle(m),
-            v=_handle(v),
+            m=_handle(self._momentums[index]),
+            v=_handle(self._velocities[index]),
             beta1_power=zero,
             beta2_power=zero,
-            lr=tf.cast(lr * bc2_sqrt / bc1, dtype),
-            beta1=tf.cast(tf.where(active, self.beta_1, 1.0), dtype),
-            beta2=tf.cast(tf.where(active, self.beta_2, 1.0), dtype),
-            epsilon=tf.cast(self.epsilon * bc2_sqrt, dtype),
-            grad=tf.cast(tf.convert_to_tensor(gradient), dtype),
+            lr=rate,
+            beta1=beta_1,
+            beta2=beta_2,
+            epsilon=epsilon,
+            grad=tf.cast(tf.convert_to_tensor(gradient), variable.dtype),
             use_locking=False,
             use_nesterov=False,
         )
