@@ -273,6 +273,7 @@ class TorchAdamW(ClipGradientsHook, PreReducedGradients, StepWideUpdate, keras.o
             per_dtype[dtype] = list(zip(*columns))
         return [per_dtype[v.dtype][k] for k, v in enumerate(variables)]
 
+    @tf.autograph.experimental.do_not_convert  # plain ops: no conversion each of the ~200 calls a trace makes
     def update_variable(self, variable, gradient, decay, rate, beta_1, beta_2, epsilon):
         """torch's update of one variable: ``p *= 1 - lr*wd``, then Adam as one fused kernel
         (ResourceApplyAdam: one pass over p, m, v and g instead of about ten ops)."""
