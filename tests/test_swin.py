@@ -257,3 +257,36 @@ def test_v2_padded_windows_have_finite_gradients_under_xla():
         assert np.isfinite(b.numpy()).all(), f"{v.path}: non-finite gradient under XLA"
         scale = float(np.abs(a.numpy()).max()) + 1e-6  # float32 rounding of sums of large terms
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-3, atol=1e-4 * scale, err_msg=v.path)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("hw", [(2, 2), (3, 4), (4, 1)])
+def test_map_smaller_than_a_window_matches_the_padded_computation(version, hw):
+    """The shortcut for a map smaller than one window (real tokens only) gives torchvision's
+    padded computation (the map zero-padded to the window, unmasked, outputs cropped): the
+    same outputs and the same gradients for the input and every weight."""
+    from rskeras.models.swin import ShiftedWindowAttention
+
+    h, w = hw
+    layer = ShiftedWindowAttention(8, (4, 4), (2, 2), 2, version)
+    layer.build()
+    rng = np.random.default_rng(version)
+    for var in layer.weights:  # non-zero biases and logit scales, so the padding matters
+        var.assign(rng.normal(scale=0.3, size=var.shape).astype(np.float32))
+    x = tf.constant(rng.normal(size=(2, h, w, 8)).astype(np.float32))
+
+    def run(padded: bool):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(tf.pad(x, [[0, 0], [0, 4 - h], [0, 4 - w], [0, 0]]))[:, :h, :w] if padded else layer(x)
+            loss = tf.reduce_sum(y * y)
+        return y, tape.gradient(loss, [x] + layer.trainable_weights)
+
+    fast, fast_grads = run(False)
+    slow, slow_grads = run(True)
+    np.testing.assert_allclose(fast.numpy(), slow.numpy(), rtol=1e-5, atol=1e-5)
+    for g_fast, g_slow, var in zip(fast_grads, slow_grads, [x] + layer.trainable_weights):
+        name = getattr(var, "path", "input")
+        assert (g_fast is None) == (g_slow is None), name
+        if g_fast is not None:
+            np.testing.assert_allclose(tf.convert_to_tensor(g_fast).numpy(), tf.convert_to_tensor(g_slow).numpy(), rtol=1e-4, atol=1e-5, err_msg=name)

@@ -9,7 +9,9 @@ torch weights give the same numbers:
   window's softmax), forces the shift to 0 on an axis whose padded size is <= the window,
   rolls cyclically by -shift (slice + concat, never ``tf.roll``, so TFLite converts with
   builtin ops), masks pairs of tokens from different shifted regions with -100, and
-  crops the padding off after the reverse roll;
+  crops the padding off after the reverse roll; a map smaller than one window (the deep
+  stages of small tiles) takes a shortcut with the same result, computing only the real
+  tokens' queries and outputs (``ShiftedWindowAttention._one_padded_window``);
 * v1: scaled dot-product with a learned relative-position bias table; v2: cosine
   attention times ``exp(min(logit_scale, ln 100))`` with a continuous position bias
   ``16 sigmoid(MLP(log-spaced coords))`` and the key part of the qkv bias forced to 0 at
@@ -231,14 +233,18 @@ class ShiftedWindowAttention(keras.layers.Layer):
             self.cpb_fc1.build((None, 2))
             self.cpb_fc2.build((None, 512))
 
-    def relative_position_bias(self) -> tf.Tensor:
-        """``[1, heads, N, N]`` bias added to the attention logits."""
+    def relative_position_bias(self, rows: np.ndarray | None = None, cols: np.ndarray | None = None) -> tf.Tensor:
+        """``[1, heads, N, N]`` bias added to the attention logits; ``rows`` / ``cols``
+        (window positions) select and order a ``[1, heads, len(rows), len(cols)]`` part."""
         if self.version == 1:
             table = self.relative_position_bias_table
         else:
             table = self.cpb_fc2(tf.nn.relu(self.cpb_fc1(tf.constant(self._coords))))
-        bias = tf.gather(table, self._index)
-        bias = tf.transpose(tf.reshape(bias, [self._n, self._n, self.num_heads]), [2, 0, 1])[None]
+        index = self._index.reshape(self._n, self._n)
+        rows = np.arange(self._n) if rows is None else rows
+        cols = np.arange(self._n) if cols is None else cols
+        bias = tf.gather(table, index[rows][:, cols].reshape(-1))
+        bias = tf.transpose(tf.reshape(bias, [len(rows), len(cols), self.num_heads]), [2, 0, 1])[None]
         if self.version == 2:
             bias = 16.0 * tf.sigmoid(bias)
         return bias
@@ -258,9 +264,57 @@ class ShiftedWindowAttention(keras.layers.Layer):
         diff = ids[:, None, :] - ids[:, :, None]
         return tf.where(tf.not_equal(diff, 0.0), _MASK_VALUE, 0.0)
 
+    def _qkv_weights(self, dtype):
+        kernel = tf.cast(self.qkv.kernel, dtype)
+        bias = tf.cast(self.qkv.bias, dtype)
+        if self.version == 2:
+            bias = bias * tf.constant(self._qkv_bias_mask, dtype)
+        return kernel, bias
+
+    def _logits(self, q, k):
+        """Attention logits ``[..., heads, Nq, Nk]`` before the position bias."""
+        if self.version == 2:
+            q, k = _normalize(q), _normalize(k)
+            return tf.matmul(q, k, transpose_b=True) * tf.exp(tf.minimum(tf.cast(self.logit_scale, q.dtype), _LOG_100))
+        return tf.matmul(q * (self.dim // self.num_heads) ** -0.5, k, transpose_b=True)
+
+    def _one_padded_window(self, x, h: int, w: int):
+        """The attention of a map smaller than one window (the deep stages of small tiles),
+        computed for the real tokens only, with torchvision's result.
+
+        torchvision pads the map to one window with zeros that are not masked: every padding
+        token's key and value are the qkv bias (``0 @ W + b``), so all of them share one
+        logit ``q . k_pad`` (plus each its own position bias) and one value ``v_pad``; their
+        outputs are cropped away. Here the queries, the qkv and the output projection cover
+        the ``h * w`` real tokens only, and the padding enters the softmax as that shared
+        logit: ``out = P_real @ v_real + sum(P_pad) * v_pad`` (on a 2x2 map in an 8x8 window,
+        4 of 64 tokens: the padded path spent most of a 64x64 tile's Swin step there).
+        """
+        wh, ww = self.window_size
+        b, c, heads = dims(x)[0], self.dim, self.num_heads
+        m, d = h * w, c // heads
+        real = np.array([r * ww + col for r in range(h) for col in range(w)], np.int32)
+        pad = np.setdiff1d(np.arange(self._n, dtype=np.int32), real)
+        dtype = x.dtype
+        kernel, bias = self._qkv_weights(dtype)
+        qkv = tf.reshape(tf.matmul(tf.reshape(x, [b, m, c]), kernel) + bias, [b, m, 3, heads, d])
+        q, k, v = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]), 3, axis=0)  # [B, heads, m, d]
+        _, k_pad, v_pad = tf.unstack(tf.reshape(bias, [3, 1, heads, 1, d]), 3, axis=0)  # [1, heads, 1, d]
+        logits_real = self._logits(q, k)  # [B, heads, m, m]
+        logits_pad = self._logits(q, k_pad)  # [B, heads, m, 1]
+        attn = tf.concat([logits_real, tf.tile(logits_pad, [1, 1, 1, len(pad)])], axis=-1)
+        attn = attn + tf.cast(self.relative_position_bias(real, np.concatenate([real, pad])), dtype)
+        attn = tf.nn.softmax(attn, axis=-1)
+        p_real, p_pad = tf.split(attn, [m, len(pad)], axis=-1)
+        out = tf.matmul(p_real, v) + tf.reduce_sum(p_pad, axis=-1, keepdims=True) * v_pad
+        out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [b, m, c])
+        return tf.reshape(self.proj(out), [b, h, w, c])
+
     def call(self, x, training=None):
         wh, ww = self.window_size
         h, w = spatial_size(x)
+        if isinstance(h, int) and isinstance(w, int) and h <= wh and w <= ww and h * w < self._n:
+            return self._one_padded_window(x, h, w)
         pad_b = (wh - h % wh) % wh
         pad_r = (ww - w % ww) % ww
         if not (isinstance(pad_b, int) and isinstance(pad_r, int) and pad_b == 0 and pad_r == 0):
@@ -283,19 +337,11 @@ class ShiftedWindowAttention(keras.layers.Layer):
         windows = _window_partition(x, self.window_size)  # [Bw, N, C]
         n, c, heads = self._n, self.dim, self.num_heads
         dtype = windows.dtype  # explicit casts keep mixed precision working
-        qkv = tf.matmul(windows, tf.cast(self.qkv.kernel, dtype))
-        bias = tf.cast(self.qkv.bias, dtype)
-        if self.version == 2:
-            bias = bias * tf.constant(self._qkv_bias_mask, dtype)
-        qkv = tf.reshape(qkv + bias, [-1, n, 3, heads, c // heads])
+        kernel, bias = self._qkv_weights(dtype)
+        qkv = tf.reshape(tf.matmul(windows, kernel) + bias, [-1, n, 3, heads, c // heads])
         qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])
         q, k, v = tf.unstack(qkv, 3, axis=0)  # unstack: its gradient is one stack (a strided slice's is a zero-filled scatter each)
-        if self.version == 2:
-            q, k = _normalize(q), _normalize(k)
-            attn = tf.matmul(q, k, transpose_b=True) * tf.exp(tf.minimum(tf.cast(self.logit_scale, dtype), _LOG_100))
-        else:
-            attn = tf.matmul(q * (c // heads) ** -0.5, k, transpose_b=True)
-        attn = attn + tf.cast(self.relative_position_bias(), dtype)
+        attn = self._logits(q, k) + tf.cast(self.relative_position_bias(), dtype)
         if shifted:
             mask = self._shift_mask(pad_h, pad_w, shift_h, shift_w)  # [nW, N, N]
             num_windows = (pad_h // wh) * (pad_w // ww)
