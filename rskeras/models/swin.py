@@ -297,7 +297,7 @@ class ShiftedWindowAttention(keras.layers.Layer):
         pad = np.setdiff1d(np.arange(self._n, dtype=np.int32), real)
         dtype = x.dtype
         kernel, bias = self._qkv_weights(dtype)
-        qkv = tf.reshape(tf.matmul(tf.reshape(x, [b, m, c]), kernel) + bias, [b, m, 3, heads, d])
+        qkv = tf.reshape(tf.matmul(tf.reshape(x, [-1, c]), kernel) + bias, [b, m, 3, heads, d])
         q, k, v = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]), 3, axis=0)  # [B, heads, m, d]
         _, k_pad, v_pad = tf.unstack(tf.reshape(bias, [3, 1, heads, 1, d]), 3, axis=0)  # [1, heads, 1, d]
         logits_real = self._logits(q, k)  # [B, heads, m, m]
@@ -338,7 +338,9 @@ class ShiftedWindowAttention(keras.layers.Layer):
         n, c, heads = self._n, self.dim, self.num_heads
         dtype = windows.dtype  # explicit casts keep mixed precision working
         kernel, bias = self._qkv_weights(dtype)
-        qkv = tf.reshape(tf.matmul(windows, kernel) + bias, [-1, n, 3, heads, c // heads])
+        # one 2-D product: a batched one broadcasting the kernel has a gradient that
+        # computes a kernel-sized product per window, then sums them
+        qkv = tf.reshape(tf.matmul(tf.reshape(windows, [-1, c]), kernel) + bias, [-1, n, 3, heads, c // heads])
         qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])
         q, k, v = tf.unstack(qkv, 3, axis=0)  # unstack: its gradient is one stack (a strided slice's is a zero-filled scatter each)
         attn = self._logits(q, k) + tf.cast(self.relative_position_bias(), dtype)
