@@ -249,9 +249,16 @@ def fit(r: Run, ckpt_path: str | None) -> None:
     """``fit``: train, reload the best checkpoint, validate; export a SavedModel when
     ``trainer.export_saved_model`` asks for it (off by default: ``rskeras export`` does it
     from a checkpoint later)."""
+    from rskeras.train.fit_timings import seconds_since_process_start
+
+    startup_wall, startup_cpu = seconds_since_process_start(), time.process_time()
     start = time.time()
     r.trainer.fit(r.lm, r.data, ckpt_path=ckpt_path)
     elapsed = time.time() - start
+    timings = r.trainer.timings
+    if startup_wall is not None:
+        timings.add("startup", startup_wall, startup_cpu)
+    timings.start("best_checkpoint")
     best = r.trainer.best_checkpoint()
     metrics = None
     if best:
@@ -262,6 +269,7 @@ def fit(r: Run, ckpt_path: str | None) -> None:
         metrics = r.trainer.logged_val_metrics(best)
     if metrics is None:
         metrics = r.trainer.evaluate(r.lm, r.data, "val") if r.has_validation() else {}
+    timings.stop("best_checkpoint")
     print_metrics(f"validation metrics ({'best' if best else 'last'} weights, fit took {elapsed:.1f}s):", metrics)
     if r.trainer.fast_dev_run:
         print("fast_dev_run: nothing written (no checkpoints, logs, metrics or SavedModel)")
@@ -269,8 +277,11 @@ def fit(r: Run, ckpt_path: str | None) -> None:
     if r.trainer.export_saved_model and r.trainer.is_chief:
         from rskeras.export.saved_model import export_run_saved_model
 
+        timings.start("export")
         path = export_run_saved_model(r, os.path.join(r.root, "saved_model"))
+        timings.stop("export")
         print(f"SavedModel written to {path}")
+    r.trainer.write_timings()
 
 
 def evaluate(r: Run, stage: str, ckpt_path: str | None) -> None:

@@ -1,5 +1,6 @@
 """End to end: fit through the CLI, export a SavedModel, reload it and predict."""
 
+import json
 import os
 
 import numpy as np
@@ -50,6 +51,32 @@ def test_fit_writes_checkpoints_metrics_and_saved_model(trained_run):
     rows = yaml.safe_load((root / "metrics.json").read_text())
     assert [r["epoch"] for r in rows] == [0, 1]
     assert {"train_loss", "train_cls", "val_loss", "val_cls", "val_accuracy"} <= set(rows[-1])
+
+
+def test_fit_writes_its_time_by_phase(trained_run):
+    """timings.json: every phase of this fit (2 epochs, a sanity check, a best checkpoint,
+    an export) with wall and CPU seconds; the first train step (the trace) is timed apart
+    from the others, and the train steps cover both epochs."""
+    root, _ = trained_run
+    timings = json.loads((root / "timings.json").read_text())
+    phases = timings["phases"]
+    assert list(phases) == [
+        "startup",
+        "setup",
+        "sanity_validation",
+        "train_first_step",
+        "train_other_steps",
+        "validation_first",
+        "validation_other",
+        "epoch_end",
+        "after_fit",
+        "best_checkpoint",
+        "export",
+    ]
+    for name, entry in phases.items():
+        assert entry["wall_s"] >= 0 and entry["cpu_s"] >= 0, name
+    assert phases["startup"]["wall_s"] > 0 and phases["export"]["wall_s"] > 0
+    assert timings["total"]["wall_s"] == pytest.approx(sum(e["wall_s"] for e in phases.values()), abs=0.01)
 
 
 def test_saved_model_matches_keras(trained_run, sample_dataset):

@@ -359,6 +359,10 @@ def run_fit(args, system: str, name: str, seed: int, dataset: str, overrides: li
         "log": log_path,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+    timings_path = os.path.join(anchor, "runs", name, "timings.json")
+    if system == "rskeras" and os.path.exists(timings_path):  # the fit's phases (rskeras.train.fit_timings)
+        with open(timings_path) as f:
+            result["phases"] = json.load(f)["phases"]
     if figures["rc"] != 0 or len(epochs) < args.epochs:
         result["error"] = log_tail(log_path)
         print(f"  {name} {label} seed {seed}: FAILED (rc {figures['rc']}, {len(epochs)} epochs logged); log {log_path}:\n{result['error']}", flush=True)
@@ -468,12 +472,60 @@ def run_vs_rslearn(args) -> dict:
                         stored.append(json.load(f))
             if stored:
                 results[name][system] = stored
+    phases = phase_rows(names, results)
+    print_phase_table(phases)
     report = print_vs_table(names, results, args, ds_args, labels)
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(markdown_tables(names, report, args, labels))
+            f.write(markdown_tables(names, report, args, labels) + markdown_phase_table(phases))
         print(f"markdown tables written to {args.markdown}", file=sys.stderr)  # stdout ends with the vs-rslearn line
     return {"report": report, "results": results}
+
+
+# Columns of the phase table: (heading, phases of rskeras.train.fit_timings summed into it).
+PHASE_COLUMNS = (
+    ("startup", ("startup",)),
+    ("setup + sanity val", ("setup", "sanity_validation")),
+    ("1st train step", ("train_first_step",)),
+    ("other train steps", ("train_other_steps",)),
+    ("1st val", ("validation_first",)),
+    ("other vals", ("validation_other",)),
+    ("epoch ends", ("epoch_end",)),
+    ("after fit", ("after_fit", "best_checkpoint", "export")),
+)
+
+
+def phase_rows(names: list[str], results: dict) -> list[dict]:
+    """Wall seconds by phase of each rskeras fit that recorded them (first seed)."""
+    rows = []
+    for name in names:
+        for result in results.get(name, {}).get("rskeras", [])[:1]:
+            phases = result.get("phases")
+            if not phases:
+                continue
+            cells = [sum(phases.get(k, {}).get("wall_s", 0.0) for k in keys) for _, keys in PHASE_COLUMNS]
+            rows.append({"config": name, "label": result.get("label", "rskeras"), "cells": cells, "wall_s": result.get("wall_s")})
+    return rows
+
+
+def print_phase_table(rows: list[dict]) -> None:
+    if not rows:
+        return
+    print("\nrskeras fits, wall seconds by phase (timings.json; the rest of the command's wall: interpreter exit)")
+    print(f"  {'config':<22}" + "".join(f"{h:>19}" for h, _ in PHASE_COLUMNS) + f"{'command':>10}")
+    for r in rows:
+        wall = "-" if r["wall_s"] is None else f"{r['wall_s']:.1f}"
+        print(f"  {r['config']:<22}" + "".join(f"{c:>19.1f}" for c in r["cells"]) + f"{wall:>10}")
+
+
+def markdown_phase_table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    lines = ["| config | " + " | ".join(h for h, _ in PHASE_COLUMNS) + " | command wall |", "|---" * (len(PHASE_COLUMNS) + 2) + "|"]
+    for r in rows:
+        wall = "-" if r["wall_s"] is None else f"{r['wall_s']:.1f}"
+        lines.append(f"| {r['config']} | " + " | ".join(f"{c:.1f}" for c in r["cells"]) + f" | {wall} |")
+    return "\n" + "\n".join(lines) + "\n"
 
 
 def markdown_tables(names: list[str], report: dict, args, labels: dict) -> str:

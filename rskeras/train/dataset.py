@@ -911,6 +911,16 @@ class ModelDataset:
     def __len__(self) -> int:
         return len(self.examples)
 
+    def example_size(self) -> tuple[int, int] | None:
+        """(width, height) in window pixels shared by every example of the split, or None
+        when they differ: the crop size when there is one (random crops overhang small
+        windows, all crops have it), else the windows' common size. The input pipeline
+        gives the rasters this static shape, so that the traced steps see fixed sizes."""
+        if self.crop_size is not None:
+            return int(self.crop_size[0]), int(self.crop_size[1])
+        sizes = {(w.bounds[2] - w.bounds[0], w.bounds[3] - w.bounds[1]) for w in self.windows}
+        return sizes.pop() if len(sizes) == 1 else None
+
     def read_crops_separately(self, crop_orders: dict[int, list[int]] | None = None) -> None:
         """Reads every example of this all-crops split from disk over its own crop (bounded
         memory for windows far larger than memory) with the semantics of reading the

@@ -347,7 +347,9 @@ def materialize(md: ModelDataset, table: WindowTable, dataset_source: str, itera
                 x0 = crop_bounds[0] * n // d - region[0] * n // d
                 y0 = crop_bounds[1] * n // d - region[1] * n // d
             image = slice_region(image, y0, x0, k_h, k_w)
-            image.set_shape([None, None, None, len(md.bands[key])])
+            size = md.example_size()  # every example's (w, h): static, so traced steps see fixed sizes
+            hw = [None, None] if size is None else [size[1] * n // d, size[0] * n // d]
+            image.set_shape([None, *hw, len(md.bands[key])])
             raw[key] = image
             if di.load_timestamps:
                 raw[key + TIMESTAMPS_SUFFIX] = ts

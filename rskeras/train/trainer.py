@@ -54,6 +54,7 @@ from rskeras.train.run_dir import (
     remove_leftovers,
     write_fit_state,
 )
+from rskeras.train.fit_timings import FitTimings, PhaseClock
 from rskeras.train.loggers import Logger, MetricsFileLogger, TensorBoardLogger
 from rskeras.train.optimizer import TorchAdamW, to_numpy, unwrap_optimizer
 from rskeras.weights.errors import CheckpointError
@@ -690,8 +691,11 @@ class Trainer:
 
     def fit(self, lm, dm, ckpt_path: str | None = None) -> keras.callbacks.History:
         """Trains ``lm`` on ``dm``; resumes from the backup of an interrupted run of the same
-        root, else from ``ckpt_path``; applies ``lm.restore_config`` on a fresh fit."""
+        root, else from ``ckpt_path``; applies ``lm.restore_config`` on a fresh fit. Writes
+        where its time went, by phase, to ``<root>/timings.json`` (rskeras.train.fit_timings)."""
         self.lm = lm
+        self.timings = PhaseClock()
+        self.timings.start("setup")
         if not self.fast_dev_run:
             self.lock_run_dir()
         self._prepare_callbacks()
@@ -711,6 +715,7 @@ class Trainer:
             if finished is not None:
                 resume = self._after_finished_fit(lm, dm, finished, resume)
                 if resume is None:
+                    self.timings.stop("setup")
                     return keras.callbacks.History()
             elif not from_backup and not self.fast_dev_run:
                 self.warn_about_existing_checkpoints(resume)
@@ -732,11 +737,14 @@ class Trainer:
         shuffle = False if self.overfit_batches else None
         train = self.limited(dm.tf_dataset("train", shuffle=shuffle, drop_remainder=multi_replica), dm, "train")
         val = self.limited(dm.tf_dataset("val"), dm, "val") if self.has_validation(dm) else None
+        self.timings.stop("setup")
         if val is not None and self.num_sanity_val_steps != 0:
             available = self.steps(dm, "val") or dm.num_batches("val")
             sanity = available if self.num_sanity_val_steps < 0 else min(self.num_sanity_val_steps, available)
+            self.timings.start("sanity_validation")
             with surface_errors():
                 lm.evaluate(val.take(sanity), verbose=0)
+            self.timings.stop("sanity_validation")
         epochs = self._num_epochs(dm)
         start = time.time()
         try:
@@ -747,12 +755,13 @@ class Trainer:
                     epochs=epochs,
                     initial_epoch=initial_epoch,
                     validation_freq=self.check_val_every_n_epoch,
-                    callbacks=self._fit_callbacks(),
+                    callbacks=[FitTimings(self.timings)] + self._fit_callbacks(),
                     shuffle=False,  # tf.data shuffles the train split itself
                     verbose=(1 if self.progress_bar() else 2) if self.is_chief else 0,
                 )
         except NonFiniteLossError as e:
             raise NonFiniteLossError(f"{e} {non_finite_inputs_note(dm)}") from None
+        self.timings.start("after_fit")
         if history.epoch:
             logger.info("fit: epochs %d..%d in %.1fs", history.epoch[0], history.epoch[-1], time.time() - start)
         else:
@@ -761,7 +770,18 @@ class Trainer:
             self._record_finished_fit(lm, epochs)
         if self.backup_and_restore and os.path.exists(os.path.dirname(self.backup_path)):
             shutil.rmtree(os.path.dirname(self.backup_path), ignore_errors=True)
+        self.timings.stop("after_fit")
+        self.write_timings()
         return history
+
+    def write_timings(self) -> None:
+        """Writes ``<root>/timings.json`` (not in a fast_dev_run, which writes nothing; on
+        the chief only) and logs the phases' wall seconds."""
+        timings = getattr(self, "timings", None)
+        if timings is None or self.fast_dev_run or not self.is_chief:
+            return
+        timings.write(self.root)
+        logger.info("fit: wall seconds by phase: %s", timings.summary())
 
     # ---- the run directory (rskeras.train.run_dir) ---------------------------------------
 
