@@ -271,12 +271,18 @@ class ShiftedWindowAttention(keras.layers.Layer):
             bias = bias * tf.constant(self._qkv_bias_mask, dtype)
         return kernel, bias
 
-    def _logits(self, q, k):
-        """Attention logits ``[..., heads, Nq, Nk]`` before the position bias."""
+    def _logits(self, q, k, one_key: bool = False):
+        """Attention logits ``[..., heads, Nq, Nk]`` before the position bias; with
+        ``one_key``, ``k`` is one key ``[1, heads, 1, d]`` shared by the batch, taken by a
+        product and a sum (oneDNN's batched matmul corrupts memory on that broadcast)."""
+
+        def product(a, b):
+            return tf.reduce_sum(a * b, axis=-1, keepdims=True) if one_key else tf.matmul(a, b, transpose_b=True)
+
         if self.version == 2:
             q, k = _normalize(q), _normalize(k)
-            return tf.matmul(q, k, transpose_b=True) * tf.exp(tf.minimum(tf.cast(self.logit_scale, q.dtype), _LOG_100))
-        return tf.matmul(q * (self.dim // self.num_heads) ** -0.5, k, transpose_b=True)
+            return product(q, k) * tf.exp(tf.minimum(tf.cast(self.logit_scale, q.dtype), _LOG_100))
+        return product(q * (self.dim // self.num_heads) ** -0.5, k)
 
     def _one_padded_window(self, x, h: int, w: int):
         """The attention of a map smaller than one window (the deep stages of small tiles),
@@ -301,7 +307,7 @@ class ShiftedWindowAttention(keras.layers.Layer):
         q, k, v = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]), 3, axis=0)  # [B, heads, m, d]
         _, k_pad, v_pad = tf.unstack(tf.reshape(bias, [3, 1, heads, 1, d]), 3, axis=0)  # [1, heads, 1, d]
         logits_real = self._logits(q, k)  # [B, heads, m, m]
-        logits_pad = self._logits(q, k_pad)  # [B, heads, m, 1]
+        logits_pad = self._logits(q, k_pad, one_key=True)  # [B, heads, m, 1]
         attn = tf.concat([logits_real, tf.tile(logits_pad, [1, 1, 1, len(pad)])], axis=-1)
         attn = attn + tf.cast(self.relative_position_bias(real, np.concatenate([real, pad])), dtype)
         attn = tf.nn.softmax(attn, axis=-1)
