@@ -13,9 +13,11 @@ New user-error exceptions derive from :class:`UserError` (or from one of the cla
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sys
+import threading
 import traceback
 from typing import Callable
 
@@ -138,6 +140,28 @@ def pop_verbose(argv: list[str]) -> tuple[list[str], bool]:
     return rest, len(rest) != len(argv)
 
 
+class _OnlyThisThread(logging.Filter):
+    """Drops the log records of other threads (see :func:`report_user_errors`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread == self.thread
+
+
+def _quiet_other_threads(on: bool) -> None:
+    """After a command's error line, its leftover threads (input pipelines still reading
+    other windows) log nothing: the error stays the last line. The next command run in
+    this process starts with every thread's records shown again."""
+    for handler in logging.getLogger().handlers:
+        for f in [f for f in handler.filters if isinstance(f, _OnlyThisThread)]:
+            handler.removeFilter(f)
+        if on:
+            handler.addFilter(_OnlyThisThread())
+
+
 def report_user_errors(run: Callable[[list[str]], int], argv: list[str] | None, prog: str) -> int:
     """Runs ``run(argv)``; a user error becomes one line on stderr and exit code 2.
 
@@ -147,6 +171,7 @@ def report_user_errors(run: Callable[[list[str]], int], argv: list[str] | None, 
     argv = list(sys.argv[1:] if argv is None else argv)
     argv, verbose = pop_verbose(argv)
     note_run_dir(None)
+    _quiet_other_threads(False)
     try:
         return run(argv)
     except KeyboardInterrupt:
@@ -164,6 +189,7 @@ def report_user_errors(run: Callable[[list[str]], int], argv: list[str] | None, 
         if verbose:
             print(trace, file=sys.stderr, end="")
         where = f" (traceback: {log})" if log else ""
+        _quiet_other_threads(True)
         print(f"{prog}: error: {one_line(message)}{where}", file=sys.stderr)
         if getattr(e, "exit_without_teardown", False):
             _exit_before_teardown()

@@ -325,3 +325,36 @@ def test_docs_quote_the_example_config_values():
     assert quoted and float(quoted.group(1)) == lr and int(quoted.group(2)) == epochs
     readme = (ROOT / "README.md").read_text()
     assert "load average" in readme  # README times say how and where they were measured
+
+
+def test_after_the_error_line_other_threads_log_nothing(capsys):
+    """A warning another thread (an input pipeline still reading) logs after a command's
+    error is dropped, so the error stays the last line; the next command logs as before."""
+    import logging
+    import threading
+
+    from rskeras.config.errors import ConfigError
+    from rskeras.errors import report_user_errors
+
+    handler = logging.StreamHandler()  # writes to the captured stderr
+    root = logging.getLogger()
+    root.addHandler(handler)
+    log = logging.getLogger("rskeras.test_thread")
+
+    def warn_from_thread(text):
+        t = threading.Thread(target=lambda: log.warning(text))
+        t.start()
+        t.join()
+
+    def failing(argv):
+        raise ConfigError("bad key model.x")
+
+    try:
+        assert report_user_errors(failing, [], "train.py") == 2
+        warn_from_thread("late warning of the failed command")
+        err = capsys.readouterr().err
+        assert err.strip().splitlines()[-1] == "train.py: error: bad key model.x"
+        assert report_user_errors(lambda argv: warn_from_thread("next command's warning") or 0, [], "train.py") == 0
+        assert "next command's warning" in capsys.readouterr().err
+    finally:
+        root.removeHandler(handler)
