@@ -918,8 +918,9 @@ class ModelDataset:
         gives the rasters this static shape, so that the traced steps see fixed sizes."""
         if self.crop_size is not None:
             return int(self.crop_size[0]), int(self.crop_size[1])
-        sizes = {(w.bounds[2] - w.bounds[0], w.bounds[3] - w.bounds[1]) for w in self.windows}
-        return sizes.pop() if len(sizes) == 1 else None
+        if not hasattr(self, "_window_sizes"):  # once: the windows do not change
+            self._window_sizes = {(w.bounds[2] - w.bounds[0], w.bounds[3] - w.bounds[1]) for w in self.windows}
+        return next(iter(self._window_sizes)) if len(self._window_sizes) == 1 else None
 
     def read_crops_separately(self, crop_orders: dict[int, list[int]] | None = None) -> None:
         """Reads every example of this all-crops split from disk over its own crop (bounded
