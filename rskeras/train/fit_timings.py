@@ -85,9 +85,6 @@ class PhaseClock:
         if started is not None:
             self.add(phase, time.perf_counter() - started[0], time.process_time() - started[1])
 
-    def running(self, phase: str) -> bool:
-        return phase in self._started
-
     def summary(self) -> str:
         return ", ".join(f"{name} {entry['wall_s']:.1f}" for name, entry in self.ordered())
 
@@ -110,12 +107,10 @@ class FitTimings(keras.callbacks.Callback):
         self.clock = clock
         self._first_batch = True
         self._validations = 0
-        self._in_train = False
 
     def on_epoch_begin(self, epoch, logs=None):
         self.clock.stop("epoch_end")
         self.clock.start("train")
-        self._in_train = True
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._first_batch:
@@ -126,13 +121,8 @@ class FitTimings(keras.callbacks.Callback):
             self.clock.stop("train_first_step")
             self._first_batch = False
 
-    def _end_train(self) -> None:
-        if self._in_train:
-            self.clock.stop("train")
-            self._in_train = False
-
     def on_test_begin(self, logs=None):
-        self._end_train()
+        self.clock.stop("train")  # a no-op when not running
         self.clock.start("validation_first" if self._validations == 0 else "validation_other")
 
     def on_test_end(self, logs=None):
@@ -140,11 +130,11 @@ class FitTimings(keras.callbacks.Callback):
         self._validations += 1
 
     def on_epoch_end(self, epoch, logs=None):
-        self._end_train()
+        self.clock.stop("train")
         self.clock.start("epoch_end")
 
     def on_train_end(self, logs=None):
-        self._end_train()
+        self.clock.stop("train")
         self.clock.stop("epoch_end")
         train = self.clock.phases.pop("train", None)
         first = self.clock.phases.get("train_first_step")
