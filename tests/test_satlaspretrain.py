@@ -59,7 +59,10 @@ def test_multi_image_swin_takes_max_over_first_8_images():
     per_image = [model.swin.features(x[:, 0, :, :, 3 * i : 3 * i + 3]) for i in range(8)]
     for scale, k in enumerate((1, 3, 5, 7)):
         expected = np.max([p[k].numpy() for p in per_image], axis=0)
-        assert_close(outs[scale], expected, 1e-5, f"MI scale {scale}")
+        # Features reach ~12 at the deeper scales; one batch of 16 images against eight of 2
+        # runs different CPU kernels (on AVX2-only CPUs they differ by 2e-5): float32
+        # tolerance relative to the features' magnitude.
+        assert_close(outs[scale], expected, 1e-5 * max(1.0, float(np.abs(expected).max())), f"MI scale {scale}")
     assert model.torch_params("")[0].key == "model.backbone.backbone.backbone.features.0.0.weight"
     with pytest.raises(ValueError, match="not a multiple of 3"):
         model({"image": np.zeros((1, 1, 32, 32, 4), np.float32)})

@@ -58,6 +58,50 @@ def test_model_checkpoint_top_k_names_and_last(lm, tmp_path):
     assert restored.best_k_models == cb.best_k_models and restored.kth_best_model_path == cb.kth_best_model_path
 
 
+def _h5_datasets(path):
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def test_second_file_of_an_epoch_is_a_copy_with_its_own_state(lm, tmp_path, monkeypatch):
+    """``last`` after a top-k save of the same epoch is copied from it: the same datasets a
+    full save writes, its own training state; the next epoch's weights reach both files."""
+    from rskeras.train.callbacks import checkpointing
+
+    serialized = []
+    full_save = checkpointing.save_weights_file
+    monkeypatch.setattr(checkpointing, "save_weights_file", lambda lm_, path, skip: serialized.append(path) or full_save(lm_, path, skip))
+    cb = attach(ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), monitor="val_loss", save_top_k=1, save_last=True), lm)
+    weights = lm.model.weights
+    originals = [v.numpy().copy() for v in weights]
+    try:
+        for epoch in range(2):
+            for v in weights:
+                v.assign(v.numpy() + 1.0)  # every epoch changes every variable
+            cb.trainer.step = epoch + 1
+            cb.on_epoch_end(epoch, {"val_loss": 1.0 - epoch})
+            assert len(serialized) == 2 * epoch + 1  # one serialization for the two files
+            full = str(tmp_path / f"full{epoch}.weights.h5")
+            save_training_checkpoint(lm, full, {"epoch": epoch})
+            reference = _h5_datasets(full)
+            for path in (cb.best_model_path, cb.last_model_path):
+                copied = _h5_datasets(path)
+                assert sorted(copied) == sorted(reference) and len(reference) > 10
+                for name, value in reference.items():
+                    np.testing.assert_array_equal(copied[name], value, err_msg=f"{path}: {name}")
+        assert cb.best_model_path.endswith("epoch=1-step=2.weights.h5") and cb.last_model_path.endswith("last.weights.h5")
+        state = read_training_state(cb.last_model_path)
+        assert state == {"epoch": 1, "global_step": 2}
+        assert sorted(os.listdir(tmp_path / "ckpt")) == ["epoch=1-step=2.weights.h5", "last.weights.h5"]
+    finally:
+        for v, a in zip(weights, originals):
+            v.assign(a)
+
+
 def test_model_checkpoint_latest_default_name_and_versions(lm, tmp_path):
     cb = attach(ModelCheckpoint(dirpath=str(tmp_path)), lm)
     cb.trainer.step = 3

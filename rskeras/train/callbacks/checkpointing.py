@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from typing import Any
 
 import h5py
@@ -51,8 +52,17 @@ def _optimizer_built(lm: keras.Model) -> bool:
     return optimizer is not None and bool(getattr(optimizer, "built", False))
 
 
-def save_training_checkpoint(lm: keras.Model, path: str, state: dict[str, Any] | None = None) -> None:
-    """Writes weights (+ optimizer state if built) and ``state`` to ``path`` atomically."""
+def save_training_checkpoint(
+    lm: keras.Model, path: str, state: dict[str, Any] | None = None, same_weights_as: str | None = None
+) -> None:
+    """Writes weights (+ optimizer state if built) and ``state`` to ``path`` atomically.
+
+    ``same_weights_as``: a checkpoint this process wrote from the same, unchanged
+    variables (e.g. the top-k file of this epoch when ``last`` follows it). Its bytes are
+    copied and only the training state is rewritten: the file is the one a full save would
+    write (the same datasets, the same values), at the cost of a file copy instead of a
+    serialization of every variable.
+    """
     if not path.endswith(CHECKPOINT_SUFFIX):
         raise ValueError(f"checkpoint paths must end with {CHECKPOINT_SUFFIX}, got {path}")
     directory = os.path.dirname(os.path.abspath(path))
@@ -67,9 +77,13 @@ def save_training_checkpoint(lm: keras.Model, path: str, state: dict[str, Any] |
     skip = _objects_to_skip(lm, _optimizer_built(lm))
     # HDF5 running out of space mid-write can crash the process: check first.
     check_free_space(path, checkpoint_size_estimate(lm, skip))
+    copy_from = same_weights_as if same_weights_as and os.path.abspath(same_weights_as) != os.path.abspath(path) else None
     try:
         with disk_full_as_error(path):
-            save_weights_file(lm, tmp, skip)
+            if copy_from is not None and os.path.isfile(copy_from):
+                shutil.copyfile(copy_from, tmp)
+            else:
+                save_weights_file(lm, tmp, skip)
             with h5py.File(tmp, "a") as f:
                 f.attrs[TRAINING_STATE_ATTR] = json.dumps(state or {})
             with open(tmp, "rb") as f:
@@ -228,7 +242,10 @@ class BestLastCheckpoint(Callback):
                 state = self.trainer.training_state(epoch)  # with the new best value
             save_training_checkpoint(self.model, self.best_path, state)
             logger.info("saved best checkpoint to %s (%s=%s)", self.best_path, self.monitor, value)
-        save_training_checkpoint(self.model, self.last_path, state)
+            # ``last`` holds the same variables: copied from ``best``, with its own state.
+            save_training_checkpoint(self.model, self.last_path, state, same_weights_as=self.best_path)
+        else:
+            save_training_checkpoint(self.model, self.last_path, state)
         logger.info("saved checkpoint to %s", self.last_path)
 
 

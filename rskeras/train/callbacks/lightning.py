@@ -107,6 +107,7 @@ class ModelCheckpoint(Callback):
         self.best_model_path = ""
         self.best_model_score: float | None = None
         self.last_model_path = ""
+        self._written_this_epoch: tuple[int, str] | None = None
 
     def setup(self, trainer, lm) -> None:
         if self.dirpath is None:
@@ -143,7 +144,11 @@ class ModelCheckpoint(Callback):
 
     def _save(self, path: str, epoch: int) -> None:
         state = self.trainer.training_state(epoch) if self.trainer is not None else None
-        save_training_checkpoint(self.model, path, state)
+        # A second file of the same epoch (``last`` after a top-k save) holds the same
+        # variables: copied from the first, with its own training state.
+        written = self._written_this_epoch if self._written_this_epoch and self._written_this_epoch[0] == epoch else None
+        save_training_checkpoint(self.model, path, state, same_weights_as=written[1] if written else None)
+        self._written_this_epoch = (epoch, path)
         if self.verbose:
             logger.info("ModelCheckpoint: saved %s", path)
 
@@ -156,6 +161,7 @@ class ModelCheckpoint(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
+        self._written_this_epoch = None  # only files written in this call are copied from
         if self.every_n_epochs == 0 or (epoch + 1) % self.every_n_epochs != 0:
             return
         validated = any(str(k).startswith("val_") for k in logs)
