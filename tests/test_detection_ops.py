@@ -9,7 +9,9 @@ from rskeras.models.detection.box_coder import BoxCoder
 from rskeras.models.detection.box_ops import box_iou, clip_boxes_to_image, large_enough
 from rskeras.models.detection.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, Matcher
 from rskeras.models.detection.nms import batched_nms
-from rskeras.models.detection.roi_align import map_levels, multi_scale_roi_align
+import contextlib
+
+from rskeras.models.detection.roi_align import crop_and_resize_allowed, map_levels, multi_scale_roi_align
 from rskeras.models.detection.sampler import BalancedPositiveNegativeSampler
 
 
@@ -204,7 +206,11 @@ def roi_align_np(feat, box, scale, out=7, sr=2):
     return res
 
 
-def test_multi_scale_roi_align_matches_reference():
+IMPLEMENTATIONS = {"gathers": contextlib.nullcontext, "crop_and_resize": crop_and_resize_allowed}
+
+
+@pytest.mark.parametrize("implementation", sorted(IMPLEMENTATIONS))
+def test_multi_scale_roi_align_matches_reference(implementation):
     rng = np.random.default_rng(3)
     f0 = rng.normal(size=(2, 16, 16, 3)).astype(np.float32)  # stride 4 of a 64x64 image
     f1 = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)  # stride 8
@@ -215,7 +221,8 @@ def test_multi_scale_roi_align_matches_reference():
         ],
         np.float32,
     )
-    pooled = multi_scale_roi_align([tf.constant(f0), tf.constant(f1)], tf.constant(boxes), (64, 64)).numpy()
+    with IMPLEMENTATIONS[implementation]():
+        pooled = multi_scale_roi_align([tf.constant(f0), tf.constant(f1)], tf.constant(boxes), (64, 64)).numpy()
     assert pooled.shape == (2, 4, 7, 7, 3)
     levels = map_levels(tf.constant(boxes), [0.25, 0.125], 2).numpy()
     for b in range(2):
@@ -228,7 +235,8 @@ def test_multi_scale_roi_align_matches_reference():
             np.testing.assert_allclose(pooled[b, r], roi_align_np(feat, boxes[b, r], scale), atol=2e-5)
 
 
-def test_roi_align_gradient_is_the_adjoint():
+@pytest.mark.parametrize("implementation", sorted(IMPLEMENTATIONS))
+def test_roi_align_gradient_is_the_adjoint(implementation):
     """RoIAlign is linear in the features, so <pool(F), U> must equal <F, grad>."""
     rng = np.random.default_rng(4)
     f0 = tf.constant(rng.normal(size=(2, 16, 16, 3)).astype(np.float32))
@@ -237,7 +245,7 @@ def test_roi_align_gradient_is_the_adjoint():
     large = [random_boxes(rng, 3, size=20.0, min_side=120.0, max_side=160.0) for _ in range(2)]  # level 3
     boxes = tf.constant(np.stack([np.concatenate([s, g]) for s, g in zip(small, large)]))
     upstream = tf.constant(rng.normal(size=(2, 6, 7, 7, 3)).astype(np.float32))
-    with tf.GradientTape() as tape:
+    with tf.GradientTape() as tape, IMPLEMENTATIONS[implementation]():
         tape.watch([f0, f1])
         pooled = multi_scale_roi_align([f0, f1], boxes, (64, 64))
         total = tf.reduce_sum(pooled * upstream)
@@ -245,6 +253,32 @@ def test_roi_align_gradient_is_the_adjoint():
     adjoint = tf.reduce_sum(f0 * g0) + tf.reduce_sum(f1 * g1)
     np.testing.assert_allclose(adjoint.numpy(), total.numpy(), rtol=1e-4)
     assert np.abs(g0.numpy()).sum() > 0 and np.abs(g1.numpy()).sum() > 0
+
+
+def test_crop_and_resize_roi_align_equals_the_gathers():
+    """The trainer's implementation (crop_and_resize on an edge-padded map) gives the
+    gathers' values and gradients, at the borders too (points in [-1, 0), in
+    [size - 1, size] and beyond), on every level, for RoIs on no level and for none."""
+    rng = np.random.default_rng(6)
+    feats = [tf.constant(rng.normal(size=(2, s, s, 5)).astype(np.float32)) for s in (16, 8, 4)]
+    edge = np.array([[-3.0, -2.0, 6.0, 7.0], [58.0, 55.0, 64.0, 64.0], [-8.0, 60.0, 2.0, 70.0], [0.0, 0.0, 64.0, 64.0]], np.float32)
+    boxes = np.stack([np.concatenate([random_boxes(rng, 6, size=50.0, max_side=40.0), random_boxes(rng, 2, size=20.0, min_side=120.0, max_side=300.0), edge]) for _ in range(2)])
+    upstream = tf.constant(rng.normal(size=(2, 12, 7, 7, 5)).astype(np.float32))
+
+    def pooled_and_grads(features, boxes, context):
+        with tf.GradientTape() as tape, context():
+            tape.watch(features)
+            pooled = multi_scale_roi_align(features, tf.convert_to_tensor(boxes), (64, 64))
+            total = tf.reduce_sum(pooled * upstream[:, : boxes.shape[1]])
+        return [pooled] + tape.gradient(total, features)
+
+    for features in (feats, feats[:2], [feats[0], feats[2]]):  # three levels, two, two not consecutive
+        want = pooled_and_grads(features, boxes, contextlib.nullcontext)
+        got = tf.function(pooled_and_grads, reduce_retracing=True)(features, boxes, crop_and_resize_allowed)
+        for w, g in zip(want, got):
+            np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=2e-5)
+    empty = pooled_and_grads(feats, np.zeros((2, 0, 4), np.float32), crop_and_resize_allowed)
+    assert empty[0].shape == (2, 0, 7, 7, 5) and all(float(tf.reduce_sum(tf.abs(g))) == 0.0 for g in empty[1:])
 
 
 def test_roi_align_in_a_graph_equals_eager():

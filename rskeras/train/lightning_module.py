@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from rskeras.keras_compat import ModelHooks, created_trainable_variables, in_multi_worker_mode, sublayers
+from rskeras.models.detection.roi_align import crop_and_resize_allowed
 from rskeras.train.metrics import flatten_metric_results
 from rskeras.train.optimizer import AdamW, unwrap_optimizer
 
@@ -238,14 +239,19 @@ class RslearnLightningModule(ModelHooks, keras.Model):
         return self._jit_functions[name]
 
     def forward(self, inputs, targets=None, training=None) -> dict[str, Any]:
-        """``self.model(inputs, targets, training)``, under XLA as ``configure_jit`` chose."""
+        """``self.model(inputs, targets, training)``, under XLA as ``configure_jit`` chose.
+
+        Outside XLA, a detector's RoIAlign runs on ``crop_and_resize`` here (the faster
+        of its two exact implementations; exports keep the TFLite-ready gathers)."""
         if self.jit_scope == "model":
             fn = self._jitted("model", lambda x, y, training: self.model(x, targets=y, training=training))
             return fn(inputs, targets, bool(training))
         if self.jit_scope == "encoder":
             fn = self._jitted("encoder", lambda x, training: self.model.encode(x, training=training))
-            return self.model.decode(fn(inputs, bool(training)), inputs, targets=targets, training=training)
-        return self.model(inputs, targets=targets, training=training)
+            with crop_and_resize_allowed():
+                return self.model.decode(fn(inputs, bool(training)), inputs, targets=targets, training=training)
+        with crop_and_resize_allowed():
+            return self.model(inputs, targets=targets, training=training)
 
     def load_weights(self, filepath, skip_mismatch=False, **kwargs):
         """Loads model weights (and the optimizer state when the optimizer is built) from an

@@ -6,6 +6,17 @@ Each RoI is pooled from one level, chosen by the FPN heuristic
 ``floor(4 + log2(sqrt(area) / 224) + 1e-6)`` clamped to the levels present; level
 scales are inferred as powers of two from feature height / image height. Every output
 bin averages ``sampling_ratio**2`` bilinear samples at regularly spaced points.
+
+Two implementations of the same numbers:
+
+* gathers of the four bilinear taps of every sample, weighted and summed (the default:
+  what a SavedModel holds, so that it converts to TFLite, which has no CROP_AND_RESIZE
+  builtin);
+* ``tf.image.crop_and_resize`` per level on that level's RoIs, once per sample offset:
+  TensorFlow's own bilinear kernel and its gradient, about 3x faster than the gathers
+  for a training batch of 8 x 512 RoIs (fwd + bwd), and holding one ``[R, P, P, C]``
+  crop at a time. Used inside ``crop_and_resize_allowed()``, which the trainer's train,
+  eval and predict steps enter.
 """
 
 from __future__ import annotations
@@ -22,6 +33,24 @@ CANONICAL_SCALE = 224.0
 CANONICAL_LEVEL = 4.0
 LEVEL_EPS = 1e-6
 
+_crops_depth = 0
+
+
+class crop_and_resize_allowed:  # noqa: N801 - used as a context manager, like contextlib's
+    """Within this block (while a step is traced), RoIAlign uses ``crop_and_resize``.
+
+    A class, not a generator: AutoGraph, which converts the code a Keras step calls,
+    breaks generator-based context managers."""
+
+    def __enter__(self):
+        global _crops_depth
+        _crops_depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        global _crops_depth
+        _crops_depth -= 1
+        return False
 
 
 def infer_scale(feature_height, image_height):
@@ -124,6 +153,9 @@ def multi_scale_roi_align(
     roi_batch = tf.reshape(tf.broadcast_to(tf.range(batch)[:, None], tf.stack([batch, num_rois])), [-1])
 
     level = map_levels(flat_boxes, scales, num_levels)
+    if _crops_depth:
+        pooled = _pooled_by_crops(features, flat_boxes, roi_batch, level, scales, output_size, sampling_ratio)
+        return tf.reshape(pooled, tf.concat([tf.stack([batch, num_rois, output_size, output_size]), tf.shape(pooled)[-1:]], axis=0))
     level_ok = level < num_levels
     level = tf.minimum(level, num_levels - 1)
 
@@ -221,3 +253,48 @@ def _weighted_gather(table: tf.Tensor, taps: list, num_samples: int) -> tf.Tenso
         return pooled, grad
 
     return pooled_from(table)
+
+
+def _pooled_by_crops(features, flat_boxes, roi_batch, level, scales, output_size: int, sampling_ratio: int):
+    """``[N, P, P, C]`` pooled features of the ``N`` flat boxes with ``crop_and_resize``.
+
+    Per level, its RoIs only; per sample offset ``(iy, ix)``, one ``P x P`` crop whose
+    points are that sample of every bin, summed in torchvision's order and divided by
+    the number of samples. The map is padded by one edge-replicated pixel on each side
+    and the points shifted by one: torchvision's rules (a point in ``[-1, 0)`` reads row
+    0, one in ``[size - 1, size]`` the last row, one beyond ``[-1, size]`` gives 0) are
+    then crop_and_resize's bilinear interpolation and zero extrapolation. The boxes get
+    no gradient (torchvision detaches proposals too).
+    """
+    flat_boxes = tf.stop_gradient(flat_boxes)
+    positions, parts = [], []
+    for l, f in enumerate(features):
+        selected = tf.cast(tf.where(tf.equal(level, l))[:, 0], tf.int32)
+        boxes = tf.gather(flat_boxes, selected) * tf.cast(scales[l], tf.float32)
+        box_index = tf.gather(roi_batch, selected)
+        height = tf.cast(dim(f, 1), tf.float32)
+        width = tf.cast(dim(f, 2), tf.float32)
+        bin_w = tf.maximum(boxes[:, 2] - boxes[:, 0], 1.0) / float(output_size)
+        bin_h = tf.maximum(boxes[:, 3] - boxes[:, 1], 1.0) / float(output_size)
+        padded = tf.pad(f, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+        pooled = None
+        for iy in range(sampling_ratio):
+            for ix in range(sampling_ratio):
+                # The first bin's sample in padded coordinates, and the last bin's.
+                y0 = boxes[:, 1] + (iy + 0.5) * bin_h / float(sampling_ratio) + 1.0
+                x0 = boxes[:, 0] + (ix + 0.5) * bin_w / float(sampling_ratio) + 1.0
+                y1 = y0 + (output_size - 1) * bin_h
+                x1 = x0 + (output_size - 1) * bin_w
+                # crop_and_resize puts point i at y0n * (H' - 1) + i * (y1n - y0n) * (H' - 1) / (P - 1), H' = H + 2.
+                normalized = tf.stack([y0 / (height + 1.0), x0 / (width + 1.0), y1 / (height + 1.0), x1 / (width + 1.0)], axis=1)
+                # One crop after the other: the crops of all offsets never coexist.
+                with tf.control_dependencies([pooled] if pooled is not None else []):
+                    crop = tf.image.crop_and_resize(padded, normalized, box_index, [output_size, output_size], extrapolation_value=0.0)
+                pooled = crop if pooled is None else pooled + crop
+        positions.append(selected)
+        parts.append(pooled / float(sampling_ratio * sampling_ratio))
+    # RoIs mapped beyond the maps given (levels not consecutive powers of two): zeros.
+    beyond = tf.cast(tf.where(level >= len(features))[:, 0], tf.int32)
+    positions.append(beyond)
+    parts.append(tf.zeros(tf.concat([tf.shape(beyond), tf.shape(parts[0])[1:]], axis=0), parts[0].dtype))
+    return tf.dynamic_stitch(positions, parts)
