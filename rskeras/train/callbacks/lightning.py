@@ -107,7 +107,7 @@ class ModelCheckpoint(Callback):
         self.best_model_path = ""
         self.best_model_score: float | None = None
         self.last_model_path = ""
-        self._written_this_epoch: tuple[int, str] | None = None
+        self._written_this_epoch: str | None = None  # the file of this epoch's on_epoch_end
 
     def setup(self, trainer, lm) -> None:
         if self.dirpath is None:
@@ -146,9 +146,8 @@ class ModelCheckpoint(Callback):
         state = self.trainer.training_state(epoch) if self.trainer is not None else None
         # A second file of the same epoch (``last`` after a top-k save) holds the same
         # variables: copied from the first, with its own training state.
-        written = self._written_this_epoch if self._written_this_epoch and self._written_this_epoch[0] == epoch else None
-        save_training_checkpoint(self.model, path, state, same_weights_as=written[1] if written else None)
-        self._written_this_epoch = (epoch, path)
+        save_training_checkpoint(self.model, path, state, same_weights_as=self._written_this_epoch)
+        self._written_this_epoch = path
         if self.verbose:
             logger.info("ModelCheckpoint: saved %s", path)
 
