@@ -142,20 +142,26 @@ def multi_scale_roi_align(
     """
     if sampling_ratio <= 0:
         raise ValueError(f"multi_scale_roi_align: sampling_ratio must be > 0 (adaptive sampling is not supported), got {sampling_ratio}")
-    num_levels = len(features)
-    heights = [dim(f, 1) for f in features]
-    widths = [dim(f, 2) for f in features]
-    scales = [infer_scale(h, image_size[0]) for h in heights]
+    scales = [infer_scale(dim(f, 1), image_size[0]) for f in features]
 
     batch = tf.shape(boxes)[0]
     num_rois = tf.shape(boxes)[1]
     flat_boxes = tf.reshape(boxes, [-1, 4])
     roi_batch = tf.reshape(tf.broadcast_to(tf.range(batch)[:, None], tf.stack([batch, num_rois])), [-1])
 
-    level = map_levels(flat_boxes, scales, num_levels)
-    if _crops_depth:
-        pooled = _pooled_by_crops(features, flat_boxes, roi_batch, level, scales, output_size, sampling_ratio)
-        return tf.reshape(pooled, tf.concat([tf.stack([batch, num_rois, output_size, output_size]), tf.shape(pooled)[-1:]], axis=0))
+    level = map_levels(flat_boxes, scales, len(features))
+    pool = _pooled_by_crops if _crops_depth else _pooled_by_gathers
+    pooled = pool(features, flat_boxes, roi_batch, level, scales, output_size, sampling_ratio)  # [B * R, P, P, C]
+    return tf.reshape(pooled, tf.concat([tf.stack([batch, num_rois, output_size, output_size]), tf.shape(pooled)[-1:]], axis=0))
+
+
+def _pooled_by_gathers(features, flat_boxes, roi_batch, level, scales, output_size: int, sampling_ratio: int):
+    """``[N, P, P, C]`` pooled features of the ``N`` flat boxes: one table of all levels'
+    pixels, one gather per bilinear tap (TFLite builtins)."""
+    num_levels = len(features)
+    heights = [dim(f, 1) for f in features]
+    widths = [dim(f, 2) for f in features]
+    batch = tf.shape(features[0])[0]
     level_ok = level < num_levels
     level = tf.minimum(level, num_levels - 1)
 
@@ -198,10 +204,7 @@ def multi_scale_roi_align(
                     idx = base + rows[a][:, :, None] * row_stride + cols[c][:, None, :]
                     weight = wys[a][:, :, None] * wxs[c][:, None, :] * level_mask
                     taps.append((idx, weight))
-    pooled = _weighted_gather(table, taps, sampling_ratio * sampling_ratio)
-    return tf.reshape(
-        pooled, tf.concat([tf.stack([batch, num_rois, output_size, output_size]), tf.shape(table)[1:]], axis=0)
-    )
+    return _weighted_gather(table, taps, sampling_ratio * sampling_ratio)
 
 
 def _weighted_gather(table: tf.Tensor, taps: list, num_samples: int) -> tf.Tensor:
