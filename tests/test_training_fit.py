@@ -175,3 +175,46 @@ def test_nonfinite_loss_stops_naming_step_and_term(sample_dataset, tmp_path, cap
     assert "non-finite training loss at epoch 0, batch 1 (global step 2)" in err
     assert "train_cls=nan" in err and "loss term(s) at fault: cls" in err
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_backup_is_a_copy_of_the_epochs_checkpoint_with_its_own_state(sample_dataset, tmp_path, monkeypatch):
+    """One serialization per epoch for ModelCheckpoint's top-k file, its ``last`` and the
+    trainer's backup: the backup is copied from this epoch's checkpoint, with the same
+    datasets as a full save of the model at that point and its own training state."""
+    import h5py
+
+    from rskeras.train import trainer as trainer_module
+    from rskeras.train.callbacks import checkpointing
+
+    serialized = []
+    full_save = checkpointing.save_weights_file
+    monkeypatch.setattr(checkpointing, "save_weights_file", lambda lm_, path, skip: serialized.append(path) or full_save(lm_, path, skip))
+
+    def datasets(path):
+        out = {}
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+        return out
+
+    checked = []
+    backup_epoch_end = trainer_module._Backup.on_epoch_end
+
+    def check_backup(self, epoch, logs=None):
+        before = len(serialized)
+        backup_epoch_end(self, epoch, logs)
+        assert len(serialized) == before, "the backup serialized the variables again"
+        reference_path = str(tmp_path / f"reference{epoch}.weights.h5")
+        full_save(self.model, reference_path, checkpointing._objects_to_skip(self.model, True))
+        reference, backup = datasets(reference_path), datasets(self.path)
+        assert sorted(backup) == sorted(reference) and len(reference) > 10
+        for name, value in reference.items():
+            np.testing.assert_array_equal(backup[name], value, err_msg=name)
+        assert read_training_state(self.path) == json.loads(json.dumps(self.trainer.training_state(epoch)))
+        checked.append(epoch)
+
+    monkeypatch.setattr(trainer_module._Backup, "on_epoch_end", check_backup)
+    model_checkpoint = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"monitor": "val_loss", "save_top_k": 1, "save_last": True}}
+    run = make_run(sample_dataset, tmp_path / "run", **{"trainer.max_epochs": 2, "trainer.limit_train_batches": 1, "trainer.callbacks": [model_checkpoint]})
+    run.trainer.fit(run.lm, run.data)
+    assert checked == [0, 1]
+    assert len(serialized) == 2, serialized  # one per epoch: top-k file; last and backup are copies

@@ -207,14 +207,21 @@ class _MinEpochsGuard(Callback):
 
 
 class _Backup(Callback):
-    """Saves the complete training state after every epoch (the last callback)."""
+    """Saves the complete training state after every epoch (the last callback).
+
+    The checkpoint callbacks run after every user callback and only the trainer's own
+    logging callbacks run between them and the backup, so a checkpoint file written in
+    this epoch end holds the backup's variables: the backup is then a copy of that file
+    with its own training state (``same_weights_as``), not a third serialization.
+    """
 
     def __init__(self, path: str):
         super().__init__()
         self.path = path
 
     def on_epoch_end(self, epoch, logs=None):
-        save_training_checkpoint(self.model, self.path, self.trainer.training_state(epoch))
+        same = self.trainer.checkpoint_written_this_epoch()
+        save_training_checkpoint(self.model, self.path, self.trainer.training_state(epoch), same_weights_as=same)
 
 
 def _limit_key(stage: str) -> str:
@@ -511,6 +518,15 @@ class Trainer:
 
     def checkpoint_callbacks(self) -> list[Any]:
         return [c for c in self.callbacks if isinstance(c, (BestLastCheckpoint, ModelCheckpoint))]
+
+    def checkpoint_written_this_epoch(self) -> str | None:
+        """A checkpoint file that a checkpoint callback of this fit wrote in the current
+        epoch end (None if none did)."""
+        for c in reversed(self.checkpoint_callbacks()):
+            path = getattr(c, "_written_this_epoch", None)
+            if path and os.path.isfile(path):
+                return path
+        return None
 
     def _prepare_callbacks(self) -> None:
         """Defaults, directories and the trainer reference of every callback."""

@@ -206,6 +206,7 @@ class BestLastCheckpoint(Callback):
         self.monitor = monitor
         self.mode = mode
         self.best: float | None = None
+        self._written_this_epoch: str | None = None  # the last file of this epoch's on_epoch_end
 
     @property
     def best_path(self) -> str:
@@ -228,8 +229,12 @@ class BestLastCheckpoint(Callback):
             return True
         return value < self.best if self.mode == "min" else value > self.best
 
+    def on_train_begin(self, logs=None):
+        self._written_this_epoch = None
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
+        self._written_this_epoch = None
         if not any(str(k).startswith("val_") for k in logs):
             return  # no validation ran this epoch
         if self.monitor not in logs:
@@ -246,6 +251,7 @@ class BestLastCheckpoint(Callback):
             save_training_checkpoint(self.model, self.last_path, state, same_weights_as=self.best_path)
         else:
             save_training_checkpoint(self.model, self.last_path, state)
+        self._written_this_epoch = self.last_path
         logger.info("saved checkpoint to %s", self.last_path)
 
 

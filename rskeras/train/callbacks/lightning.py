@@ -158,6 +158,9 @@ class ModelCheckpoint(Callback):
     def _better(self, a: float, b: float) -> bool:
         return a < b if self.mode == "min" else a > b
 
+    def on_train_begin(self, logs=None):
+        self._written_this_epoch = None
+
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
         self._written_this_epoch = None  # only files written in this call are copied from
