@@ -40,6 +40,7 @@ import tensorflow as tf
 
 from rskeras.models.component import FeatureExtractor, single_timestep
 from rskeras.models.shapes import dims, spatial_size
+from rskeras.models.step_graph import in_trainer_step
 from rskeras.models.torch_nn import Conv2d, layer_norm, normal_initializer
 from rskeras.weights.torch_params import (
     TorchParam,
@@ -67,7 +68,8 @@ _MASK_VALUE = -100.0
 
 def _roll(x: tf.Tensor, shift: Any, axis: int) -> tf.Tensor:
     """``torch.roll(x, shift, axis)`` with split + concat (TFLite builtins only; the
-    gradient of a split is one concat, where a strided slice's is a zero-filled scatter).
+    gradient of a split is one concat, where a strided slice's is a zero-filled scatter);
+    outside a trainer step (exports) with strided slices + concat, the same values.
 
     ``shift`` is in ``[-n, n]`` (Python int or scalar tensor); positive shifts move
     elements towards higher indexes.
@@ -78,6 +80,12 @@ def _roll(x: tf.Tensor, shift: Any, axis: int) -> tf.Tensor:
     split = (n - shift) % n if isinstance(shift, int) and isinstance(n, int) else tf.math.floormod(n - shift, n)
     if isinstance(split, int) and split == 0:
         return x
+    if not in_trainer_step() and isinstance(split, int):
+        # Exports: two strided slices (an unequal split is TFLite's SPLIT_V, which
+        # XNNPACK does not delegate, cutting the graph into more partitions).
+        head = x[(slice(None),) * axis + (slice(None, split),)]
+        tail = x[(slice(None),) * axis + (slice(split, None),)]
+        return tf.concat([tail, head], axis=axis)
     sizes = [split, n - split] if isinstance(split, int) else tf.stack([split, n - split])
     head, tail = tf.split(x, sizes, axis=axis)
     return tf.concat([tail, head], axis=axis)
@@ -92,6 +100,9 @@ def _normalize(x: tf.Tensor) -> tf.Tensor:
     which XLA produces; float32 also keeps ``1e-24`` from flushing to zero in float16.
     """
     x32 = tf.cast(x, tf.float32)
+    # The TFLite converter fuses this into an L2_NORMALIZATION: XNNPACK does not delegate
+    # it (one partition boundary per block), but written as x * x + sum + rsqrt (which it
+    # does delegate) the int8 model's attention loses its accuracy (correlation 0.93).
     x32 = x32 * tf.math.rsqrt(tf.maximum(tf.reduce_sum(tf.square(x32), axis=-1, keepdims=True), 1e-24))
     return tf.cast(x32, x.dtype)
 
@@ -304,7 +315,7 @@ class ShiftedWindowAttention(keras.layers.Layer):
         dtype = x.dtype
         kernel, bias = self._qkv_weights(dtype)
         qkv = tf.reshape(tf.matmul(tf.reshape(x, [-1, c]), kernel) + bias, [b, m, 3, heads, d])
-        q, k, v = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]), 3, axis=0)  # [B, heads, m, d]
+        q, k, v = (tf.squeeze(t, 0) for t in tf.split(tf.transpose(qkv, [2, 0, 3, 1, 4]), 3, axis=0))  # [B, heads, m, d]
         _, k_pad, v_pad = tf.unstack(tf.reshape(bias, [3, 1, heads, 1, d]), 3, axis=0)  # [1, heads, 1, d]
         logits_real = self._logits(q, k)  # [B, heads, m, m]
         logits_pad = self._logits(q, k_pad, one_key=True)  # [B, heads, m, 1]
@@ -348,7 +359,9 @@ class ShiftedWindowAttention(keras.layers.Layer):
         # computes a kernel-sized product per window, then sums them
         qkv = tf.reshape(tf.matmul(tf.reshape(windows, [-1, c]), kernel) + bias, [-1, n, 3, heads, c // heads])
         qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])
-        q, k, v = tf.unstack(qkv, 3, axis=0)  # unstack: its gradient is one stack (a strided slice's is a zero-filled scatter each)
+        # an equal split, not unstack (TFLite's UNPACK, which XNNPACK does not delegate);
+        # its gradient is one concat (a strided slice's is a zero-filled scatter each)
+        q, k, v = (tf.squeeze(t, 0) for t in tf.split(qkv, 3, axis=0))
         attn = self._logits(q, k) + tf.cast(self.relative_position_bias(), dtype)
         if shifted:
             mask = self._shift_mask(pad_h, pad_w, shift_h, shift_w)  # [nW, N, N]
@@ -460,7 +473,15 @@ class PatchMerging(keras.layers.Layer):
         pad_b, pad_r = h % 2, w % 2
         if not (isinstance(pad_b, int) and isinstance(pad_r, int) and pad_b == 0 and pad_r == 0):
             x = tf.pad(x, [[0, 0], [0, pad_b], [0, pad_r], [0, 0]])
-        x = tf.concat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
+        h, w = h + pad_b, w + pad_r
+        if not in_trainer_step() and isinstance(h, int) and isinstance(w, int):
+            # Exports: the same [x00, x10, x01, x11] channel blocks by reshape + transpose
+            # (stride-2 strided slices are not delegated by XNNPACK).
+            b = dims(x)[0]
+            x = tf.reshape(x, [b, h // 2, 2, w // 2, 2, self.dim])
+            x = tf.reshape(tf.transpose(x, [0, 1, 3, 4, 2, 5]), [b, h // 2, w // 2, 4 * self.dim])
+        else:
+            x = tf.concat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
         if self.version == 1:
             return self.reduction(self.norm(x))
         return self.norm(self.reduction(x))

@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from rskeras.keras_compat import ModelHooks, created_trainable_variables, in_multi_worker_mode, sublayers
-from rskeras.models.detection.roi_align import crop_and_resize_allowed
+from rskeras.models.step_graph import trainer_step_graph
 from rskeras.train.metrics import flatten_metric_results
 from rskeras.train.optimizer import AdamW, unwrap_optimizer
 
@@ -241,16 +241,18 @@ class RslearnLightningModule(ModelHooks, keras.Model):
     def forward(self, inputs, targets=None, training=None) -> dict[str, Any]:
         """``self.model(inputs, targets, training)``, under XLA as ``configure_jit`` chose.
 
-        Outside XLA, a detector's RoIAlign runs on ``crop_and_resize`` here (the faster
-        of its two exact implementations; exports keep the TFLite-ready gathers)."""
+        Outside XLA the model is traced inside ``trainer_step_graph()``: layers with two
+        exact implementations take their faster training form (a detector's RoIAlign on
+        ``crop_and_resize``, Swin's shift as a split; exports keep the portable forms,
+        see ``rskeras.models.step_graph``)."""
         if self.jit_scope == "model":
             fn = self._jitted("model", lambda x, y, training: self.model(x, targets=y, training=training))
             return fn(inputs, targets, bool(training))
         if self.jit_scope == "encoder":
             fn = self._jitted("encoder", lambda x, training: self.model.encode(x, training=training))
-            with crop_and_resize_allowed():
+            with trainer_step_graph():
                 return self.model.decode(fn(inputs, bool(training)), inputs, targets=targets, training=training)
-        with crop_and_resize_allowed():
+        with trainer_step_graph():
             return self.model(inputs, targets=targets, training=training)
 
     def load_weights(self, filepath, skip_mismatch=False, **kwargs):

@@ -28,29 +28,14 @@ import tensorflow as tf
 
 from rskeras.models.detection.box_ops import box_area
 from rskeras.models.shapes import dim
+from rskeras.models.step_graph import in_trainer_step, trainer_step_graph
 
 CANONICAL_SCALE = 224.0
 CANONICAL_LEVEL = 4.0
 LEVEL_EPS = 1e-6
 
-_crops_depth = 0
-
-
-class crop_and_resize_allowed:  # noqa: N801 - used as a context manager, like contextlib's
-    """Within this block (while a step is traced), RoIAlign uses ``crop_and_resize``.
-
-    A class, not a generator: AutoGraph, which converts the code a Keras step calls,
-    breaks generator-based context managers."""
-
-    def __enter__(self):
-        global _crops_depth
-        _crops_depth += 1
-        return self
-
-    def __exit__(self, *exc):
-        global _crops_depth
-        _crops_depth -= 1
-        return False
+# The trainer's steps trace RoIAlign inside this context (rskeras.models.step_graph).
+crop_and_resize_allowed = trainer_step_graph
 
 
 def infer_scale(feature_height, image_height):
@@ -150,7 +135,7 @@ def multi_scale_roi_align(
     roi_batch = tf.reshape(tf.broadcast_to(tf.range(batch)[:, None], tf.stack([batch, num_rois])), [-1])
 
     level = map_levels(flat_boxes, scales, len(features))
-    pool = _pooled_by_crops if _crops_depth else _pooled_by_gathers
+    pool = _pooled_by_crops if in_trainer_step() else _pooled_by_gathers
     pooled = pool(features, flat_boxes, roi_batch, level, scales, output_size, sampling_ratio)  # [B * R, P, P, C]
     return tf.reshape(pooled, tf.concat([tf.stack([batch, num_rois, output_size, output_size]), tf.shape(pooled)[-1:]], axis=0))
 
