@@ -11,7 +11,8 @@ from rskeras.models.detection.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESH
 from rskeras.models.detection.nms import batched_nms
 import contextlib
 
-from rskeras.models.detection.roi_align import crop_and_resize_allowed, map_levels, multi_scale_roi_align
+from rskeras.models.detection.roi_align import map_levels, multi_scale_roi_align
+from rskeras.models.step_graph import trainer_step_graph
 from rskeras.models.detection.sampler import BalancedPositiveNegativeSampler
 
 
@@ -206,7 +207,7 @@ def roi_align_np(feat, box, scale, out=7, sr=2):
     return res
 
 
-IMPLEMENTATIONS = {"gathers": contextlib.nullcontext, "crop_and_resize": crop_and_resize_allowed}
+IMPLEMENTATIONS = {"gathers": contextlib.nullcontext, "crop_and_resize": trainer_step_graph}
 
 
 @pytest.mark.parametrize("implementation", sorted(IMPLEMENTATIONS))
@@ -274,10 +275,10 @@ def test_crop_and_resize_roi_align_equals_the_gathers():
 
     for features in (feats, feats[:2], [feats[0], feats[2]]):  # three levels, two, two not consecutive
         want = pooled_and_grads(features, boxes, contextlib.nullcontext)
-        got = tf.function(pooled_and_grads, reduce_retracing=True)(features, boxes, crop_and_resize_allowed)
+        got = tf.function(pooled_and_grads, reduce_retracing=True)(features, boxes, trainer_step_graph)
         for w, g in zip(want, got):
             np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=2e-5)
-    empty = pooled_and_grads(feats, np.zeros((2, 0, 4), np.float32), crop_and_resize_allowed)
+    empty = pooled_and_grads(feats, np.zeros((2, 0, 4), np.float32), trainer_step_graph)
     assert empty[0].shape == (2, 0, 7, 7, 5) and all(float(tf.reduce_sum(tf.abs(g))) == 0.0 for g in empty[1:])
 
 

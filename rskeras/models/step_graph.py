@@ -8,9 +8,10 @@ exports, a Keras model called directly) gets the portable form. Users:
 
 * RoIAlign (``rskeras.models.detection.roi_align``): ``crop_and_resize`` in the trainer,
   gathers elsewhere (TFLite has no CROP_AND_RESIZE builtin);
-* Swin's cyclic shift (``rskeras.models.swin``): a split + concat in the trainer (its
+* Swin (``rskeras.models.swin``): the cyclic shift as a split + concat in the trainer (its
   gradient is one concat), two strided slices + concat elsewhere (an unequal split is a
-  SPLIT_V, which XNNPACK does not delegate).
+  SPLIT_V, which XNNPACK does not delegate); the patch merging as four stride-2 slices in
+  the trainer, a reshape + transpose elsewhere (XNNPACK leaves stride-2 slices out).
 """
 
 from __future__ import annotations

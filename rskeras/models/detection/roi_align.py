@@ -15,8 +15,8 @@ Two implementations of the same numbers:
 * ``tf.image.crop_and_resize`` per level on that level's RoIs, once per sample offset:
   TensorFlow's own bilinear kernel and its gradient, about 3x faster than the gathers
   for a training batch of 8 x 512 RoIs (fwd + bwd), and holding one ``[R, P, P, C]``
-  crop at a time. Used inside ``crop_and_resize_allowed()``, which the trainer's train,
-  eval and predict steps enter.
+  crop at a time. Used inside ``rskeras.models.step_graph.trainer_step_graph()``, which
+  the trainer's train, eval and predict steps enter.
 """
 
 from __future__ import annotations
@@ -28,15 +28,11 @@ import tensorflow as tf
 
 from rskeras.models.detection.box_ops import box_area
 from rskeras.models.shapes import dim
-from rskeras.models.step_graph import in_trainer_step, trainer_step_graph
+from rskeras.models.step_graph import in_trainer_step
 
 CANONICAL_SCALE = 224.0
 CANONICAL_LEVEL = 4.0
 LEVEL_EPS = 1e-6
-
-# The trainer's steps trace RoIAlign inside this context (rskeras.models.step_graph).
-crop_and_resize_allowed = trainer_step_graph
-
 
 def infer_scale(feature_height, image_height):
     """``2 ** round(log2(feature_height / image_height))`` (torchvision ``_infer_scale``,
