@@ -139,7 +139,7 @@ def pop_verbose(argv: list[str]) -> tuple[list[str], bool]:
     return rest, len(rest) != len(argv)
 
 
-def _quiet_other_threads(on: bool) -> None:
+def _quiet_logging(on: bool) -> None:
     """After a command's error line nothing more is logged: its leftover threads (input
     pipelines still reading other windows, or finishing during the exit's teardown) would
     print warnings after it, and the error must stay the last line. A filter by thread
@@ -158,7 +158,7 @@ def report_user_errors(run: Callable[[list[str]], int], argv: list[str] | None, 
     argv = list(sys.argv[1:] if argv is None else argv)
     argv, verbose = pop_verbose(argv)
     note_run_dir(None)
-    _quiet_other_threads(False)
+    _quiet_logging(False)
     try:
         return run(argv)
     except KeyboardInterrupt:
@@ -176,7 +176,7 @@ def report_user_errors(run: Callable[[list[str]], int], argv: list[str] | None, 
         if verbose:
             print(trace, file=sys.stderr, end="")
         where = f" (traceback: {log})" if log else ""
-        _quiet_other_threads(True)
+        _quiet_logging(True)
         print(f"{prog}: error: {one_line(message)}{where}", file=sys.stderr)
         if getattr(e, "exit_without_teardown", False):
             _exit_before_teardown()

@@ -13,6 +13,7 @@ from rskeras.config.instantiate import instantiate
 from rskeras.train.callbacks.checkpointing import load_training_checkpoint, read_training_state, save_training_checkpoint
 from rskeras.train.callbacks.freeze_unfreeze import FreezeUnfreeze, FTStage, MultiStageFineTuning, named_trainable_variables
 from rskeras.train.callbacks.lightning import EarlyStopping, ModelCheckpoint
+from tests.training_scripts.checkpoint_files import h5_datasets
 from tests.training_scripts.tiny_config import CONFIG
 
 
@@ -58,15 +59,6 @@ def test_model_checkpoint_top_k_names_and_last(lm, tmp_path):
     assert restored.best_k_models == cb.best_k_models and restored.kth_best_model_path == cb.kth_best_model_path
 
 
-def _h5_datasets(path):
-    import h5py
-
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
-    return out
-
-
 def test_second_file_of_an_epoch_is_a_copy_with_its_own_state(lm, tmp_path, monkeypatch):
     """``last`` after a top-k save of the same epoch is copied from it: the same datasets a
     full save writes, its own training state; the next epoch's weights reach both files."""
@@ -87,9 +79,9 @@ def test_second_file_of_an_epoch_is_a_copy_with_its_own_state(lm, tmp_path, monk
             assert len(serialized) == 2 * epoch + 1  # one serialization for the two files
             full = str(tmp_path / f"full{epoch}.weights.h5")
             save_training_checkpoint(lm, full, {"epoch": epoch})
-            reference = _h5_datasets(full)
+            reference = h5_datasets(full)
             for path in (cb.best_model_path, cb.last_model_path):
-                copied = _h5_datasets(path)
+                copied = h5_datasets(path)
                 assert sorted(copied) == sorted(reference) and len(reference) > 10
                 for name, value in reference.items():
                     np.testing.assert_array_equal(copied[name], value, err_msg=f"{path}: {name}")

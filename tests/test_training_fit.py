@@ -13,6 +13,7 @@ import yaml
 from rskeras import lightning_cli as cli
 from rskeras.run import build_run
 from rskeras.train.callbacks.checkpointing import read_training_state
+from tests.training_scripts.checkpoint_files import h5_datasets
 from tests.training_scripts.tiny_config import CONFIG
 
 
@@ -181,20 +182,12 @@ def test_backup_is_a_copy_of_the_epochs_checkpoint_with_its_own_state(sample_dat
     """One serialization per epoch for ModelCheckpoint's top-k file, its ``last`` and the
     trainer's backup: the backup is copied from this epoch's checkpoint, with the same
     datasets as a full save of the model at that point and its own training state."""
-    import h5py
-
     from rskeras.train import trainer as trainer_module
     from rskeras.train.callbacks import checkpointing
 
     serialized = []
     full_save = checkpointing.save_weights_file
     monkeypatch.setattr(checkpointing, "save_weights_file", lambda lm_, path, skip: serialized.append(path) or full_save(lm_, path, skip))
-
-    def datasets(path):
-        out = {}
-        with h5py.File(path, "r") as f:
-            f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
-        return out
 
     checked = []
     backup_epoch_end = trainer_module._Backup.on_epoch_end
@@ -205,7 +198,7 @@ def test_backup_is_a_copy_of_the_epochs_checkpoint_with_its_own_state(sample_dat
         assert len(serialized) == before, "the backup serialized the variables again"
         reference_path = str(tmp_path / f"reference{epoch}.weights.h5")
         full_save(self.model, reference_path, checkpointing._objects_to_skip(self.model, True))
-        reference, backup = datasets(reference_path), datasets(self.path)
+        reference, backup = h5_datasets(reference_path), h5_datasets(self.path)
         assert sorted(backup) == sorted(reference) and len(reference) > 10
         for name, value in reference.items():
             np.testing.assert_array_equal(backup[name], value, err_msg=name)
