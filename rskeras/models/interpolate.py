@@ -5,8 +5,11 @@
   and picks different pixels for non-integer ratios). It is pure data movement written so
   that XLA compiles it and its gradient (TF's ``ResizeNearestNeighborGrad`` has no XLA
   kernel): with static sizes the indices are computed once in NumPy, and an integer
-  upsampling factor (UNet's and Fpn's x2) is a broadcast + reshape (gradient: a sum over
-  the repeated pixels), an integer downsampling factor a strided slice, any other ratio
+  upsampling factor (UNet's and Fpn's x2) is a broadcast + reshape in the trainer's steps
+  (gradient: a sum over the repeated pixels) and TF's legacy nearest resize elsewhere (the
+  same pixels; in TFLite one ``RESIZE_NEAREST_NEIGHBOR``, which XNNPACK runs, where the
+  broadcast is a ``BROADCAST_TO`` it does not: see ``rskeras.models.step_graph``), an
+  integer downsampling factor a strided slice, any other ratio
   a ``gather`` of constant rows/columns; with dynamic sizes the same float32 indices are
   computed in the graph and gathered. All are TFLite builtins.
 * ``bilinear`` is ``align_corners=False`` without antialiasing (also when downsampling):
@@ -22,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from rskeras.models.shapes import spatial_size
+from rskeras.models.step_graph import in_trainer_step
 
 MODES = ("nearest", "bilinear")
 
@@ -68,9 +72,13 @@ def _repeat_2d(x: tf.Tensor, fh: int, fw: int) -> tf.Tensor:
     """Every pixel repeated fh x fw times: ``[B, H, W, C]`` -> ``[B, H*fh, W*fw, C]``."""
     if fh == 1 and fw == 1:
         return x
+    h, w = x.shape[1], x.shape[2]
+    if not in_trainer_step():
+        # Legacy nearest (no half-pixel centres): source index floor(dst * in / out) = dst // f.
+        return tf.raw_ops.ResizeNearestNeighbor(images=x, size=[h * fh, w * fw], align_corners=False, half_pixel_centers=False)
     shape = tf.shape(x)
     b = x.shape[0] if x.shape[0] is not None else shape[0]
-    h, w, c = x.shape[1], x.shape[2], x.shape[3] if x.shape[3] is not None else shape[3]
+    c = x.shape[3] if x.shape[3] is not None else shape[3]
     y = tf.reshape(x, [b, h, 1, w, 1, c])
     y = tf.broadcast_to(y, [b, h, fh, w, fw, c])
     return tf.reshape(y, [b, h * fh, w * fw, c])

@@ -241,18 +241,18 @@ class RslearnLightningModule(ModelHooks, keras.Model):
     def forward(self, inputs, targets=None, training=None) -> dict[str, Any]:
         """``self.model(inputs, targets, training)``, under XLA as ``configure_jit`` chose.
 
-        Outside XLA the model is traced inside ``trainer_step_graph()``: layers with two
-        exact implementations take their faster training form (a detector's RoIAlign on
-        ``crop_and_resize``, Swin's shift as a split; exports keep the portable forms,
-        see ``rskeras.models.step_graph``)."""
-        if self.jit_scope == "model":
-            fn = self._jitted("model", lambda x, y, training: self.model(x, targets=y, training=training))
-            return fn(inputs, targets, bool(training))
-        if self.jit_scope == "encoder":
-            fn = self._jitted("encoder", lambda x, training: self.model.encode(x, training=training))
-            with trainer_step_graph():
-                return self.model.decode(fn(inputs, bool(training)), inputs, targets=targets, training=training)
+        The model is traced inside ``trainer_step_graph()``, with or without XLA: layers
+        with two exact implementations take their training form (a detector's RoIAlign on
+        ``crop_and_resize``, Swin's shift as a split, a nearest upsampling as a broadcast,
+        whose gradient XLA compiles); exports keep the portable forms, see
+        ``rskeras.models.step_graph``."""
         with trainer_step_graph():
+            if self.jit_scope == "model":
+                fn = self._jitted("model", lambda x, y, training: self.model(x, targets=y, training=training))
+                return fn(inputs, targets, bool(training))
+            if self.jit_scope == "encoder":
+                fn = self._jitted("encoder", lambda x, training: self.model.encode(x, training=training))
+                return self.model.decode(fn(inputs, bool(training)), inputs, targets=targets, training=training)
             return self.model(inputs, targets=targets, training=training)
 
     def load_weights(self, filepath, skip_mismatch=False, **kwargs):
