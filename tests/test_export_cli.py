@@ -84,7 +84,7 @@ def test_help_without_tensorflow():
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "--quantize {none,float16,dynamic,int8}" in done.stdout and "--check N" in done.stdout
+    assert "--quantize {none,float16,dynamic,int8,int8-mixed}" in done.stdout and "--check N" in done.stdout
 
 
 def test_saved_model_export_and_saved_model_cli(setup, capsys):

@@ -9,11 +9,12 @@ import pytest
 import tensorflow as tf
 
 from export_helpers import SIZE, examples, raw_image, tiny_exportable
+from rskeras.export.description import CALIBRATED, QUANTIZATIONS
 from rskeras.export.errors import ExportError, UnsupportedOpsError
 from rskeras.export.examples import signature_batch, tiles
 from rskeras.export.litert import LiteRTModel
 from rskeras.export.report import format_table, parity_report
-from rskeras.export.tflite import convert_keras_tflite, convert_tflite, unsupported_ops_from_message, write_tflite
+from rskeras.export.tflite import MIXED_FLOAT_OPS, convert_keras_tflite, convert_tflite, unsupported_ops_from_message, write_tflite
 
 
 def tensor_dtypes(content: bytes) -> set[str]:
@@ -30,7 +31,7 @@ def test_quantized_variants_and_parity_report(tmp_path):
             for tile in tiles(example, SIZE, SIZE):
                 yield signature_batch(tile, exportable.raw_inputs)
 
-    variants = {q: convert_tflite(exportable, (SIZE, SIZE), q, representative if q == "int8" else None) for q in ("none", "float16", "dynamic", "int8")}
+    variants = {q: convert_tflite(exportable, (SIZE, SIZE), q, representative if q in CALIBRATED else None) for q in QUANTIZATIONS}
     assert "float16" in tensor_dtypes(variants["float16"])
     assert "int8" in tensor_dtypes(variants["dynamic"])
     int8_lite = LiteRTModel(content=variants["int8"])
@@ -39,13 +40,21 @@ def test_quantized_variants_and_parity_report(tmp_path):
     assert {"int8"} <= tensor_dtypes(variants["int8"])
     assert set(int8_lite.output_details) == {"class_ids", "probabilities"}
     assert len(variants["int8"]) < len(variants["none"]) and len(variants["dynamic"]) < len(variants["none"])
+    # int8-mixed: int8 convolutions, the ops of MIXED_FLOAT_OPS (here the softmax) in float32.
+    mixed = LiteRTModel(content=variants["int8-mixed"]).interpreter
+    dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in mixed.get_tensor_details()}
+    ops = mixed._get_ops_details()
+    kept = {o["op_name"]: {dtypes[i] for i in o["inputs"] if i >= 0} for o in ops if o["op_name"] in MIXED_FLOAT_OPS}
+    assert kept and all(d == {"float32"} for d in kept.values()), kept
+    assert any(o["op_name"] == "CONV_2D" and dtypes[o["inputs"][0]] == "int8" for o in ops)
 
     results = parity_report(exportable, examples(6), None, variants)
     rows = {r.name: r for r in results}
-    assert list(rows) == ["keras", "tflite_none", "tflite_float16", "tflite_dynamic", "tflite_int8"]
+    assert list(rows) == ["keras", "tflite_none", "tflite_float16", "tflite_dynamic", "tflite_int8", "tflite_int8-mixed"]
     assert rows["tflite_none"].max_abs_diff <= 1e-4 and rows["tflite_none"].ok
     assert rows["tflite_float16"].agreement >= 0.99 and rows["tflite_float16"].max_abs_diff <= 1e-2
     assert rows["tflite_int8"].agreement >= 0.8 and rows["tflite_int8"].miou is not None
+    assert rows["tflite_int8-mixed"].agreement >= 0.8
     assert all(r.latency_ms > 0 for r in results)
     table = format_table(results, 6)
     assert "tflite_int8" in table and "mIoU" in table
@@ -58,9 +67,10 @@ def test_quantized_variants_and_parity_report(tmp_path):
     assert LiteRTModel(path).description == description
 
 
-def test_int8_needs_a_representative_dataset():
-    with pytest.raises(ExportError, match="representative dataset"):
-        convert_tflite(tiny_exportable("regression"), (SIZE, SIZE), "int8")
+@pytest.mark.parametrize("quantize", CALIBRATED)
+def test_int8_needs_a_representative_dataset(quantize):
+    with pytest.raises(ExportError, match=f"quantize={quantize} needs a representative dataset"):
+        convert_tflite(tiny_exportable("regression"), (SIZE, SIZE), quantize)
 
 
 def test_tflite_needs_a_fixed_size():

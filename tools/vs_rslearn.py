@@ -759,7 +759,7 @@ def step_worker(opts: dict) -> dict:
 
 
 def inference_worker(opts: dict) -> dict:
-    """Per-tile latency (batch 1) of the rskeras model: Keras, SavedModel, TFLite fp32/int8."""
+    """Per-tile latency (batch 1) of the rskeras model: Keras, SavedModel, TFLite fp32, dynamic-range int8, full int8 and int8-mixed."""
     import tempfile
 
     import tensorflow as tf
@@ -767,6 +767,7 @@ def inference_worker(opts: dict) -> dict:
     from rskeras.export.cli import representative_dataset
     from rskeras.export.inference import exportable_from_run
     from rskeras.export.saved_model import export_for_serving
+    from rskeras.export.description import CALIBRATED
     from rskeras.export.tflite import convert_tflite
 
     run = _build_run(opts["config"], opts["anchor"], [tuple(o) for o in opts["overrides"]], opts["root"])
@@ -799,9 +800,9 @@ def inference_worker(opts: dict) -> dict:
             entry["keras"] = timed(lambda: tf.nest.map_structure(lambda t: t.numpy(), keras_fn(model_in)), repeats, warmup)
             entry["saved_model"] = timed(lambda: tf.nest.map_structure(lambda t: t.numpy(), served(image=raw_tensor)), repeats, warmup)
             calibration = representative_dataset(run.data, exportable, (size, size), 8, max_tiles=16)
-            for quantize, key in (("none", "tflite_fp32"), ("int8", "tflite_int8")):
+            for quantize, key in (("none", "tflite_fp32"), ("dynamic", "tflite_dynamic"), ("int8", "tflite_int8"), ("int8-mixed", "tflite_int8_mixed")):
                 try:
-                    content = convert_tflite(exportable, (size, size), quantize, calibration if quantize == "int8" else None)
+                    content = convert_tflite(exportable, (size, size), quantize, calibration if quantize in CALIBRATED else None)
                     runner = Interpreter(model_content=content, num_threads=os.cpu_count()).get_signature_runner("serving_default")
                     entry[key] = timed(lambda: runner(image=raw_in), repeats, warmup)
                     entry[key]["bytes"] = len(content)
@@ -966,7 +967,7 @@ def run_inference(args) -> dict:
 
 def print_inference_report(report: dict) -> None:
     print(f"\ninference: {os.path.basename(report['config'])}, batch 1, median ms per tile, load {report['load_start']:.2f}")
-    backends = [("keras", "Keras"), ("saved_model", "SavedModel"), ("tflite_fp32", "TFLite fp32"), ("tflite_int8", "TFLite int8")]
+    backends = [("keras", "Keras"), ("saved_model", "SavedModel"), ("tflite_fp32", "TFLite fp32"), ("tflite_dynamic", "TFLite dyn8"), ("tflite_int8", "TFLite int8"), ("tflite_int8_mixed", "int8-mixed")]
     print(f"  {'size':<9} {'rslearn eager':>13} " + " ".join(f"{label:>12}" for _, label in backends) + "   best TFLite vs rslearn")
     theirs, ours = report.get("rslearn") or {}, report.get("rskeras") or {}
     for err_side, side in (("rslearn", theirs), ("rskeras", ours)):

@@ -33,7 +33,9 @@ from typing import Any
 from rskeras.export.errors import ExportError
 
 EXPORT_FORMAT_VERSION = 1
-QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8", "int8-mixed")
+# Variants calibrated on a representative dataset (static activation ranges).
+CALIBRATED = ("int8", "int8-mixed")
 METADATA_FILE = "rskeras_export.json"
 
 

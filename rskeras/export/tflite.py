@@ -15,7 +15,13 @@ Quantization (``quantize``):
 * ``dynamic`` — dynamic-range: int8 weights, float activations (~quarter size);
 * ``int8`` — full-integer ops calibrated on a representative dataset of raw inputs (the
   dataset's train split); inputs and outputs stay float32 / int32 so that the signature
-  is the same as the float model's.
+  is the same as the float model's (what integer-only accelerators need);
+* ``int8-mixed`` — the same calibrated int8 convolutions, dense layers and element-wise
+  ops, with the ops of ``MIXED_FLOAT_OPS`` (normalisation statistics, softmax, attention
+  matmuls, GELU) left in float32: on a CPU the fastest variant of transformer models,
+  whose int8 versions of these ops XNNPACK does not run (the interpreter's own int8
+  kernels are slow and cut the graph into many partitions) and which lose most accuracy
+  in int8.
 
 The signature (``serving_default``) keeps the input names (one per raw input, ``[1, H, W,
 C]``) and output names of the SavedModel; run it with ``rskeras.export.litert``.
@@ -32,12 +38,15 @@ from typing import Any, Callable, Iterable
 
 import tensorflow as tf
 
-from rskeras.export.description import QUANTIZATIONS
+from rskeras.export.description import CALIBRATED, QUANTIZATIONS
 from rskeras.export.errors import ExportError, UnsupportedOpsError
 from rskeras.export.inference import Exportable
 from rskeras.export.saved_model import SERVING_SIGNATURE, write_saved_model
 from rskeras.utils.fileio import atomic_write_bytes, atomic_write_text
 
+
+# TFLite op types that ``int8-mixed`` keeps in float32 (converter op names).
+MIXED_FLOAT_OPS = ["MEAN", "SQUARED_DIFFERENCE", "RSQRT", "NEG", "L2_NORMALIZATION", "SOFTMAX", "BATCH_MATMUL", "GELU"]
 
 _SELECT_OPS = re.compile(r"(?:TF Select ops|Flex ops|Custom ops): ([^\n]+)")
 _OP_LOCATION = re.compile(r'fused\["(\w+):", (?:callsite\()?"([^"@]+)@')
@@ -69,9 +78,9 @@ def _converter(saved_model_dir: str, quantize: str, representative: Callable[[],
         converter.target_spec.supported_types = [tf.float16]
     elif quantize == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif quantize == "int8":
+    elif quantize in CALIBRATED:
         if representative is None:
-            raise ExportError("quantize=int8 needs a representative dataset (raw input examples)")
+            raise ExportError(f"quantize={quantize} needs a representative dataset (raw input examples)")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -103,6 +112,8 @@ def convert_keras_tflite(
             with warnings.catch_warnings():
                 # int8 calibration runs TF's deprecated tf.lite.Interpreter internally.
                 warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+                if quantize == "int8-mixed":
+                    return _mixed_int8(converter, representative)
                 return converter.convert()
         except Exception as e:  # ConverterError lives in a private module
             message = str(e)
@@ -125,6 +136,14 @@ def convert_keras_tflite(
         ops,
         scopes,
     )
+
+
+def _mixed_int8(converter: tf.lite.TFLiteConverter, representative: Callable[[], Iterable[dict[str, Any]]]) -> bytes:
+    """Calibrates once and quantizes with ``MIXED_FLOAT_OPS`` left in float32 (the
+    converter's op denylist, through TF's public quantization debugger)."""
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(MIXED_FLOAT_OPS))
+    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=representative, debug_options=options)
+    return debugger.get_nondebug_quantized_model()
 
 
 def convert_tflite(
