@@ -767,7 +767,6 @@ def inference_worker(opts: dict) -> dict:
     from rskeras.export.cli import representative_dataset
     from rskeras.export.inference import exportable_from_run
     from rskeras.export.saved_model import export_for_serving
-    from rskeras.export.description import CALIBRATED
     from rskeras.export.tflite import convert_tflite
 
     run = _build_run(opts["config"], opts["anchor"], [tuple(o) for o in opts["overrides"]], opts["root"])
@@ -802,7 +801,7 @@ def inference_worker(opts: dict) -> dict:
             calibration = representative_dataset(run.data, exportable, (size, size), 8, max_tiles=16)
             for quantize, key in (("none", "tflite_fp32"), ("dynamic", "tflite_dynamic"), ("int8", "tflite_int8"), ("int8-mixed", "tflite_int8_mixed")):
                 try:
-                    content = convert_tflite(exportable, (size, size), quantize, calibration if quantize in CALIBRATED else None)
+                    content = convert_tflite(exportable, (size, size), quantize, calibration)
                     runner = Interpreter(model_content=content, num_threads=os.cpu_count()).get_signature_runner("serving_default")
                     entry[key] = timed(lambda: runner(image=raw_in), repeats, warmup)
                     entry[key]["bytes"] = len(content)

@@ -177,7 +177,6 @@ def run(argv: list[str] | None = None, prog: str = "export.py") -> int:
 
     set_allowed_prefixes(args.allow_class_prefix)
     import_tensorflow()
-    from rskeras.export.description import CALIBRATED
     from rskeras.export.inference import exportable_from_run
     from rskeras.export.saved_model import export_for_serving
     from rskeras.export.tflite import convert_tflite, write_tflite
@@ -195,7 +194,7 @@ def run(argv: list[str] | None = None, prog: str = "export.py") -> int:
         print(f"SavedModel written to {saved_model_path} (signatures: serving_default, raw_outputs)")
         print(describe_signature(exportable, fixed, "B"))
     else:
-        content = convert_tflite(exportable, tflite_size, args.quantize, calibration if args.quantize in CALIBRATED else None)
+        content = convert_tflite(exportable, tflite_size, args.quantize, calibration)
         write_tflite(exportable, content, output, tflite_size, args.quantize)
         tflite_models[args.quantize] = content
         print(f"TFLite model written to {output} ({len(content) / 1024:.0f} KiB, {args.quantize}, builtin ops only)")
@@ -214,7 +213,7 @@ def run(argv: list[str] | None = None, prog: str = "export.py") -> int:
             saved_model_path = export_for_serving(exportable, os.path.join(tmp, "saved_model"), None, raw_outputs=False)
         for quantize in args.check_variants:
             if quantize not in tflite_models:
-                tflite_models[quantize] = convert_tflite(exportable, tflite_size, quantize, calibration if quantize in CALIBRATED else None)
+                tflite_models[quantize] = convert_tflite(exportable, tflite_size, quantize, calibration)
         ordered = {q: tflite_models[q] for q in args.check_variants}
         results = parity_report(exportable, examples, saved_model_path, ordered)
     title = f"{name}: {' + '.join(args.check_split)} split, input size {tflite_size[0]}x{tflite_size[1]}"

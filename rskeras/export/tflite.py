@@ -46,7 +46,7 @@ from rskeras.utils.fileio import atomic_write_bytes, atomic_write_text
 
 
 # TFLite op types that ``int8-mixed`` keeps in float32 (converter op names).
-MIXED_FLOAT_OPS = ["MEAN", "SQUARED_DIFFERENCE", "RSQRT", "NEG", "L2_NORMALIZATION", "SOFTMAX", "BATCH_MATMUL", "GELU"]
+MIXED_FLOAT_OPS = ("MEAN", "SQUARED_DIFFERENCE", "RSQRT", "NEG", "L2_NORMALIZATION", "SOFTMAX", "BATCH_MATMUL", "GELU")
 
 _SELECT_OPS = re.compile(r"(?:TF Select ops|Flex ops|Custom ops): ([^\n]+)")
 _OP_LOCATION = re.compile(r'fused\["(\w+):", (?:callsite\()?"([^"@]+)@')
@@ -152,7 +152,9 @@ def convert_tflite(
     quantize: str = "none",
     representative: Callable[[], Iterable[dict[str, Any]]] | None = None,
 ) -> bytes:
-    """The TFLite flatbuffer of ``exportable`` at ``input_size`` (height, width), batch 1."""
+    """The TFLite flatbuffer of ``exportable`` at ``input_size`` (height, width), batch 1.
+    ``representative`` (calibration inputs) is used by the calibrated variants
+    (``CALIBRATED``) and ignored by the others."""
     h, w = input_size
     model = exportable.keras_model(h, w, batch=1)
     return convert_keras_tflite(model, exportable.input_specs(h, w, 1), quantize, representative)
