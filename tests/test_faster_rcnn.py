@@ -374,3 +374,26 @@ def test_saved_model_with_dynamic_batch_and_its_tflite_conversion(model, inputs,
     assert max_abs(lite["boxes"][0], served["boxes"][1]) <= 1e-4
     assert max_abs(lite["scores"][0], served["scores"][1]) <= 1e-5
     np.testing.assert_array_equal(lite["labels"][0], served["labels"][1].numpy())
+
+
+def test_padded_proposals_keep_every_tensor_finite():
+    """Zero-area (padding) boxes and invalid NMS candidates produce no inf anywhere in the
+    graph (check_numerics on every op): an int8 calibration of Faster R-CNN needs finite
+    ranges (log2(0) = -inf in the level mapper and -inf scores crashed TFLite's quantizer).
+    The results are unchanged: a zero-area box maps to the lowest level, invalid boxes are
+    never kept."""
+    from rskeras.models.detection.nms import batched_nms
+    from rskeras.models.detection.roi_align import map_levels
+
+    boxes = tf.constant([[[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 500.0, 500.0], [4.0, 4.0, 20.0, 20.0], [5.0, 5.0, 21.0, 21.0]]])
+    scores = tf.constant([[0.9, 0.8, 0.7, 0.6]])
+    valid = tf.constant([[False, True, True, True]])
+    tf.debugging.enable_check_numerics()
+    try:
+        levels = tf.function(lambda b: map_levels(b, [0.25, 0.125, 0.0625], 3))(boxes)
+        idx, count = tf.function(lambda b, s, v: batched_nms(b, s, tf.zeros_like(s, tf.int32), v, 0.5, 4))(boxes, scores, valid)
+    finally:
+        tf.debugging.disable_check_numerics()
+    np.testing.assert_array_equal(levels.numpy(), [[0, 2, 0, 0]])
+    assert count.numpy().tolist() == [2]
+    assert idx.numpy()[0, :2].tolist() == [1, 2]

@@ -15,11 +15,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
 import tensorflow as tf
-
-_LOWEST = float(np.finfo(np.float32).min)
-
 
 def map_images(fn: Callable, elems: tuple, out_signature) -> tuple:
     """Applies ``fn`` to each image of batched ``elems``; unrolled when the batch size is
@@ -61,13 +57,17 @@ def batched_nms(
         max_coordinate = tf.reduce_max(b)
         offsets = tf.cast(g, b.dtype) * (max_coordinate + 1.0)
         shifted = b + offsets[:, None]
-        s = tf.where(v, s, -np.inf)
+        # Invalid boxes get a score below the threshold, itself below every valid score (strict
+        # or not, as in TF and TFLite): every tensor stays finite, which an int8 calibration
+        # needs (-inf ranges crash TFLite's quantizer).
+        threshold = tf.reduce_min(s) - 1.0
+        s = tf.where(v, s, threshold - 1.0)
         idx, _, count = tf.raw_ops.NonMaxSuppressionV5(
             boxes=shifted,
             scores=s,
             max_output_size=tf.constant(max_output_size, tf.int32),
             iou_threshold=tf.constant(iou_threshold, tf.float32),
-            score_threshold=tf.constant(_LOWEST, tf.float32),
+            score_threshold=threshold,
             soft_nms_sigma=tf.constant(0.0, tf.float32),
             pad_to_max_output_size=True,
         )

@@ -48,6 +48,9 @@ def _log2(x: tf.Tensor) -> tf.Tensor:
     return tf.math.log(x) / math.log(2.0)
 
 
+MIN_SIDE = 1e-6
+
+
 def map_levels(boxes: tf.Tensor, scales: list, num_levels: int) -> tf.Tensor:
     """Level index (0 = finest) of each box ``[..., 4]`` -> int32 ``[...]``.
 
@@ -61,7 +64,11 @@ def map_levels(boxes: tf.Tensor, scales: list, num_levels: int) -> tf.Tensor:
     k_max = -_log2(tf.cast(scales[-1], tf.float32))
     k_min = tf.round(k_min)
     k_max = tf.round(k_max)
-    s = tf.sqrt(box_area(boxes))
+    # Zero-area boxes (the padding of a fixed-size proposal set) would give log2(0) = -inf and
+    # then the lowest level, as in torchvision; a floor of 1e-6 on the side gives the same level
+    # (the clamp to k_min >= 0 takes anything below -23) and keeps every tensor finite, which an
+    # int8 calibration needs.
+    s = tf.maximum(tf.sqrt(box_area(boxes)), MIN_SIDE)
     target = tf.floor(CANONICAL_LEVEL + _log2(s / CANONICAL_SCALE) + LEVEL_EPS)
     target = tf.clip_by_value(target, k_min, k_max)
     return tf.cast(target - k_min, tf.int32)
