@@ -205,6 +205,7 @@ def test_trainer_step_form_equals_the_export_form():
     gradients."""
     from rskeras.models.step_graph import trainer_step_graph
 
+    keras.utils.set_random_seed(0)
     model = Swin(arch="swin_v2_t", output_layers=[1, 3], embed_dim=8, depths=[2, 2], num_heads=[1, 2], window_size=[4, 4])
     x = tf.constant(np.random.RandomState(1).randn(2, 1, 24, 40, 3).astype(np.float32))
 
@@ -215,11 +216,17 @@ def test_trainer_step_form_equals_the_export_form():
             loss = sum(tf.reduce_sum(o * o) for o in outs)
         return outs, tape.gradient(loss, model.trainable_variables)
 
+    # The forms are exact rewrites, but their matmuls see other memory layouts, so float32
+    # sums may be reordered (with Grappler off, as an earlier trainer test in the same
+    # process leaves it on CPU). Each tensor is compared to 1e-4 of its own scale: the
+    # gradient of a logit scale sums every attention logit with cancellation, and over 20
+    # seeds differs by up to 4e-5 of its scale; the outputs agree to ~1e-6.
     export_form = outputs_and_grads(x)
     with trainer_step_graph():
         trainer_form = tf.function(outputs_and_grads.python_function)(x)
     for a, b in zip(tf.nest.flatten(export_form), tf.nest.flatten(trainer_form)):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+        a, b = a.numpy(), b.numpy()
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4 * max(1.0, float(np.abs(b).max())))
 
 
 def test_int8_tflite_runs_and_stays_close_to_float():
