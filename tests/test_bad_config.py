@@ -161,6 +161,28 @@ def test_unknown_detection_category_is_one_line(sample_dataset, tmp_path):
     assert "InvalidArgumentError" not in line
 
 
+def test_deterministic_with_xla_on_a_max_pooling_model_is_one_line(sample_dataset, tmp_path):
+    """TF's op determinism refuses XLA's max-pool gradient (SimpleCNN pools): with
+    jit_compile true that is one line naming both keys, exit 2; "auto" stays off under
+    deterministic, so the same config trains."""
+    args = [
+        TRAIN, "fit", "--config", CLASSIFICATION, "--trainer.deterministic", "true",
+        "--model.init_args.model.init_args.encoder.0.init_args.channels", "[8, 8, 8]",
+        "--model.init_args.model.init_args.decoder.0.init_args.in_channels", "8",
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
+        "--trainer.num_sanity_val_steps", "0", "--trainer.logger", "false", "--trainer.callbacks", "[]",
+    ]
+    # TF_CPP_MIN_LOG_LEVEL 3: TensorFlow's own C++ error log of the refused kernel is hidden.
+    env = {"DATASET_PATH": sample_dataset, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    line = one_line_error(
+        run(args + ["--trainer.jit_compile", "true", "--trainer.default_root_dir", str(tmp_path / "on")], tmp_path, env, timeout=400),
+        "trainer.deterministic", "trainer.jit_compile", "MaxPool",
+    )
+    assert "UnimplementedError" not in line
+    done = run(args + ["--trainer.default_root_dir", str(tmp_path / "auto")], tmp_path, env, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_pipeline_assertion_from_a_compiled_step_is_surfaced():
     """A task's data check failing while a compiled train step pulls the batch (not the
     iterator itself) is still the task's one-line message (it came out as rc 1 before)."""

@@ -71,5 +71,7 @@ def test_xla_on_and_off_give_the_same_losses(name, sample_dataset, tmp_path):
 def test_jit_compile_key():
     assert Trainer(jit_compile=True).use_jit() and not Trainer(jit_compile=False).use_jit()
     assert Trainer().use_jit() == bool(tf.config.list_physical_devices("GPU"))
+    # XLA has no deterministic max-pool gradient: "auto" stays off under deterministic.
+    assert not Trainer(deterministic=True).use_jit() and Trainer(jit_compile=True, deterministic=True).use_jit()
     with pytest.raises(ConfigError, match="trainer.jit_compile"):
         Trainer(jit_compile="yes")

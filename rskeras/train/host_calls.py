@@ -128,6 +128,16 @@ def surface_errors() -> Iterator[None]:
         original = recorded_error(e)
         if original is not None:
             raise original.with_traceback(None) from None
+        import tensorflow as tf
+
+        if isinstance(e, tf.errors.UnimplementedError) and "deterministic XLA implementation" in str(e):
+            from rskeras.config.errors import ConfigError
+
+            reason = next((line.strip() for line in str(e).splitlines() if "deterministic XLA implementation" in line), "")
+            raise ConfigError(
+                f"trainer.deterministic with trainer.jit_compile: true: {reason.rstrip('.')}; set trainer.jit_compile "
+                "to false (or auto, which stays off under trainer.deterministic) or trainer.deterministic to false"
+            ) from None
         message = pipeline_assertion(e)
         if message is None:
             raise

@@ -275,7 +275,8 @@ class Trainer:
         backup_and_restore: (rskeras) keep ``<root>/backup`` to resume killed runs.
         stop_on_nonfinite_loss: (rskeras) stop with an error on a NaN/inf training loss.
         jit_compile: (rskeras) run the model's forward/backward pass under XLA: true,
-            false, or "auto" (on when a GPU is visible; on CPU XLA was measured slower).
+            false, or "auto" (on when a GPU is visible and ``deterministic`` is off; on CPU
+            XLA was measured slower).
         export_saved_model: (rskeras) after fit, write ``<root>/saved_model`` from the best
             weights (default false: a fit is training; ``rskeras export`` exports later).
         graph_optimizer: (rskeras) TensorFlow's graph optimizer (Grappler) on the traced
@@ -463,7 +464,11 @@ class Trainer:
 
     def use_jit(self) -> bool:
         """``jit_compile`` resolved: "auto" means XLA on GPUs only (slower than TF's oneDNN
-        kernels on CPU, see docs/training.md)."""
+        kernels on CPU, see docs/training.md), and never with ``deterministic``: XLA has no
+        deterministic gradient of some ops (max pooling, as in ResNet stems and SimpleCNN),
+        which TF's op determinism refuses at the first step."""
+        if self.jit_compile == "auto" and self.deterministic:
+            return False
         return _on_gpu_if_auto(self.jit_compile)
 
     def configure_jit(self, lm) -> None:
