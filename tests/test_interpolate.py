@@ -20,12 +20,12 @@ def reference(x, size):
 @pytest.mark.parametrize("in_trainer_step", [False, True])
 @pytest.mark.parametrize("hin,hout", SIZES)
 def test_nearest_indices_and_static_resize_equal_the_kernel(hin, hout, in_trainer_step):
-    """Both forms (the trainer's broadcast, the export's resize op) pick the kernel's pixels."""
+    """Both forms (the trainer's XLA broadcast, the resize op) pick the kernel's pixels."""
     win, wout = hout, hin  # both directions at once
     x = tf.constant(np.random.RandomState(0).randn(2, hin, win, 3).astype(np.float32))
     want = reference(x, [hout, wout]).numpy()
     if in_trainer_step:
-        with trainer_step_graph():
+        with trainer_step_graph(xla=True):
             got = resize_nearest(x, (hout, wout)).numpy()
     else:
         got = resize_nearest(x, (hout, wout)).numpy()
@@ -60,7 +60,7 @@ def test_gradient_compiles_under_xla_and_equals_the_kernel_gradient(dynamic_batc
         spec = [tf.TensorSpec([None, hin, win, 3])] if dynamic_batch else None
         compiled = tf.function(lambda x: grad(x, lambda v: resize_nearest(v, (hout, wout))), jit_compile=True, input_signature=spec)
         want = grad(x, lambda v: reference(v, [hout, wout]))
-        with trainer_step_graph():
+        with trainer_step_graph(xla=True):
             got = compiled(x)
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-6)
 
@@ -83,3 +83,35 @@ def test_export_form_of_an_integer_upsampling_is_one_tflite_resize_op():
     interpreter.invoke()
     got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     np.testing.assert_array_equal(got, reference(tf.constant(x), [16, 12]).numpy())
+
+
+def test_form_per_step_kind():
+    """The broadcast in XLA steps (and on GPUs); on CPU the trainer's plain steps and
+    exports take the resize op, whose gradient equals the broadcast's."""
+    x = tf.constant(np.random.RandomState(4).randn(2, 4, 5, 3).astype(np.float32))
+
+    def ops_and_grad(xla, step):
+        @tf.function
+        def f(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = resize_nearest(x, (8, 10))
+                loss = tf.reduce_sum(y * y * tf.range(1.0, 4.0))
+            return tape.gradient(loss, x)
+
+        if step:
+            with trainer_step_graph(xla=xla):
+                graph = f.get_concrete_function(x).graph
+                grad = f(x)
+        else:
+            graph = f.get_concrete_function(x).graph
+            grad = f(x)
+        return {op.type for op in graph.get_operations()}, grad.numpy()
+
+    xla_ops, xla_grad = ops_and_grad(True, True)
+    step_ops, step_grad = ops_and_grad(False, True)
+    export_ops, _ = ops_and_grad(False, False)
+    assert "BroadcastTo" in xla_ops and "ResizeNearestNeighbor" not in xla_ops
+    assert "ResizeNearestNeighbor" in export_ops
+    assert ("ResizeNearestNeighbor" in step_ops) == (not tf.config.list_physical_devices("GPU"))
+    np.testing.assert_allclose(step_grad, xla_grad, rtol=1e-6)

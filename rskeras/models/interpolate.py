@@ -5,8 +5,9 @@
   and picks different pixels for non-integer ratios). It is pure data movement written so
   that XLA compiles it and its gradient (TF's ``ResizeNearestNeighborGrad`` has no XLA
   kernel): with static sizes the indices are computed once in NumPy, and an integer
-  upsampling factor (UNet's and Fpn's x2) is a broadcast + reshape in the trainer's steps
-  (gradient: a sum over the repeated pixels) and TF's legacy nearest resize elsewhere (the
+  upsampling factor (UNet's and Fpn's x2) is a broadcast + reshape in the trainer's XLA
+  and GPU steps (gradient: a sum over the repeated pixels) and TF's legacy nearest resize
+  elsewhere, the trainer's CPU steps included (its CPU gradient is faster; the
   same pixels; in TFLite one ``RESIZE_NEAREST_NEIGHBOR``, which XNNPACK runs, where the
   broadcast is a ``BROADCAST_TO`` it does not: see ``rskeras.models.step_graph``), an
   integer downsampling factor a strided slice, any other ratio
@@ -19,13 +20,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from rskeras.models.shapes import spatial_size
-from rskeras.models.step_graph import in_trainer_step
+from rskeras.models.step_graph import in_trainer_step, in_xla_step
 
 MODES = ("nearest", "bilinear")
 
@@ -68,14 +70,21 @@ def _repeat_factor(in_size: int, out_size: int) -> int | None:
     return k if np.array_equal(nearest_indices(in_size, out_size), np.arange(out_size) // k) else None
 
 
+@functools.lru_cache(maxsize=None)
+def _gpus_visible() -> bool:
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
 def _repeat_2d(x: tf.Tensor, fh: int, fw: int) -> tf.Tensor:
     """Every pixel repeated fh x fw times: ``[B, H, W, C]`` -> ``[B, H*fh, W*fw, C]``."""
     if fh == 1 and fw == 1:
         return x
     h, w = x.shape[1], x.shape[2]
-    if not in_trainer_step():
+    if not (in_xla_step() or (in_trainer_step() and _gpus_visible())):
         # Legacy nearest (no half-pixel centres): source index floor(dst * in / out) = dst // f.
         return tf.raw_ops.ResizeNearestNeighbor(images=x, size=[h * fh, w * fw], align_corners=False, half_pixel_centers=False)
+    # XLA (no ResizeNearestNeighborGrad kernel) and GPUs (whose resize gradient is not
+    # deterministic): the repeat as a broadcast, whose gradient is a sum.
     shape = tf.shape(x)
     b = x.shape[0] if x.shape[0] is not None else shape[0]
     c = x.shape[3] if x.shape[3] is not None else shape[3]

@@ -243,16 +243,19 @@ class RslearnLightningModule(ModelHooks, keras.Model):
 
         The model is traced inside ``trainer_step_graph()``, with or without XLA: layers
         with two exact implementations take their training form (a detector's RoIAlign on
-        ``crop_and_resize``, Swin's shift as a split, a nearest upsampling as a broadcast,
-        whose gradient XLA compiles); exports keep the portable forms, see
+        ``crop_and_resize``, Swin's shift as a split, under XLA or on a GPU a nearest
+        upsampling as a broadcast, whose gradient XLA compiles); exports keep the portable
+        forms, see
         ``rskeras.models.step_graph``."""
-        with trainer_step_graph():
+        with trainer_step_graph(xla=self.jit_scope == "model"):
             if self.jit_scope == "model":
                 fn = self._jitted("model", lambda x, y, training: self.model(x, targets=y, training=training))
                 return fn(inputs, targets, bool(training))
             if self.jit_scope == "encoder":
                 fn = self._jitted("encoder", lambda x, training: self.model.encode(x, training=training))
-                return self.model.decode(fn(inputs, bool(training)), inputs, targets=targets, training=training)
+                with trainer_step_graph(xla=True):
+                    features = fn(inputs, bool(training))
+                return self.model.decode(features, inputs, targets=targets, training=training)
             return self.model(inputs, targets=targets, training=training)
 
     def load_weights(self, filepath, skip_mismatch=False, **kwargs):
