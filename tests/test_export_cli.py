@@ -134,6 +134,21 @@ def test_errors_exit_with_a_message(setup, capsys):
     assert "--checkpoint" in capsys.readouterr().err
 
 
+def test_a_converter_crash_is_one_line_and_writes_nothing(setup, capsys, monkeypatch):
+    """The converter runs in a child process: one that aborts (as TFLite's C++ quantizer can)
+    leaves the command alive to report it in one line, exit 2, with no output file."""
+    from rskeras.export import tflite_worker
+
+    monkeypatch.setattr(tflite_worker, "WORKER_COMMAND", [sys.executable, "-c", "import os; print('Check failed: scale'); os.abort()"])
+    root, cfg, ckpt = setup
+    out = root / "crash.tflite"
+    args = ["--config", str(cfg), "--checkpoint", str(ckpt), "--format", "tflite", "--quantize", "int8", "--output", str(out), "--calibration-examples", "2"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "TFLite converter crashed (SIGABRT)" in err[0] and "Check failed: scale" in err[0], err
+    assert not out.exists() and not os.path.exists(str(out) + ".json")
+
+
 def test_edge_prediction_equals_train_py_predict(setup, sample_dataset):
     """tools/predict_tflite.py's path (fp32 TFLite, sliding windows, RasterMerger) writes the
     class maps that train.py predict + RslearnWriter write, with the same georeference."""

@@ -194,7 +194,7 @@ def run(argv: list[str] | None = None, prog: str = "export.py") -> int:
         print(f"SavedModel written to {saved_model_path} (signatures: serving_default, raw_outputs)")
         print(describe_signature(exportable, fixed, "B"))
     else:
-        content = convert_tflite(exportable, tflite_size, args.quantize, calibration)
+        content = convert_tflite(exportable, tflite_size, args.quantize, calibration, isolate=True)
         write_tflite(exportable, content, output, tflite_size, args.quantize)
         tflite_models[args.quantize] = content
         print(f"TFLite model written to {output} ({len(content) / 1024:.0f} KiB, {args.quantize}, builtin ops only)")
@@ -213,7 +213,7 @@ def run(argv: list[str] | None = None, prog: str = "export.py") -> int:
             saved_model_path = export_for_serving(exportable, os.path.join(tmp, "saved_model"), None, raw_outputs=False)
         for quantize in args.check_variants:
             if quantize not in tflite_models:
-                tflite_models[quantize] = convert_tflite(exportable, tflite_size, quantize, calibration)
+                tflite_models[quantize] = convert_tflite(exportable, tflite_size, quantize, calibration, isolate=True)
         ordered = {q: tflite_models[q] for q in args.check_variants}
         results = parity_report(exportable, examples, saved_model_path, ordered)
     title = f"{name}: {' + '.join(args.check_split)} split, input size {tflite_size[0]}x{tflite_size[1]}"

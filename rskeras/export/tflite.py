@@ -23,6 +23,10 @@ Quantization (``quantize``):
   kernels are slow and cut the graph into many partitions) and which lose most accuracy
   in int8.
 
+``tools/export.py`` converts in a child process (``isolate=True``, module
+``rskeras.export.tflite_worker``): a converter that aborts becomes one error line, not the
+end of the command.
+
 The signature (``serving_default``) keeps the input names (one per raw input, ``[1, H, W,
 C]``) and output names of the SavedModel; run it with ``rskeras.export.litert``.
 """
@@ -92,37 +96,65 @@ def convert_keras_tflite(
     input_specs: dict[str, tf.TensorSpec],
     quantize: str = "none",
     representative: Callable[[], Iterable[dict[str, Any]]] | None = None,
+    isolate: bool = False,
 ) -> bytes:
     """Converts a Keras model taking an input dict (fixed-shape ``input_specs``) to a
     TFLite flatbuffer with builtin ops only; raises ``UnsupportedOpsError`` naming the
     ops that would need Flex / custom ops.
 
     The model goes through a temporary SavedModel (``serving_default`` signature), which
-    keeps the input and output names in the TFLite signature.
+    keeps the input and output names in the TFLite signature. With ``isolate`` the
+    converter runs in a child process (``rskeras.export.tflite_worker``): a converter that
+    aborts or segfaults becomes an ``ExportError`` instead of the end of this process, and
+    any other converter failure an ``ExportError`` with its message (what the commands use).
     """
     if quantize not in QUANTIZATIONS:
         raise ExportError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
     for name, spec in input_specs.items():
         if any(d is None for d in spec.shape):
             raise ExportError(f"TFLite export needs a fixed input shape; input {name!r} has shape {spec.shape} (give --input-size)")
+    if quantize in CALIBRATED and representative is None:
+        raise ExportError(f"quantize={quantize} needs a representative dataset (raw input examples)")
     with tempfile.TemporaryDirectory(prefix="rskeras-tflite-") as tmp:
         saved = write_saved_model({SERVING_SIGNATURE: (model, input_specs)}, os.path.join(tmp, "saved_model"))
-        converter = _converter(saved, quantize, representative)
-        try:
-            with warnings.catch_warnings():
-                # int8 calibration runs TF's deprecated tf.lite.Interpreter internally.
-                warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
-                if quantize == "int8-mixed":
-                    return _mixed_int8(converter, representative)
-                return converter.convert()
-        except Exception as e:  # ConverterError lives in a private module
-            message = str(e)
-            ops, scopes = unsupported_ops_from_message(message)
-            if not ops:
-                raise
+        if isolate:
+            from rskeras.export.tflite_worker import convert_isolated
+
+            return convert_isolated(saved, quantize, representative if quantize in CALIBRATED else None)
+        return convert_saved_model(saved, quantize, representative)
+
+
+def convert_saved_model(
+    saved_model_dir: str,
+    quantize: str,
+    representative: Callable[[], Iterable[dict[str, Any]]] | None = None,
+    raw_errors: bool = False,
+) -> bytes:
+    """Converts the ``serving_default`` signature of a SavedModel in this process. A
+    converter error that names ops outside the builtin set becomes ``UnsupportedOpsError``
+    (unless ``raw_errors``: the worker process hands the message to its parent)."""
+    converter = _converter(saved_model_dir, quantize, representative)
+    try:
+        with warnings.catch_warnings():
+            # int8 calibration runs TF's deprecated tf.lite.Interpreter internally.
+            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+            if quantize == "int8-mixed":
+                return _mixed_int8(converter, representative)
+            return converter.convert()
+    except Exception as e:  # ConverterError lives in a private module
+        if raw_errors:
+            raise
+        ops, scopes = unsupported_ops_from_message(str(e))
+        if not ops:
+            raise
+    raise unsupported_ops_error(ops, scopes)
+
+
+def unsupported_ops_error(ops: list[str], scopes: dict[str, list[str]]) -> UnsupportedOpsError:
+    """The error naming the non-builtin ops a conversion needs and the layers using them."""
     where = "; ".join(f"{op} in {', '.join(scopes[op])}" for op in ops if scopes.get(op))
     in_preprocessing = any("preprocessing" in scope for op_scopes in scopes.values() for scope in op_scopes)
-    raise UnsupportedOpsError(
+    return UnsupportedOpsError(
         f"TFLite conversion needs ops outside the TFLite builtin set: {', '.join(ops)}"
         + (f" ({where})" if where else "")
         + ". rskeras exports builtin ops only (no Flex / TF Select, no custom ops): replace these ops in the model "
@@ -151,13 +183,15 @@ def convert_tflite(
     input_size: tuple[int, int],
     quantize: str = "none",
     representative: Callable[[], Iterable[dict[str, Any]]] | None = None,
+    isolate: bool = False,
 ) -> bytes:
     """The TFLite flatbuffer of ``exportable`` at ``input_size`` (height, width), batch 1.
     ``representative`` (calibration inputs) is used by the calibrated variants
-    (``CALIBRATED``) and ignored by the others."""
+    (``CALIBRATED``) and ignored by the others; ``isolate``: convert in a child process
+    (see ``convert_keras_tflite``)."""
     h, w = input_size
     model = exportable.keras_model(h, w, batch=1)
-    return convert_keras_tflite(model, exportable.input_specs(h, w, 1), quantize, representative)
+    return convert_keras_tflite(model, exportable.input_specs(h, w, 1), quantize, representative, isolate=isolate)
 
 
 def write_tflite(exportable: Exportable, content: bytes, path: str, input_size: tuple[int, int], quantize: str) -> str:
