@@ -134,7 +134,7 @@ def conversion_error(message: str, quantize: str) -> Exception:
     """The exception for a converter error message: ``UnsupportedOpsError`` when it names
     ops outside the builtin set, else an ``ExportError`` with its first lines."""
     from rskeras.export.errors import ExportError
-    from rskeras.export.tflite import unsupported_ops_error, unsupported_ops_from_message
+    from rskeras.export.tflite_convert import unsupported_ops_error, unsupported_ops_from_message
 
     ops, scopes = unsupported_ops_from_message(message)
     if ops:
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration", help="directory of NNNNNN.npz calibration examples (int8, int8-mixed)")
     args = parser.parse_args(argv)
 
-    from rskeras.export.tflite import convert_saved_model
+    from rskeras.export.tflite_convert import convert_saved_model
 
     representative = read_calibration(args.calibration) if args.calibration else None
     try:
