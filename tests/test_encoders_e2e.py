@@ -33,6 +33,9 @@ def test_presto_config_trains_and_exports(sample_dataset, tmp_path):
         data["predict_config"]["crop_size"] = 32
         config["model"]["init_args"]["optimizer"]["init_args"]["lr"] = 0.002
         config["trainer"].update(max_epochs=2, limit_val_batches=1)
+        # seeded: unseeded, one draw in many rose in epoch 2 (1.84 -> 2.09 in a CI run); seeds 0-5
+        # all fall by 0.25-1.1
+        config["seed_everything"] = 0
 
     cfg = config_file(tmp_path, "presto_segmentation.yaml", sample_dataset, edit)
     root = tmp_path / "run"
