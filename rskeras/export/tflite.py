@@ -45,6 +45,7 @@ from rskeras.export.errors import ExportError
 from rskeras.export.inference import Exportable
 from rskeras.export.saved_model import SERVING_SIGNATURE, write_saved_model
 from rskeras.export.tflite_convert import MIXED_FLOAT_OPS, convert_saved_model, unsupported_ops_from_message
+from rskeras.export.tflite_worker import convert_isolated
 from rskeras.utils.fileio import atomic_write_bytes, atomic_write_text
 
 __all__ = ["MIXED_FLOAT_OPS", "convert_keras_tflite", "convert_saved_model", "convert_tflite", "unsupported_ops_from_message", "write_tflite"]
@@ -77,8 +78,6 @@ def convert_keras_tflite(
     with tempfile.TemporaryDirectory(prefix="rskeras-tflite-") as tmp:
         saved = write_saved_model({SERVING_SIGNATURE: (model, input_specs)}, os.path.join(tmp, "saved_model"))
         if isolate:
-            from rskeras.export.tflite_worker import convert_isolated
-
             return convert_isolated(saved, quantize, representative if quantize in CALIBRATED else None)
         return convert_saved_model(saved, quantize, representative)
 

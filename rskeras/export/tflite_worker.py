@@ -29,6 +29,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from rskeras.export.errors import ExportError
+from rskeras.export.tflite_convert import convert_saved_model, unsupported_ops_error, unsupported_ops_from_message
+from rskeras.utils.fileio import atomic_write_bytes, atomic_write_text
+
 ERROR_FILE = "error.json"
 OUTPUT_FILE = "model.tflite"
 LOG_FILE = "converter.log"
@@ -90,8 +94,6 @@ def convert_isolated(
 
     Raises the converter's error as ``UnsupportedOpsError`` / ``ExportError``, and a crash of
     the child as ``ExportError`` naming the signal and the converter's last log lines."""
-    from rskeras.export.errors import ExportError
-
     with tempfile.TemporaryDirectory(prefix="rskeras-convert-") as work:
         calibration = None
         if representative is not None:
@@ -133,9 +135,6 @@ def convert_isolated(
 def conversion_error(message: str, quantize: str) -> Exception:
     """The exception for a converter error message: ``UnsupportedOpsError`` when it names
     ops outside the builtin set, else an ``ExportError`` with its first lines."""
-    from rskeras.export.errors import ExportError
-    from rskeras.export.tflite_convert import unsupported_ops_error, unsupported_ops_from_message
-
     ops, scopes = unsupported_ops_from_message(message)
     if ops:
         return unsupported_ops_error(ops, scopes)
@@ -155,22 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", required=True, help="directory for model.tflite / error.json")
     parser.add_argument("--calibration", help="directory of NNNNNN.npz calibration examples (int8, int8-mixed)")
     args = parser.parse_args(argv)
-
-    from rskeras.export.tflite_convert import convert_saved_model
-
     representative = read_calibration(args.calibration) if args.calibration else None
     try:
         content = convert_saved_model(args.saved_model, args.quantize, representative, raw_errors=True)
     except Exception as e:  # the converter's errors: reported to the parent as text
-        tmp = os.path.join(args.work, ERROR_FILE + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump({"type": type(e).__name__, "message": str(e)}, f)
-        os.replace(tmp, os.path.join(args.work, ERROR_FILE))
+        atomic_write_text(os.path.join(args.work, ERROR_FILE), json.dumps({"type": type(e).__name__, "message": str(e)}))
         return 1
-    tmp = os.path.join(args.work, OUTPUT_FILE + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(content)
-    os.replace(tmp, os.path.join(args.work, OUTPUT_FILE))
+    atomic_write_bytes(os.path.join(args.work, OUTPUT_FILE), content)
     return 0
 
 
