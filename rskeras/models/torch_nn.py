@@ -31,6 +31,11 @@ from rskeras.weights.torch_params import TorchParam, conv_params
 TORCH_NORM_EPS = 1e-5
 
 
+# Conv2d runs as one matmul over its kernel taps when its (static) output map has at
+# most this many pixels; larger maps keep the convolution kernel (Conv2d._conv_as_matmul).
+MATMUL_CONV_MAX_PIXELS = 16
+
+
 def torch_kernel_initializer() -> keras.initializers.Initializer:
     """torch's default Conv/Linear weight init: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in))."""
     return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
@@ -168,7 +173,41 @@ class Conv2d(keras.layers.Layer):
     def call(self, x):
         if any(p != (0, 0) for p in self._pads):
             x = tf.pad(x, [[0, 0], list(self._pads[0]), list(self._pads[1]), [0, 0]])
+        out_hw = self._static_output_size(x.shape)
+        if out_hw is not None and out_hw[0] * out_hw[1] <= MATMUL_CONV_MAX_PIXELS:
+            return self._conv_as_matmul(x, out_hw)
         return self.conv(x)
+
+    def _static_output_size(self, padded_shape) -> tuple[int, int] | None:
+        """Output (H', W') when the padded input's size is static and the stride is 1."""
+        h, w = padded_shape[1], padded_shape[2]
+        if h is None or w is None or self.stride != (1, 1):
+            return None
+        return h - self.kernel_size[0] + 1, w - self.kernel_size[1] + 1
+
+    def _conv_as_matmul(self, x, out_hw: tuple[int, int]):
+        """The same convolution as one matrix product over the kernel taps (im2col).
+
+        On maps of at most MATMUL_CONV_MAX_PIXELS pixels (a 3x3 conv on the 2x2 or 4x4
+        map of a 1/32 or 1/16 level of a 64x64 tile, with 384-1152 channels) the
+        oneDNN convolution and its two gradients are bound by its weight layout, not by
+        arithmetic: one (B*H'*W', kh*kw*Cin) x (kh*kw*Cin, Cout) product and its
+        gradients cost a quarter to a half of it (docs/benchmarks.md). The taps are
+        unit-stride slices, so their gradient is a pad, and the column order (tap row,
+        tap column, input channel) is the kernel's own [kh, kw, Cin, Cout] layout.
+        Identical up to float32 summation order.
+        """
+        ho, wo = out_hw
+        kh, kw = self.kernel_size
+        if kh == 1 and kw == 1:
+            cols = x
+        else:
+            cols = tf.concat([tf.slice(x, [0, dy, dx, 0], [-1, ho, wo, -1]) for dy in range(kh) for dx in range(kw)], axis=-1)
+        kernel = tf.cast(self.conv.kernel, x.dtype)
+        y = tf.matmul(tf.reshape(cols, [-1, kh * kw * self.in_channels]), tf.reshape(kernel, [-1, self.out_channels]))
+        if self.use_bias:
+            y = tf.nn.bias_add(y, tf.cast(self.conv.bias, x.dtype))
+        return tf.reshape(y, [-1, ho, wo, self.out_channels])
 
     @property
     def kernel(self):
