@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from rskeras.config.errors import ConfigError
+from rskeras.train import cpu_threads
 from rskeras.train.callbacks.base import Callback
 from rskeras.train.callbacks.checkpointing import (
     BestLastCheckpoint,
@@ -283,6 +284,12 @@ class Trainer:
             steps: true, false, or "auto" (off when no GPU is visible: on CPU its rewrites
             cost ~20 s per traced step of a Swin-v2-T model and were measured to make the
             steady step no faster; on when a GPU is visible).
+        intra_op_threads, inter_op_threads: (rskeras) TensorFlow's CPU thread pools: an
+            int (0: TensorFlow's default, one thread per core) or "auto" (the default: 1
+            and 2 when training on a machine with two logical cores and no GPU, where it
+            was measured to cost 10-13 % less CPU per epoch; TensorFlow's defaults
+            otherwise). The TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS environment
+            variables win over "auto".
     """
 
     def __init__(
@@ -317,6 +324,8 @@ class Trainer:
         jit_compile: bool | str = "auto",
         export_saved_model: bool = False,
         graph_optimizer: bool | str = "auto",
+        intra_op_threads: int | str = "auto",
+        inter_op_threads: int | str = "auto",
         use_distributed_sampler: bool | None = None,
         benchmark: bool | None = None,
         inference_mode: bool | None = None,
@@ -355,6 +364,10 @@ class Trainer:
             raise ConfigError(f"trainer.jit_compile must be true, false or auto, got {jit_compile!r}")
         if graph_optimizer not in (True, False, "auto"):
             raise ConfigError(f"trainer.graph_optimizer must be true, false or auto, got {graph_optimizer!r}")
+        self.cpu_threads = {
+            key: cpu_threads.check_thread_setting(key, value)
+            for key, value in (("intra_op_threads", intra_op_threads), ("inter_op_threads", inter_op_threads))
+        }
         if not isinstance(export_saved_model, bool):
             raise ConfigError(f"trainer.export_saved_model must be true or false, got {export_saved_model!r}")
         if deterministic not in (None, True, False, "warn"):
@@ -444,8 +457,10 @@ class Trainer:
 
     # ---- environment ------------------------------------------------------------------
 
-    def setup_environment(self) -> None:
-        """Precision policy and determinism; call before any layer is created."""
+    def setup_environment(self, stage: str = "train") -> None:
+        """CPU thread pools, precision policy and determinism; call before any layer is
+        created (``stage``: the run's, "train" for fit)."""
+        cpu_threads.apply(**self.cpu_threads, training=stage == "train")
         policy = PRECISIONS[self.precision]
         keras.mixed_precision.set_dtype_policy(policy)
         if policy != "float32":
