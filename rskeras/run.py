@@ -205,7 +205,7 @@ def build_run(config: dict[str, Any], stage: str, default_root: str | None = Non
         # TF's op determinism refuses unseeded random ops.
         logger.info("trainer.deterministic without seed_everything: seeding with 0")
         seed_everything(0)
-    trainer.setup_environment(stage)
+    trainer.setup_environment(stage, config.get("model"))
     try:
         strategy = trainer.make_strategy()
     except ValueError as e:

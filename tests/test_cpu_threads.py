@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from rskeras.config.errors import ConfigError
-from rskeras.train.cpu_threads import resolve
+from rskeras.train.cpu_threads import has_serial_step, resolve
 from rskeras.train.trainer import Trainer
 from tests.training_scripts.tiny_config import write_config
 
@@ -28,6 +28,17 @@ def test_auto_is_one_thread_per_op_two_ops_when_training_on_two_cpu_cores():
     assert resolve("auto", "auto", training=True, cores=16, gpu=False) == {}  # not measured: TF's defaults
     assert resolve("auto", "auto", training=True, cores=1, gpu=False) == {}
     assert resolve("auto", "auto", training=True, cores=2, gpu=True) == {}
+    assert resolve("auto", "auto", training=True, serial_step=True, cores=2, gpu=False) == {}  # Faster R-CNN
+
+
+def test_faster_rcnn_models_have_a_serial_step():
+    detection = {"class_path": "rslearn.models.singletask.SingleTaskModel", "init_args": {"decoder": [
+        {"class_path": "rslearn.models.fpn.Fpn"}, {"class_path": "rslearn.models.faster_rcnn.FasterRCNN"}]}}
+    assert has_serial_step(detection)
+    assert has_serial_step({"init_args": {"model": detection}})
+    assert not has_serial_step({"class_path": "rslearn.models.singletask.SingleTaskModel", "init_args": {"decoder": [
+        {"class_path": "rslearn.models.unet.UNetDecoder"}]}})
+    assert not has_serial_step(None)
 
 
 def test_explicit_values_and_the_environment(monkeypatch):

@@ -8,9 +8,12 @@ gradient of every layer, every variable's update), so on two cores one thread pe
 two ops at a time keep both cores busy without the hand-offs: on the anchor configs
 (2-core Xeon, docs/benchmarks.md) the fit's train CPU-s per epoch fell by 10-13 % at the
 same or a higher rate of samples. A forward-only step has less of that independent work
-(an eval step of the segmentation model: 13 % less CPU but 38 % more wall time), so
+(an eval step of the segmentation model: 13 % less CPU but 38 % more wall time), and so
+has Faster R-CNN's train step, whose proposal sampling, NMS and RoIAlign gathers are long
+serial stretches (the anchor detection fit: the same CPU, 22 % fewer samples/s). So
 ``auto`` changes the pools for training runs only, on machines with exactly two logical
-cores and no GPU; elsewhere (not measured) TensorFlow's defaults stay.
+cores and no GPU, of models without a Faster R-CNN head; elsewhere (not measured, or
+measured slower) TensorFlow's defaults stay.
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ import os
 
 import tensorflow as tf
 
+from rskeras.config.class_paths import iter_class_paths
 from rskeras.config.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 AUTO = "auto"
+# Components whose train step runs long serial stretches faster split over the cores.
+SERIAL_STEP_COMPONENTS = ("FasterRCNN",)
 ENV_VARS = {"intra_op_threads": "TF_NUM_INTRAOP_THREADS", "inter_op_threads": "TF_NUM_INTEROP_THREADS"}
 
 
@@ -37,13 +43,20 @@ def check_thread_setting(key: str, value) -> int | str:
     return value
 
 
-def resolve(intra_op_threads, inter_op_threads, training: bool, cores: int | None = None, gpu: bool | None = None) -> dict[str, int]:
+def has_serial_step(model_config) -> bool:
+    """Whether the model config builds a component of SERIAL_STEP_COMPONENTS."""
+    return any(str(path).rpartition(".")[2] in SERIAL_STEP_COMPONENTS for _, path in iter_class_paths(model_config))
+
+
+def resolve(
+    intra_op_threads, inter_op_threads, training: bool, serial_step: bool = False, cores: int | None = None, gpu: bool | None = None
+) -> dict[str, int]:
     """The pool sizes to set: {key: threads}; a key left out keeps TensorFlow's default
     (or the TF_NUM_*_THREADS environment variable, which ``auto`` never overrides)."""
     cores = os.cpu_count() if cores is None else cores
     if gpu is None:
         gpu = bool(tf.config.list_physical_devices("GPU"))
-    small_cpu_training = training and cores == 2 and not gpu
+    small_cpu_training = training and cores == 2 and not gpu and not serial_step
     auto = {"intra_op_threads": 1, "inter_op_threads": 2} if small_cpu_training else {}
     out: dict[str, int] = {}
     for key, value in (("intra_op_threads", intra_op_threads), ("inter_op_threads", inter_op_threads)):
@@ -55,12 +68,12 @@ def resolve(intra_op_threads, inter_op_threads, training: bool, cores: int | Non
     return out
 
 
-def apply(intra_op_threads, inter_op_threads, training: bool) -> dict[str, int]:
+def apply(intra_op_threads, inter_op_threads, training: bool, serial_step: bool = False) -> dict[str, int]:
     """Sets the pools (before TensorFlow's first op); returns what was set. If TensorFlow
     already runs (a Python session that ran ops before building the run), the pools stay:
     an explicit setting then logs a warning, ``auto`` a debug line."""
     settings = {"intra_op_threads": intra_op_threads, "inter_op_threads": inter_op_threads}
-    wanted = resolve(**settings, training=training)
+    wanted = resolve(**settings, training=training, serial_step=serial_step)
     setters = {
         "intra_op_threads": tf.config.threading.set_intra_op_parallelism_threads,
         "inter_op_threads": tf.config.threading.set_inter_op_parallelism_threads,

@@ -457,10 +457,12 @@ class Trainer:
 
     # ---- environment ------------------------------------------------------------------
 
-    def setup_environment(self, stage: str = "train") -> None:
+    def setup_environment(self, stage: str = "train", model_config: Any = None) -> None:
         """CPU thread pools, precision policy and determinism; call before any layer is
-        created (``stage``: the run's, "train" for fit)."""
-        cpu_threads.apply(**self.cpu_threads, training=stage == "train")
+        created (``stage``: the run's, "train" for fit; ``model_config``: the config's
+        ``model`` section, which ``auto`` thread pools look at)."""
+        serial_step = cpu_threads.has_serial_step(model_config)
+        cpu_threads.apply(**self.cpu_threads, training=stage == "train", serial_step=serial_step)
         policy = PRECISIONS[self.precision]
         keras.mixed_precision.set_dtype_policy(policy)
         if policy != "float32":
