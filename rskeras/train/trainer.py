@@ -286,9 +286,9 @@ class Trainer:
             steady step no faster; on when a GPU is visible).
         intra_op_threads, inter_op_threads: (rskeras) TensorFlow's CPU thread pools: an
             int (0: TensorFlow's default, one thread per core) or "auto" (the default: 1
-            and 2 when training on a machine with two logical cores and no GPU, where it
-            was measured to cost 10-13 % less CPU per epoch; TensorFlow's defaults
-            otherwise). The TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS environment
+            and 2 when training a model without a Faster R-CNN head on a machine with two
+            logical cores and no GPU, where it was measured to cost 10-13 % less CPU per
+            epoch; TensorFlow's defaults otherwise, see rskeras.train.cpu_threads). The TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS environment
             variables win over "auto".
     """
 
