@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from rskeras.config.errors import ConfigError
-from rskeras.train.cpu_threads import has_serial_step, resolve
+from rskeras.train.cpu_threads import has_serial_step, resolve, schedulable_cores
 from rskeras.train.trainer import Trainer
 from tests.training_scripts.tiny_config import write_config
 
@@ -39,6 +39,14 @@ def test_faster_rcnn_models_have_a_serial_step():
     assert not has_serial_step({"class_path": "rslearn.models.singletask.SingleTaskModel", "init_args": {"decoder": [
         {"class_path": "rslearn.models.unet.UNetDecoder"}]}})
     assert not has_serial_step(None)
+
+
+def test_cores_are_the_schedulable_ones():
+    import os
+
+    if hasattr(os, "sched_getaffinity"):
+        assert schedulable_cores() == len(os.sched_getaffinity(0))
+    assert schedulable_cores() >= 1
 
 
 def test_explicit_values_and_the_environment(monkeypatch):

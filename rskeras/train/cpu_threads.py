@@ -43,6 +43,13 @@ def check_thread_setting(key: str, value) -> int | str:
     return value
 
 
+def schedulable_cores() -> int:
+    """Logical cores this process may run on (its CPU affinity, as TensorFlow counts them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def has_serial_step(model_config) -> bool:
     """Whether the model config builds a component of SERIAL_STEP_COMPONENTS."""
     return any(str(path).rpartition(".")[2] in SERIAL_STEP_COMPONENTS for _, path in iter_class_paths(model_config))
@@ -53,7 +60,7 @@ def resolve(
 ) -> dict[str, int]:
     """The pool sizes to set: {key: threads}; a key left out keeps TensorFlow's default
     (or the TF_NUM_*_THREADS environment variable, which ``auto`` never overrides)."""
-    cores = os.cpu_count() if cores is None else cores
+    cores = schedulable_cores() if cores is None else cores
     if gpu is None:
         gpu = bool(tf.config.list_physical_devices("GPU"))
     small_cpu_training = training and cores == 2 and not gpu and not serial_step
