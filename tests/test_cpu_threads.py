@@ -42,8 +42,6 @@ def test_faster_rcnn_models_have_a_serial_step():
 
 
 def test_cores_are_the_schedulable_ones():
-    import os
-
     if hasattr(os, "sched_getaffinity"):
         assert schedulable_cores() == len(os.sched_getaffinity(0))
     assert schedulable_cores() >= 1
