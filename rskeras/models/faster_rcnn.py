@@ -69,6 +69,11 @@ class FasterRCNN(Predictor):
     detections are sorted by descending score and zero beyond ``num_detections``.
     """
 
+    # The train step's proposal sampling, NMS and RoIAlign gathers are long serial
+    # stretches: trainer.intra_op_threads "auto" keeps TensorFlow's pools for this model
+    # (rskeras.train.cpu_threads).
+    serial_train_step = True
+
     def __init__(
         self,
         downsample_factors: list[int],

@@ -23,14 +23,12 @@ import os
 
 import tensorflow as tf
 
-from rskeras.config.class_paths import iter_class_paths
+from rskeras.config.class_paths import import_class, iter_class_paths, map_class_path
 from rskeras.config.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 AUTO = "auto"
-# Components whose train step runs long serial stretches faster split over the cores.
-SERIAL_STEP_COMPONENTS = ("FasterRCNN",)
 ENV_VARS = {"intra_op_threads": "TF_NUM_INTRAOP_THREADS", "inter_op_threads": "TF_NUM_INTEROP_THREADS"}
 
 
@@ -51,8 +49,17 @@ def schedulable_cores() -> int:
 
 
 def has_serial_step(model_config) -> bool:
-    """Whether the model config builds a component of SERIAL_STEP_COMPONENTS."""
-    return any(str(path).rpartition(".")[2] in SERIAL_STEP_COMPONENTS for _, path in iter_class_paths(model_config))
+    """Whether the model config builds a component whose class sets ``serial_train_step``
+    (a train step with long serial stretches, e.g. FasterRCNN). Classes that cannot be
+    imported here count as not serial (building the run reports them)."""
+    for _, path in iter_class_paths(model_config):
+        try:
+            cls = import_class(map_class_path(str(path)))
+        except (ImportError, AttributeError):
+            continue
+        if getattr(cls, "serial_train_step", False):
+            return True
+    return False
 
 
 def resolve(

@@ -285,11 +285,10 @@ class Trainer:
             cost ~20 s per traced step of a Swin-v2-T model and were measured to make the
             steady step no faster; on when a GPU is visible).
         intra_op_threads, inter_op_threads: (rskeras) TensorFlow's CPU thread pools: an
-            int (0: TensorFlow's default, one thread per core) or "auto" (the default: 1
-            and 2 when training a model without a Faster R-CNN head on a machine with two
-            logical cores and no GPU, where it was measured to cost 10-13 % less CPU per
-            epoch; TensorFlow's defaults otherwise, see rskeras.train.cpu_threads). The TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS environment
-            variables win over "auto".
+            int (0: TensorFlow's default) or "auto" (1 and 2 when training on two logical
+            cores without a GPU, except Faster R-CNN; TensorFlow's defaults otherwise; see
+            rskeras.train.cpu_threads). TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS win
+            over "auto".
     """
 
     def __init__(
@@ -461,8 +460,7 @@ class Trainer:
         """CPU thread pools, precision policy and determinism; call before any layer is
         created (``stage``: the run's, "train" for fit; ``model_config``: the config's
         ``model`` section, which ``auto`` thread pools look at)."""
-        serial_step = cpu_threads.has_serial_step(model_config)
-        cpu_threads.apply(**self.cpu_threads, training=stage == "train", serial_step=serial_step)
+        cpu_threads.apply(**self.cpu_threads, training=stage == "train", serial_step=cpu_threads.has_serial_step(model_config))
         policy = PRECISIONS[self.precision]
         keras.mixed_precision.set_dtype_policy(policy)
         if policy != "float32":
