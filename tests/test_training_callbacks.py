@@ -158,8 +158,10 @@ def test_multi_stage_fine_tuning(lm):
     assert "model.encoder.0.stages.0.0.kernel" in names and any(n.startswith("model.decoder.0.") for n in names)
     optimizer = lm.optimizer
     encoder, decoder = lm.model.encoder[0], lm.model.decoder[0]
+    groups = optimizer._param_groups.numpy()
     for v in encoder.trainable_weights:  # as if frozen when the optimizer was built
-        optimizer._groups[optimizer._get_variable_index(v)].assign(-1)
+        groups[optimizer._get_variable_index(v)] = -1
+    optimizer._param_groups.assign(groups)
     lm.lr_scheduler = None
     cb = MultiStageFineTuning(
         [

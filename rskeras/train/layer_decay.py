@@ -22,6 +22,8 @@ import dataclasses
 import logging
 from collections import defaultdict
 
+import numpy as np
+
 from rskeras.keras_compat import optimizer_variable_index
 from rskeras.train.callbacks.freeze_unfreeze import named_trainable_variables
 from rskeras.train.optimizer import OptimizerFactory, TorchAdamW
@@ -64,9 +66,10 @@ class LayerDecayTorchAdamW(TorchAdamW):
             return
         super().build(var_list)
         last = len(self.group_lrs) - 1
+        groups = np.zeros(len(var_list), np.int32)
         for variable in var_list:
-            slot = self._groups[optimizer_variable_index(self, variable)]
-            slot.assign(self.group_of_variable.get(id(variable), last))
+            groups[optimizer_variable_index(self, variable)] = self.group_of_variable.get(id(variable), last)
+        self._param_groups.assign(groups)
         self._num_groups.assign(len(self.group_lrs))
         for i, lr in enumerate(self.group_lrs[1:], start=1):
             self.set_param_group_lr(i, lr)

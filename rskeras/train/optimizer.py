@@ -140,19 +140,39 @@ class TorchAdamW(ClipGradientsHook, PreReducedGradients, StepWideUpdate, keras.o
             return
         super().build(var_list)
         self._momentums, self._velocities = self.add_optimizer_variables(var_list, ["exp_avg", "exp_avg_sq"])
-        self._steps = []
-        self._groups = []
-        for variable in var_list:
-            prefix = variable.path.replace("/", "_") if hasattr(variable, "path") else variable.name
-            self._steps.append(self.add_variable(shape=(), dtype="float32", name=f"{prefix}_step"))
-            group = 0 if variable.trainable else -1
-            self._groups.append(
-                self.add_variable(shape=(), dtype="int32", initializer=keras.initializers.Constant(group), name=f"{prefix}_group")
-            )
+        # Per model variable (in the optimizer's variable order): torch's step count and the
+        # parameter group, as two vectors (one read and one write per step for all of them).
+        groups = np.asarray([0 if variable.trainable else -1 for variable in var_list], np.int32)
+        self._param_steps = self.add_variable(shape=(len(var_list),), dtype="float32", name="param_steps")
+        self._param_groups = self.add_variable(
+            shape=(len(var_list),), dtype="int32", initializer=lambda shape, dtype=None: groups, name="param_groups"
+        )
         self._extra_group_lrs = self.add_variable(shape=(max(self.max_extra_groups, 1),), dtype="float32", name="extra_group_lrs")
         self._num_groups = self.add_variable(
             shape=(), dtype="int32", initializer=keras.initializers.Constant(1), name="num_param_groups"
         )
+
+    def load_own_variables(self, store):
+        """Reads the optimizer's state from a checkpoint; also the first layout (up to
+        rskeras commit ca55c67), with one scalar ``_step`` and one ``_group`` variable per
+        model variable where this one has the two vectors. A checkpoint of another
+        optimizer or model raises ValueError (Keras only warns and keeps a fresh state)."""
+        variables = self.variables
+        saved = len(store.keys())
+        first = next(i for i, v in enumerate(variables) if v is self._param_steps)
+        n = int(self._param_steps.shape[0])
+        old_layout = saved == len(variables) - 2 + 2 * n and n > 0 and tuple(store[str(first)].shape) == ()
+        if saved != len(variables) and not old_layout:
+            raise ValueError(f"the saved optimizer has {saved} variables, this one {len(variables)} (another model or optimizer)")
+        if not old_layout:
+            return super().load_own_variables(store)
+        for i in range(first):
+            variables[i].assign(store[str(i)])
+        self._param_steps.assign(np.asarray([store[str(first + 2 * k)][()] for k in range(n)], np.float32))
+        self._param_groups.assign(np.asarray([store[str(first + 2 * k + 1)][()] for k in range(n)], np.int32))
+        for i in range(first + 2, len(variables)):
+            variables[i].assign(store[str(i - 2 + 2 * n)])
+        logger.info("optimizer %s: read a checkpoint of the first layout (per-variable step and group scalars)", self.name)
 
     # ---- parameter groups (host side) --------------------------------------------------
 
@@ -187,7 +207,7 @@ class TorchAdamW(ClipGradientsHook, PreReducedGradients, StepWideUpdate, keras.o
     def group_of(self, variable) -> int:
         """The parameter group of a model variable (-1: not in the optimizer)."""
         self._require_built("group_of")
-        return int(to_numpy(self._groups[optimizer_variable_index(self, variable)]))
+        return int(to_numpy(self._param_groups)[optimizer_variable_index(self, variable)])
 
     def knows(self, variable) -> bool:
         return optimizer_tracks(self, variable)
@@ -199,13 +219,15 @@ class TorchAdamW(ClipGradientsHook, PreReducedGradients, StepWideUpdate, keras.o
         index = self.num_param_groups
         if index > self.max_extra_groups:
             raise RuntimeError(f"TorchAdamW: at most {self.max_extra_groups + 1} parameter groups are supported")
+        groups = to_numpy(self._param_groups).copy()
         for variable in variables:
             if not self.knows(variable):
                 raise ValueError(f"TorchAdamW.add_param_group: variable {variable.path} is not known to the optimizer")
-            slot = self._groups[optimizer_variable_index(self, variable)]
-            if int(to_numpy(slot)) >= 0:
+            slot = optimizer_variable_index(self, variable)
+            if groups[slot] >= 0:
                 raise ValueError(f"TorchAdamW.add_param_group: variable {variable.path} is already in a parameter group")
-            slot.assign(index)
+            groups[slot] = index
+        self._param_groups.assign(groups)
         self._num_groups.assign(index + 1)
         self.set_param_group_lr(index, lr)
         return index
@@ -245,14 +267,16 @@ class TorchAdamW(ClipGradientsHook, PreReducedGradients, StepWideUpdate, keras.o
         if not variables:
             return []
         indices = [optimizer_variable_index(self, v) for v in variables]
-        groups = tf.stack([tf.convert_to_tensor(self._groups[i]) for i in indices])
-        steps = tf.stack([tf.convert_to_tensor(self._steps[i]) for i in indices])
+        # Computed for every variable the optimizer knows, in its order; those without a
+        # gradient in this step are inactive (their step stays, their coefficients unused).
+        present = np.zeros(int(self._param_steps.shape[0]), bool)
+        present[indices] = True
+        groups = tf.convert_to_tensor(self._param_groups)
         lrs = tf.concat([tf.reshape(tf.cast(learning_rate, tf.float64), [1]), tf.cast(self._extra_group_lrs, tf.float64)], 0)
-        active = groups >= 0
+        active = tf.logical_and(groups >= 0, tf.constant(present))
         lr = tf.where(active, tf.gather(lrs, tf.maximum(groups, 0)), tf.constant(0.0, tf.float64))
-        step = tf.cast(steps, tf.float64) + tf.cast(active, tf.float64)
-        for i, value in zip(indices, tf.unstack(tf.cast(step, tf.float32))):
-            self.assign(self._steps[i], value)
+        step = tf.cast(tf.convert_to_tensor(self._param_steps), tf.float64) + tf.cast(active, tf.float64)
+        self.assign(self._param_steps, tf.cast(step, tf.float32))
         counted = tf.maximum(step, 1.0)  # bias corrections of an inactive, never-updated variable stay finite
         bc1 = 1.0 - tf.pow(tf.constant(self.beta_1, tf.float64), counted)
         bc2_sqrt = tf.sqrt(1.0 - tf.pow(tf.constant(self.beta_2, tf.float64), counted))
@@ -271,7 +295,7 @@ class TorchAdamW(ClipGradientsHook, PreReducedGradients, StepWideUpdate, keras.o
         for dtype in {v.dtype for v in variables}:
             columns = [tf.unstack(c) for c in tf.unstack(tf.cast(coefficients, dtype), axis=1)]
             per_dtype[dtype] = list(zip(*columns))
-        return [per_dtype[v.dtype][k] for k, v in enumerate(variables)]
+        return [per_dtype[v.dtype][i] for i, v in zip(indices, variables)]
 
     @tf.autograph.experimental.do_not_convert  # plain ops: no conversion each of the ~200 calls a trace makes
     def update_variable(self, variable, gradient, decay, rate, beta_1, beta_2, epsilon):
