@@ -1,18 +1,20 @@
 """trainer.graph_optimizer: Grappler off on a CPU-only host by default (auto), forced on or
-off by true / false, anything else one ConfigError naming the key."""
+off by true / false, its function optimizer alone with "functions", anything else one
+ConfigError naming the key."""
 
 import pytest
 import tensorflow as tf
 
 from rskeras.config.errors import ConfigError
-from rskeras.train.trainer import Trainer
+from rskeras.train.trainer import GRAPPLER_REWRITES, Trainer, grappler_options
 
 
 @pytest.fixture(autouse=True)
 def restore_grappler():
-    before = tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
+    before = tf.config.optimizer.get_experimental_options()
     yield
-    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": before})
+    keys = ("disable_meta_optimizer", "function_optimization", *GRAPPLER_REWRITES)
+    tf.config.optimizer.set_experimental_options({k: before.get(k, k != "disable_meta_optimizer") for k in keys})
 
 
 @pytest.mark.parametrize(("value", "disabled"), [("auto", not tf.config.list_physical_devices("GPU")), (True, False), (False, True)])
@@ -20,6 +22,18 @@ def test_setting_reaches_tensorflow(value, disabled, tmp_path):
     trainer = Trainer(default_root_dir=str(tmp_path), graph_optimizer=value)
     trainer.setup_environment()
     assert tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False) is disabled
+
+
+def test_functions_mode_keeps_only_the_function_optimizer(tmp_path):
+    """"functions" after "on" (one process, two runs): the rewrites the first run turned on are
+    off again, the meta optimizer and its function optimizer on."""
+    Trainer(default_root_dir=str(tmp_path), graph_optimizer=True).setup_environment()
+    Trainer(default_root_dir=str(tmp_path), graph_optimizer="functions").setup_environment()
+    options = tf.config.optimizer.get_experimental_options()
+    assert options["disable_meta_optimizer"] is False and options["function_optimization"] is True
+    assert all(options[name] is False for name in GRAPPLER_REWRITES)
+    Trainer(default_root_dir=str(tmp_path), graph_optimizer=True).setup_environment()
+    assert all(tf.config.optimizer.get_experimental_options()[name] is True for name in GRAPPLER_REWRITES)
 
 
 def test_steps_give_the_same_numbers_with_and_without_grappler():
@@ -34,14 +48,15 @@ def test_steps_give_the_same_numbers_with_and_without_grappler():
         return loss, tape.gradient(loss, kernel)
 
     results = []
-    for disabled in (False, True):
-        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": disabled})
+    for mode in ("on", "off", "functions"):
+        tf.config.optimizer.set_experimental_options(grappler_options(mode))
         loss, grad = tf.function(step)(x)
         results.append((loss.numpy(), grad.numpy()))
-    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
-    assert abs(results[0][1] - results[1][1]).max() <= 1e-5 * abs(results[0][1]).max()
+    for loss, grad in results[1:]:
+        assert loss == pytest.approx(results[0][0], rel=1e-5)
+        assert abs(grad - results[0][1]).max() <= 1e-5 * abs(results[0][1]).max()
 
 
 def test_bad_value_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="trainer.graph_optimizer must be true, false or auto"):
+    with pytest.raises(ConfigError, match="trainer.graph_optimizer must be true, false, auto or functions"):
         Trainer(default_root_dir=str(tmp_path), graph_optimizer="fast")
