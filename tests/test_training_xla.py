@@ -64,8 +64,13 @@ def test_xla_on_and_off_give_the_same_losses(name, sample_dataset, tmp_path):
     assert sorted(train_on) == sorted(train_off) and sorted(test_on) == sorted(test_off)
     for key in train_off:
         assert train_on[key] == pytest.approx(train_off[key], abs=1e-5), key
+    # Faster R-CNN's eval loss goes through the proposals of the trained weights: with
+    # TensorFlow's default thread pools (two threads per op, as when another test started
+    # TensorFlow first) two identical runs without XLA already differ by up to ~1e-4
+    # (0.7777048, 0.7777104, 0.7778018 measured), from the order of parallel float sums.
+    test_tolerance = 2e-4 if name == "detection" else 1e-5
     for key in test_off:
-        assert test_on[key] == pytest.approx(test_off[key], abs=1e-5), key
+        assert test_on[key] == pytest.approx(test_off[key], abs=test_tolerance), key
 
 
 def test_jit_compile_key():
