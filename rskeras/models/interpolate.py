@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
@@ -28,6 +27,7 @@ import tensorflow as tf
 
 from rskeras.models.shapes import spatial_size
 from rskeras.models.step_graph import in_trainer_step, in_xla_step
+from rskeras.utils.devices import gpu_visible
 
 MODES = ("nearest", "bilinear")
 
@@ -70,17 +70,12 @@ def _repeat_factor(in_size: int, out_size: int) -> int | None:
     return k if np.array_equal(nearest_indices(in_size, out_size), np.arange(out_size) // k) else None
 
 
-@functools.lru_cache(maxsize=None)
-def _gpus_visible() -> bool:
-    return bool(tf.config.list_physical_devices("GPU"))
-
-
 def _repeat_2d(x: tf.Tensor, fh: int, fw: int) -> tf.Tensor:
     """Every pixel repeated fh x fw times: ``[B, H, W, C]`` -> ``[B, H*fh, W*fw, C]``."""
     if fh == 1 and fw == 1:
         return x
     h, w = x.shape[1], x.shape[2]
-    if not (in_xla_step() or (in_trainer_step() and _gpus_visible())):
+    if not (in_xla_step() or (in_trainer_step() and gpu_visible())):
         # Legacy nearest (no half-pixel centres): source index floor(dst * in / out) = dst // f.
         return tf.raw_ops.ResizeNearestNeighbor(images=x, size=[h * fh, w * fw], align_corners=False, half_pixel_centers=False)
     # XLA (no ResizeNearestNeighborGrad kernel) and GPUs (whose resize gradient is not

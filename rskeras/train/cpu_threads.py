@@ -63,13 +63,12 @@ def has_serial_step(model_config) -> bool:
 
 
 def resolve(
-    intra_op_threads, inter_op_threads, training: bool, serial_step: bool = False, cores: int | None = None, gpu: bool | None = None
+    intra_op_threads, inter_op_threads, *, training: bool, gpu: bool, serial_step: bool = False, cores: int | None = None
 ) -> dict[str, int]:
     """The pool sizes to set: {key: threads}; a key left out keeps TensorFlow's default
-    (or the TF_NUM_*_THREADS environment variable, which ``auto`` never overrides)."""
+    (or the TF_NUM_*_THREADS environment variable, which ``auto`` never overrides).
+    ``gpu``: whether a GPU is visible (the trainer's answer)."""
     cores = schedulable_cores() if cores is None else cores
-    if gpu is None:
-        gpu = bool(tf.config.list_physical_devices("GPU"))
     small_cpu_training = training and cores == 2 and not gpu and not serial_step
     auto = {"intra_op_threads": 1, "inter_op_threads": 2} if small_cpu_training else {}
     out: dict[str, int] = {}
@@ -82,12 +81,12 @@ def resolve(
     return out
 
 
-def apply(intra_op_threads, inter_op_threads, training: bool, serial_step: bool = False) -> dict[str, int]:
+def apply(intra_op_threads, inter_op_threads, *, training: bool, gpu: bool, serial_step: bool = False) -> dict[str, int]:
     """Sets the pools (before TensorFlow's first op); returns what was set. If TensorFlow
     already runs (a Python session that ran ops before building the run), the pools stay:
     an explicit setting then logs a warning, ``auto`` a debug line."""
     settings = {"intra_op_threads": intra_op_threads, "inter_op_threads": inter_op_threads}
-    wanted = resolve(**settings, training=training, serial_step=serial_step)
+    wanted = resolve(**settings, training=training, gpu=gpu, serial_step=serial_step)
     setters = {
         "intra_op_threads": tf.config.threading.set_intra_op_parallelism_threads,
         "inter_op_threads": tf.config.threading.set_inter_op_parallelism_threads,

@@ -58,6 +58,7 @@ from rskeras.train.run_dir import (
 from rskeras.train.fit_timings import FitTimings, PhaseClock
 from rskeras.train.loggers import Logger, MetricsFileLogger, TensorBoardLogger
 from rskeras.train.optimizer import TorchAdamW, to_numpy, unwrap_optimizer
+from rskeras.utils.devices import gpu_visible
 from rskeras.weights.errors import CheckpointError
 from rskeras.weights.restore import load_torch_weights, restore_from_config
 
@@ -254,7 +255,7 @@ def grappler_options(mode: str) -> dict[str, bool]:
 def _on_gpu_if_auto(value: bool | str) -> bool:
     """A true/false/"auto" trainer switch resolved: "auto" is on when a GPU is visible."""
     if value == "auto":
-        return bool(tf.config.list_physical_devices("GPU"))
+        return gpu_visible()
     return bool(value)
 
 
@@ -484,7 +485,9 @@ class Trainer:
         """CPU thread pools, precision policy and determinism; call before any layer is
         created (``stage``: the run's, "train" for fit; ``model_config``: the config's
         ``model`` section, which ``auto`` thread pools look at)."""
-        cpu_threads.apply(**self.cpu_threads, training=stage == "train", serial_step=cpu_threads.has_serial_step(model_config))
+        training = stage == "train"
+        serial_step = training and cpu_threads.has_serial_step(model_config)
+        cpu_threads.apply(**self.cpu_threads, training=training, gpu=gpu_visible(), serial_step=serial_step)
         policy = PRECISIONS[self.precision]
         keras.mixed_precision.set_dtype_policy(policy)
         if policy != "float32":
