@@ -107,6 +107,52 @@ def test_model_hooks_replace_symbolic_build_and_epoch_logs():
     assert fresh.built and fresh.finished == 0
 
 
+class Linear(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(1, kernel_initializer="ones")
+
+    def call(self, x):
+        return self.dense(x)
+
+
+class SingleTrace(kc.SingleTraceStepFunctions, Linear):
+    pass
+
+
+def test_single_trace_step_functions_match_keras_and_trace_one_function():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 3)).astype(np.float32)
+    y = rng.normal(size=(12, 1)).astype(np.float32)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)  # 3 batches per epoch
+
+    def fitted(model_class, steps_per_execution=1):
+        keras.utils.set_random_seed(0)
+        model = model_class()
+        model.compile(optimizer="sgd", loss="mse", steps_per_execution=steps_per_execution)
+        history = model.fit(data, epochs=2, verbose=0)
+        return model, history.history["loss"], model.evaluate(data, verbose=0)
+
+    model, losses, evaluated = fitted(SingleTrace)
+    _, plain_losses, plain_evaluated = fitted(Linear)
+    np.testing.assert_allclose(losses, plain_losses, rtol=1e-6)
+    np.testing.assert_allclose(evaluated, plain_evaluated, rtol=1e-6)
+    # One traced function per step kind, with the step's ops in it (Keras nests a
+    # tf.function of the step inside the one of the iterator loop).
+    for function, updates in ((model.train_function, True), (model.test_function, False)):
+        batches = iter(model.distribute_strategy.experimental_distribute_dataset(data))
+        types = {op.type for op in function.on_iterator.get_concrete_function(batches).graph.get_operations()}
+        assert not types & {"PartitionedCall", "StatefulPartitionedCall"}, types
+        assert "MatMul" in types
+        assert any(t.startswith("ResourceApply") or t == "AssignSubVariableOp" for t in types) == updates, types
+    # Several batches per execution: Keras' own functions, the same training.
+    _, grouped_losses, _ = fitted(SingleTrace, steps_per_execution=2)
+    np.testing.assert_allclose(grouped_losses, plain_losses, rtol=1e-6)
+    # A Python iterator of batches (not tf.data) gives one batch per call.
+    logs = model.test_function(iter([(x[:4], y[:4]), (x[4:8], y[4:8])]))
+    assert set(logs) >= {"loss"}
+
+
 def test_weights_file_leaves_out_skipped_objects(tmp_path):
     def model():
         inputs = keras.Input((3,))

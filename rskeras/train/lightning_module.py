@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rskeras.keras_compat import ModelHooks, created_trainable_variables, in_multi_worker_mode, sublayers
+from rskeras.keras_compat import ModelHooks, SingleTraceStepFunctions, created_trainable_variables, in_multi_worker_mode, sublayers
 from rskeras.models.step_graph import trainer_step_graph
 from rskeras.train.metrics import flatten_metric_results
 from rskeras.train.optimizer import AdamW, unwrap_optimizer
@@ -73,7 +73,7 @@ class RestoreConfig:
                 raise ValueError(f"remap_prefixes entries must be [old, new] pairs, got {list(pair)}")
 
 
-class RslearnLightningModule(ModelHooks, keras.Model):
+class RslearnLightningModule(SingleTraceStepFunctions, ModelHooks, keras.Model):
     """Trains ``model`` on ``task`` (rslearn ``RslearnLightningModule``).
 
     Args:
