@@ -311,6 +311,24 @@ def test_sampler_in_data_module(crops_dataset):
     assert len(collect(dm, "train")) == 5 and dm.num_batches("train") == 3
 
 
+def test_whole_batches_give_a_static_batch_size(crops_dataset):
+    from rskeras.train.dataset import RandomSamplerFactory
+
+    def dm(num_samples, batch_size, **kwargs):
+        split = SplitConfig(sampler=RandomSamplerFactory(replacement=True, num_samples=num_samples))
+        return module(crops_dataset, INPUTS, train_config=split, batch_size=batch_size, **kwargs)
+
+    assert not dm(5, 2).whole_batches("train")  # a last batch of one
+    whole = dm(4, 2)
+    assert whole.whole_batches("train") and whole.num_examples("train") == 4
+    # Batched with drop_remainder, it loses nothing and the batch size is static.
+    ds = whole.tf_dataset("train", drop_remainder=True)
+    assert all(spec.shape[0] == 2 for spec in tf.nest.flatten(ds.element_spec))
+    assert sum(int(tf.nest.flatten(b)[0].shape[0]) for b in ds) == 4
+    # Windows that may drop out while reading: never assumed whole.
+    assert not dm(4, 2, skip_bad_windows=True).whole_batches("train")
+
+
 def test_resolution_factor_crops_identical_with_and_without_cache(tmp_path):
     root = str(tmp_path / "ds")
     make_config(root, {"img": {"type": "raster", "band_sets": [{"dtype": "int16", "bands": ["v"]}]}})

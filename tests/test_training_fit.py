@@ -35,6 +35,8 @@ def make_run(dataset, root, deterministic=False, subcommand="fit", **changes):
         tf_dataset, num_batches = run.data.tf_dataset, run.data.num_batches
         run.data.tf_dataset = lambda stage, **kw: tf_dataset("val" if stage == "train" else stage, **kw)
         run.data.num_batches = lambda stage: num_batches("val" if stage == "train" else stage)
+        whole_batches = run.data.whole_batches
+        run.data.whole_batches = lambda stage: whole_batches("val" if stage == "train" else stage)
     return run
 
 
@@ -211,3 +213,23 @@ def test_backup_is_a_copy_of_the_epochs_checkpoint_with_its_own_state(sample_dat
     run.trainer.fit(run.lm, run.data)
     assert checked == [0, 1]
     assert len(serialized) == 2, serialized  # one per epoch: top-k file; last and backup are copies
+
+
+def test_fit_batches_whole_splits_with_a_static_batch_size(sample_dataset, tmp_path):
+    run = make_run(sample_dataset, tmp_path / "run", **{"trainer.max_epochs": 1, "trainer.limit_train_batches": 1, "trainer.limit_val_batches": 1})
+    asked = {}
+    tf_dataset = run.data.tf_dataset
+
+    def recording(stage, **kwargs):
+        asked[stage] = kwargs.get("drop_remainder", False)
+        return tf_dataset(stage, **kwargs)
+
+    run.data.tf_dataset = recording
+    whole = {"train": True, "val": False}
+    run.data.whole_batches = lambda stage: whole[stage]
+    run.trainer.fit(run.lm, run.data)
+    assert asked == {"train": True, "val": False}
+    # The traced train step saw the static batch size.
+    (concrete,) = run.lm.train_function.on_iterator._list_all_concrete_functions()
+    (get_next,) = [op for op in concrete.graph.get_operations() if op.type.startswith("IteratorGetNext")]
+    assert {t.shape[0] for t in get_next.outputs if t.shape.rank} == {run.data.batch_size}

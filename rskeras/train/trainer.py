@@ -801,8 +801,10 @@ class Trainer:
             warn_if_cpu_replicas_with_onednn(lm.distribute_strategy, dm.batch_size)
         # overfit_batches: the same first batches every epoch (Lightning turns shuffling off).
         shuffle = False if self.overfit_batches else None
-        train = self.limited(dm.tf_dataset("train", shuffle=shuffle, drop_remainder=multi_replica), dm, "train")
-        val = self.limited(dm.tf_dataset("val"), dm, "val") if self.has_validation(dm) else None
+        # A split that is a whole number of batches is batched with drop_remainder (it drops
+        # nothing): the traced steps then see a static batch size, a smaller graph.
+        train = self.limited(dm.tf_dataset("train", shuffle=shuffle, drop_remainder=multi_replica or dm.whole_batches("train")), dm, "train")
+        val = self.limited(dm.tf_dataset("val", drop_remainder=dm.whole_batches("val")), dm, "val") if self.has_validation(dm) else None
         self.timings.stop("setup")
         if val is not None and self.num_sanity_val_steps != 0:
             available = self.steps(dm, "val") or dm.num_batches("val")
@@ -969,7 +971,7 @@ class Trainer:
         self.configure_jit(lm)
         with surface_errors():
             logs = lm.evaluate(
-                self.limited(dm.tf_dataset(stage), dm, stage),
+                self.limited(dm.tf_dataset(stage, drop_remainder=dm.whole_batches(stage)), dm, stage),
                 return_dict=True,
                 verbose=(1 if self.progress_bar() else 0) if self.is_chief else 0,
             )
