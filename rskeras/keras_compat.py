@@ -199,10 +199,9 @@ def single_trace_step_function(model: keras.Model, step_function):
     def function(iterator):
         if isinstance(iterator, (tf.data.Iterator, tf.distribute.DistributedIterator)):
             return on_iterator(iterator)
-        outputs = None
-        for _, data in zip(range(1), iterator):  # Keras: one batch of a Python iterator
-            outputs = on_data(data)
-        return outputs
+        for data in iterator:  # a Python iterator: its next batch (Keras: as many as steps_per_execution)
+            return on_data(data)
+        raise StopIteration  # no batch left: the end of the epoch for Keras' epoch iterator
 
     function.on_iterator = on_iterator  # the traced function (tests look at its graph)
     return function

@@ -149,8 +149,11 @@ def test_single_trace_step_functions_match_keras_and_trace_one_function():
     _, grouped_losses, _ = fitted(SingleTrace, steps_per_execution=2)
     np.testing.assert_allclose(grouped_losses, plain_losses, rtol=1e-6)
     # A Python iterator of batches (not tf.data) gives one batch per call.
-    logs = model.test_function(iter([(x[:4], y[:4]), (x[4:8], y[4:8])]))
-    assert set(logs) >= {"loss"}
+    batches = iter([(x[:4], y[:4]), (x[4:8], y[4:8])])
+    assert set(model.test_function(batches)) >= {"loss"}
+    assert set(model.test_function(batches)) >= {"loss"}
+    with pytest.raises(StopIteration):
+        model.test_function(batches)
 
 
 def test_weights_file_leaves_out_skipped_objects(tmp_path):
