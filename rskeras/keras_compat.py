@@ -159,20 +159,21 @@ class SingleTraceStepFunctions:
         return not self.run_eagerly and self.steps_per_execution == 1 and not self.jit_compile
 
     def make_train_function(self, force=False):
-        if self.train_function is not None and not force:
-            return self.train_function
-        if not self._single_trace_steps():
-            return super().make_train_function(force=force)
-        self.train_function = single_trace_step_function(self, self.train_step)
-        return self.train_function
+        return self._make_step_function("train", force)
 
     def make_test_function(self, force=False):
-        if self.test_function is not None and not force:
-            return self.test_function
+        return self._make_step_function("test", force)
+
+    def _make_step_function(self, kind: str, force: bool):
+        """``<kind>_function`` ("train" or "test"): kept unless ``force``, else traced as one
+        function, or Keras' own where single tracing does not apply."""
+        attr = f"{kind}_function"
+        if getattr(self, attr) is not None and not force:
+            return getattr(self, attr)
         if not self._single_trace_steps():
-            return super().make_test_function(force=force)
-        self.test_function = single_trace_step_function(self, self.test_step)
-        return self.test_function
+            return getattr(super(), f"make_{kind}_function")(force=force)
+        setattr(self, attr, single_trace_step_function(self, getattr(self, f"{kind}_step")))
+        return getattr(self, attr)
 
 
 def single_trace_step_function(model: keras.Model, step_function):

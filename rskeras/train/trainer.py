@@ -545,6 +545,14 @@ class Trainer:
         steps = self.steps(dm, stage)
         return dataset if steps is None else dataset.take(steps)
 
+    def stage_dataset(self, dm, stage: str, drop_remainder: bool = False, **kwargs) -> tf.data.Dataset:
+        """The batched pipeline of ``stage`` that the trainer runs, cut to
+        ``limit_<stage>_batches``. A split that is a whole number of batches
+        (``dm.whole_batches``) is batched with ``drop_remainder``, which drops nothing there:
+        the traced steps then see a static batch size, a smaller graph."""
+        dataset = dm.tf_dataset(stage, drop_remainder=drop_remainder or dm.whole_batches(stage), **kwargs)
+        return self.limited(dataset, dm, stage)
+
     def steps(self, dm, stage: str) -> int | None:
         """Batches per epoch of ``stage`` allowed by ``limit_<stage>_batches`` (None: all)."""
         limit = self.limits[stage]
@@ -801,10 +809,8 @@ class Trainer:
             warn_if_cpu_replicas_with_onednn(lm.distribute_strategy, dm.batch_size)
         # overfit_batches: the same first batches every epoch (Lightning turns shuffling off).
         shuffle = False if self.overfit_batches else None
-        # A split that is a whole number of batches is batched with drop_remainder (it drops
-        # nothing): the traced steps then see a static batch size, a smaller graph.
-        train = self.limited(dm.tf_dataset("train", shuffle=shuffle, drop_remainder=multi_replica or dm.whole_batches("train")), dm, "train")
-        val = self.limited(dm.tf_dataset("val", drop_remainder=dm.whole_batches("val")), dm, "val") if self.has_validation(dm) else None
+        train = self.stage_dataset(dm, "train", shuffle=shuffle, drop_remainder=multi_replica)
+        val = self.stage_dataset(dm, "val") if self.has_validation(dm) else None
         self.timings.stop("setup")
         if val is not None and self.num_sanity_val_steps != 0:
             available = self.steps(dm, "val") or dm.num_batches("val")
@@ -971,7 +977,7 @@ class Trainer:
         self.configure_jit(lm)
         with surface_errors():
             logs = lm.evaluate(
-                self.limited(dm.tf_dataset(stage, drop_remainder=dm.whole_batches(stage)), dm, stage),
+                self.stage_dataset(dm, stage),
                 return_dict=True,
                 verbose=(1 if self.progress_bar() else 0) if self.is_chief else 0,
             )
