@@ -188,3 +188,77 @@ def test_step_wide_update_matches_one_variable_updates():
         np.testing.assert_array_equal(a, b)
     assert steps_together == steps_alone == [3.0, 3.0, 0.0]
     np.testing.assert_array_equal(together[2], values[2])
+
+
+def _apply_graph(num_variables: int, size: int):
+    """The traced ``apply`` of TorchAdamW over ``num_variables`` vectors of ``size``, and
+    the ResourceApplyAdam op of each variable, in the variables' order."""
+    variables = [keras.Variable(np.full((size,), float(i), np.float32)) for i in range(num_variables)]
+    opt = TorchAdamW(learning_rate=0.01, weight_decay=0.1)
+    opt.build(variables)
+    grads = [tf.ones((size,)) for _ in variables]
+    fn = tf.function(lambda: opt.apply(grads, variables))
+    graph = fn.get_concrete_function().graph
+    internal = {id(ext): inner for ext, inner in graph.captures}
+    handles = [internal[id(v.value.handle)] for v in variables]
+    adam = {op.inputs[0].ref(): op for op in graph.get_operations() if op.type == "ResourceApplyAdam"}
+    return fn, variables, [adam[h.ref()] for h in handles]
+
+
+def _ancestors(op) -> set:
+    seen, stack = set(), [op]
+    while stack:
+        current = stack.pop()
+        for parent in [t.op for t in current.inputs] + list(current.control_inputs):
+            if parent not in seen:
+                seen.add(parent)
+                stack.append(parent)
+    return seen
+
+
+def test_variable_updates_run_one_at_a_time_last_variable_first():
+    """StepWideUpdate orders the variables' updates (each after the previous one's Adam op,
+    last variable first), so that TF's breadth-first executor does not hold every
+    variable's decayed copy at once; the values are those of unordered updates."""
+    _, _, adam = _apply_graph(5, 4)
+    for k in range(4):
+        assert adam[k + 1] in _ancestors(adam[k]), k
+    assert adam[0] not in _ancestors(adam[4])
+
+
+def _peak_growth(fn) -> int:
+    """Bytes the CPU allocator's peak grows by during a call of ``fn`` (already traced and
+    instantiated), or skips the test where the allocator keeps no statistics."""
+    try:
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    except (ValueError, tf.errors.OpError) as e:  # pragma: no cover - no allocator statistics
+        pytest.skip(f"no CPU allocator statistics: {e}")
+    fn()
+    return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
+
+
+def test_variable_updates_add_little_to_the_backward_peak():
+    """A train step of a chain of 16 layers with 4 MB weights: TorchAdamW's update adds at
+    most two weights' size to the peak of the backward pass alone (unordered updates added
+    56 MB: the decayed copies of most weights at once). Measured with TF's CPU allocator
+    statistics, which oneDNN's allocator keeps."""
+    size = 1 << 20
+    variables = [keras.Variable(np.full((size,), 0.1 * (i + 1), np.float32)) for i in range(16)]
+    opt = TorchAdamW(learning_rate=0.01, weight_decay=0.1)
+    opt.build(variables)
+    x = tf.ones((size,))
+
+    def gradients():
+        with tf.GradientTape() as tape:
+            h = x
+            for v in variables:
+                h = tf.tanh(h * v.value)
+            loss = tf.reduce_sum(h)
+        return tape.gradient(loss, [v.value for v in variables])
+
+    backward = tf.function(lambda: tf.add_n([tf.reduce_sum(g) for g in gradients()]))
+    step = tf.function(lambda: opt.apply(gradients(), variables))
+    backward(), step()  # traced and instantiated
+    backward_peak, step_peak = _peak_growth(backward), _peak_growth(step)
+    assert step_peak <= backward_peak + 2 * 4 * size, (step_peak / 2**20, backward_peak / 2**20)

@@ -300,11 +300,12 @@ class TorchAdamW(ClipGradientsHook, PreReducedGradients, StepWideUpdate, keras.o
     @tf.autograph.experimental.do_not_convert  # plain ops: no conversion each of the ~200 calls a trace makes
     def update_variable(self, variable, gradient, decay, rate, beta_1, beta_2, epsilon):
         """torch's update of one variable: ``p *= 1 - lr*wd``, then Adam as one fused kernel
-        (ResourceApplyAdam: one pass over p, m, v and g instead of about ten ops)."""
+        (ResourceApplyAdam: one pass over p, m, v and g instead of about ten ops). Returns
+        the Adam op (StepWideUpdate orders the variables' updates on it)."""
         index = optimizer_variable_index(self, variable)
         self.assign(variable, variable * decay)
         zero = tf.zeros([], variable.dtype)
-        tf.raw_ops.ResourceApplyAdam(
+        return tf.raw_ops.ResourceApplyAdam(
             var=_handle(variable),
             m=_handle(self._momentums[index]),
             v=_handle(self._velocities[index]),
