@@ -44,6 +44,7 @@ from rskeras.train.callbacks.checkpointing import (
     save_training_checkpoint,
 )
 from rskeras.train.callbacks.lightning import ModelCheckpoint, TQDMProgressBar
+from rskeras.keras_compat import set_memory_optimizer
 from rskeras.train.distribute import worker_info
 from rskeras.train.host_calls import surface_errors
 from rskeras.train.run_dir import (
@@ -496,6 +497,7 @@ class Trainer:
             tf.config.experimental.enable_op_determinism()
         mode = self.graph_optimizer_mode()
         tf.config.optimizer.set_experimental_options(grappler_options(mode))
+        set_memory_optimizer(mode != "functions")
         if mode != "on":
             logger.debug("graph_optimizer %s: traced steps run without Grappler's rewrites", mode)
 
