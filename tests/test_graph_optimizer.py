@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from rskeras.config.errors import ConfigError
+from rskeras.keras_compat import memory_optimizer_enabled, set_memory_optimizer
 from rskeras.train.trainer import GRAPPLER_REWRITES, Trainer, grappler_options
 
 
@@ -15,6 +16,7 @@ def restore_grappler():
     yield
     keys = ("disable_meta_optimizer", "function_optimization", *GRAPPLER_REWRITES)
     tf.config.optimizer.set_experimental_options({k: before.get(k, k != "disable_meta_optimizer") for k in keys})
+    set_memory_optimizer(True)
 
 
 @pytest.mark.parametrize(("value", "disabled"), [("auto", not tf.config.list_physical_devices("GPU")), (True, False), (False, True)])
@@ -34,6 +36,21 @@ def test_functions_mode_keeps_only_the_function_optimizer(tmp_path):
     assert all(options[name] is False for name in GRAPPLER_REWRITES)
     Trainer(default_root_dir=str(tmp_path), graph_optimizer=True).setup_environment()
     assert all(tf.config.optimizer.get_experimental_options()[name] is True for name in GRAPPLER_REWRITES)
+
+
+def test_functions_mode_turns_the_memory_optimizer_off(tmp_path):
+    """Grappler's memory optimizer (no tf.config.optimizer switch) is off in "functions" mode
+    only, and back on for the next run of another mode in the same process."""
+    assert memory_optimizer_enabled()
+    Trainer(default_root_dir=str(tmp_path), graph_optimizer="functions").setup_environment()
+    assert not memory_optimizer_enabled()
+    Trainer(default_root_dir=str(tmp_path), graph_optimizer=True).setup_environment()
+    assert memory_optimizer_enabled()
+    set_memory_optimizer(False)
+    assert not memory_optimizer_enabled()
+    # The switch reaches the functions TensorFlow runs: same numbers either way.
+    f = tf.function(lambda x: tf.reduce_sum(tf.square(x) + 1.0))
+    assert float(f(tf.ones([3]))) == 6.0
 
 
 def test_steps_give_the_same_numbers_with_and_without_grappler():

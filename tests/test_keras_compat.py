@@ -145,6 +145,11 @@ def test_single_trace_step_functions_match_keras_and_trace_one_function():
         assert not types & {"PartitionedCall", "StatefulPartitionedCall"}, types
         assert "MatMul" in types
         assert any(t.startswith("ResourceApply") or t == "AssignSubVariableOp" for t in types) == updates, types
+        # The step's ops were traced with library frames left out of their tracebacks.
+        matmul = next(op for op in function.on_iterator.get_concrete_function(batches).graph.get_operations() if op.type == "MatMul")
+        files = [frame.filename for frame in matmul.traceback]
+        assert __file__ in files, files
+        assert not [f for f in files if f"{os.sep}keras{os.sep}" in f or f"{os.sep}tensorflow{os.sep}" in f], files
     # Several batches per execution: Keras' own functions, the same training.
     _, grouped_losses, _ = fitted(SingleTrace, steps_per_execution=2)
     np.testing.assert_allclose(grouped_losses, plain_losses, rtol=1e-6)
@@ -154,6 +159,37 @@ def test_single_trace_step_functions_match_keras_and_trace_one_function():
     assert set(model.test_function(batches)) >= {"loss"}
     with pytest.raises(StopIteration):
         model.test_function(batches)
+
+
+def test_library_frames_filtered_leaves_out_tensorflow_keras_and_stdlib_frames():
+    def frames(op):
+        return [frame.filename for frame in op.traceback]
+
+    def library(files):
+        return [f for f in files if f"{os.sep}keras{os.sep}" in f or f"{os.sep}tensorflow{os.sep}" in f or os.path.basename(f) == "contextlib.py"]
+
+    dense = keras.layers.Dense(2, name="dense")
+    dense.build((1, 3))
+
+    @tf.function
+    def f(x):
+        outside = tf.abs(x, name="outside")
+        with kc.library_frames_filtered():
+            inside = dense(tf.square(x, name="inside")[None])
+        return outside, inside
+
+    graph = f.get_concrete_function(tf.TensorSpec([3])).graph
+    inside, outside = graph.get_operation_by_name("inside"), graph.get_operation_by_name("outside")
+    assert __file__ in frames(inside) and not library(frames(inside)), frames(inside)
+    # The innermost frame is still the line that made the op (TensorFlow skips the
+    # innermost frames of op creation after filtering: framework/ops.py's, kept).
+    with open(__file__) as source:
+        line = next(i for i, text in enumerate(source, 1) if 'tf.square(x, name="inside")' in text)
+    innermost = inside.traceback[-1]
+    assert (innermost.filename, innermost.lineno) == (__file__, line), innermost
+    assert library(frames(outside)), frames(outside)  # the default: every frame
+    matmul = next(op for op in graph.get_operations() if op.type == "MatMul")  # inside Keras' layer
+    assert __file__ in frames(matmul) and not library(frames(matmul)), frames(matmul)
 
 
 def test_weights_file_leaves_out_skipped_objects(tmp_path):
