@@ -192,6 +192,29 @@ def test_detections(model, inputs, golden):
         np.testing.assert_array_equal(padded[key].numpy(), det[key].numpy())
 
 
+def test_detections_in_a_trainer_step_go_image_by_image(model, inputs, stages, golden):
+    """Inside the trainer's traced steps the box head runs one image after the other (a
+    while loop: one image's pooled RoIs at a time), with the batched head's numbers."""
+    from rskeras.models.step_graph import trainer_step_graph
+
+    feats, image = inputs
+
+    @tf.function
+    def step(feats, image):
+        with trainer_step_graph():
+            return model(feats, context={"image": image}, training=False)["outputs"]
+
+    graph = step.get_concrete_function(feats, image).graph
+    assert any(op.type in ("While", "StatelessWhile") for op in graph.get_operations())
+    det = step(feats, image)
+    for i in range(2):
+        box_err, score_err = assert_same_detections(det, golden, i)
+        assert box_err <= 1e-4 and score_err <= 1e-5
+    logits, deltas = model.roi_heads.predict_image_by_image(feats, stages["proposals"], stages["size"])
+    np.testing.assert_allclose(logits.numpy(), stages["logits"].numpy(), atol=1e-5)
+    np.testing.assert_allclose(deltas.numpy(), stages["deltas"].numpy(), atol=1e-5)
+
+
 # ---- losses --------------------------------------------------------------------------------
 
 

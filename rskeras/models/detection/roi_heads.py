@@ -13,6 +13,7 @@ from rskeras.models.detection.losses import smooth_l1
 from rskeras.models.detection.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, Matcher
 from rskeras.models.detection.nms import batched_nms
 from rskeras.models.detection.roi_align import multi_scale_roi_align
+from rskeras.models.step_graph import in_trainer_step
 from rskeras.models.detection.sampler import BalancedPositiveNegativeSampler
 from rskeras.models.shapes import flatten_dims
 from rskeras.weights.torch_params import TorchParam, dense_params, join
@@ -283,8 +284,31 @@ class RoIHeads(keras.layers.Layer):
         int32 and ``num_detections`` ``[B]`` int32; sorted by descending score, zeros
         beyond ``num_detections``.
         """
-        logits, deltas = self.predict(features, proposals, image_size)
+        if in_trainer_step():
+            logits, deltas = self.predict_image_by_image(features, proposals, image_size)
+        else:
+            logits, deltas = self.predict(features, proposals, image_size)
         return self.postprocess_detections(logits, deltas, proposals, proposal_valid, image_size)
+
+    def predict_image_by_image(self, features: list, boxes: tf.Tensor, image_size) -> tuple[tf.Tensor, tf.Tensor]:
+        """:meth:`predict`, one image after the other (a ``tf.while_loop``): the pooled
+        ``[R, P, P, C]`` features and the box head's activations of one image at a time
+        instead of the batch's (8 x 1020 RoIs of 7 x 7 x 128 are 205 MB per tensor, and
+        pooling holds two or three). Used by the trainer's traced steps (evaluation and
+        prediction, where every proposal goes through the head); exports keep the batched
+        :meth:`predict`, which converts to TFLite without a WHILE op."""
+        c = self.num_classes
+
+        def one_image(b):
+            logits, deltas = self.predict([f[b : b + 1] for f in features], boxes[b : b + 1], image_size)
+            return logits[0], deltas[0]
+
+        return tf.map_fn(
+            one_image,
+            tf.range(tf.shape(boxes)[0]),
+            fn_output_signature=(tf.TensorSpec([None, c], tf.float32), tf.TensorSpec([None, 4 * c], tf.float32)),
+            parallel_iterations=1,
+        )
 
     def postprocess_detections(self, logits, deltas, proposals, proposal_valid, image_size) -> dict:
         c = self.num_classes
