@@ -303,7 +303,8 @@ def set_memory_optimizer(enabled: bool) -> None:
     ``tf.function`` call reads. Off in graph_optimizer "functions" mode: on the Swin-v2-T
     + UNet train step it took 0.9 of the 1.1 CPU-s that Grappler added to the first call,
     and the memory that mode saves (about 100 MB) does not come from it (docs/training.md
-    §9.2)."""
+    §9.2). The setting is the calling thread's (TensorFlow keeps function-call options per
+    thread), and ``tf.config.optimizer.set_experimental_options`` resets it: call it after."""
     from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
     from tensorflow.python.eager import context
 

@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from rskeras.config.errors import ConfigError
+from rskeras.keras_compat import set_memory_optimizer
 from rskeras.train import cpu_threads
 from rskeras.train.callbacks.base import Callback
 from rskeras.train.callbacks.checkpointing import (
@@ -44,7 +45,6 @@ from rskeras.train.callbacks.checkpointing import (
     save_training_checkpoint,
 )
 from rskeras.train.callbacks.lightning import ModelCheckpoint, TQDMProgressBar
-from rskeras.keras_compat import set_memory_optimizer
 from rskeras.train.distribute import worker_info
 from rskeras.train.host_calls import surface_errors
 from rskeras.train.run_dir import (

@@ -13,9 +13,9 @@ from rskeras.models.detection.losses import smooth_l1
 from rskeras.models.detection.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, Matcher
 from rskeras.models.detection.nms import batched_nms
 from rskeras.models.detection.roi_align import multi_scale_roi_align
-from rskeras.models.step_graph import in_trainer_step
 from rskeras.models.detection.sampler import BalancedPositiveNegativeSampler
 from rskeras.models.shapes import flatten_dims
+from rskeras.models.step_graph import in_trainer_step
 from rskeras.weights.torch_params import TorchParam, dense_params, join
 
 
