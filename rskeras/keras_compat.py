@@ -305,14 +305,10 @@ def set_memory_optimizer(enabled: bool) -> None:
     and the memory that mode saves (about 100 MB) does not come from it (docs/training.md
     §9.2). The setting is the calling thread's (TensorFlow keeps function-call options per
     thread), and ``tf.config.optimizer.set_experimental_options`` resets it: call it after."""
-    from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
-    from tensorflow.python.eager import context
+    from tensorflow.core.protobuf import rewriter_config_pb2
 
-    ctx = context.context()
-    options = ctx.function_call_options
-    config = config_pb2.ConfigProto()
-    config.ParseFromString(options.config_proto_serialized)
     rewriter = rewriter_config_pb2.RewriterConfig
+    ctx, options, config = _function_call_config()
     config.graph_options.rewrite_options.memory_optimization = rewriter.DEFAULT_MEM_OPT if enabled else rewriter.NO_MEM_OPT
     options.config_proto_serialized = config
     ctx.function_call_options = options
@@ -320,12 +316,22 @@ def set_memory_optimizer(enabled: bool) -> None:
 
 def memory_optimizer_enabled() -> bool:
     """Whether Grappler's memory optimizer runs for the functions traced now."""
-    from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+    from tensorflow.core.protobuf import rewriter_config_pb2
+
+    memory = _function_call_config()[2].graph_options.rewrite_options.memory_optimization
+    return memory != rewriter_config_pb2.RewriterConfig.NO_MEM_OPT
+
+
+def _function_call_config():
+    """The eager context, its (this thread's) function-call options and their ConfigProto."""
+    from tensorflow.core.protobuf import config_pb2
     from tensorflow.python.eager import context
 
+    ctx = context.context()
+    options = ctx.function_call_options
     config = config_pb2.ConfigProto()
-    config.ParseFromString(context.context().function_call_options.config_proto_serialized)
-    return config.graph_options.rewrite_options.memory_optimization != rewriter_config_pb2.RewriterConfig.NO_MEM_OPT
+    config.ParseFromString(options.config_proto_serialized)
+    return ctx, options, config
 
 
 class _LibraryFramesFilter(tf_stack.StackTraceFilter):

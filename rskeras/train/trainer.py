@@ -542,18 +542,14 @@ class Trainer:
             return directory
         return os.path.join(directory, self.worker_name)
 
-    def limited(self, dataset: tf.data.Dataset, dm, stage: str) -> tf.data.Dataset:
-        """``dataset`` cut to ``limit_<stage>_batches``."""
-        steps = self.steps(dm, stage)
-        return dataset if steps is None else dataset.take(steps)
-
     def stage_dataset(self, dm, stage: str, drop_remainder: bool = False, **kwargs) -> tf.data.Dataset:
         """The batched pipeline of ``stage`` that the trainer runs, cut to
         ``limit_<stage>_batches``. A split that is a whole number of batches
         (``dm.whole_batches``) is batched with ``drop_remainder``, which drops nothing there:
         the traced steps then see a static batch size, a smaller graph."""
         dataset = dm.tf_dataset(stage, drop_remainder=drop_remainder or dm.whole_batches(stage), **kwargs)
-        return self.limited(dataset, dm, stage)
+        steps = self.steps(dm, stage)
+        return dataset if steps is None else dataset.take(steps)
 
     def steps(self, dm, stage: str) -> int | None:
         """Batches per epoch of ``stage`` allowed by ``limit_<stage>_batches`` (None: all)."""
