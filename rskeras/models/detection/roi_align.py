@@ -250,15 +250,26 @@ def _pooled_by_crops(features, flat_boxes, roi_batch, level, scales, output_size
     """``[N, P, P, C]`` pooled features of the ``N`` flat boxes with ``crop_and_resize``.
 
     Per level, its RoIs only; per sample offset ``(iy, ix)``, one ``P x P`` crop whose
-    points are that sample of every bin, summed in torchvision's order and divided by
-    the number of samples. The map is padded by one edge-replicated pixel on each side
-    and the points shifted by one: torchvision's rules (a point in ``[-1, 0)`` reads row
-    0, one in ``[size - 1, size]`` the last row, one beyond ``[-1, size]`` gives 0) are
-    then crop_and_resize's bilinear interpolation and zero extrapolation. The boxes get
-    no gradient (torchvision detaches proposals too).
+    points are that sample of every bin, summed in torchvision's order. The map is padded
+    by one edge-replicated pixel on each side and the points shifted by one: torchvision's
+    rules (a point in ``[-1, 0)`` reads row 0, one in ``[size - 1, size]`` the last row,
+    one beyond ``[-1, size]`` gives 0) are then crop_and_resize's bilinear interpolation
+    and zero extrapolation. The boxes get no gradient (torchvision detaches proposals too).
+
+    Memory: the crops run one after the other and each is added into the running sum at
+    once, so a pass holds the sum and one ``[N_l, P, P, C]`` crop; the mean over samples is
+    taken on the (small) padded map, not on the crops (bilinear taps are linear: the same
+    sum, exactly for a power-of-two number of samples). The gradient is written by hand
+    (``CropAndResizeGradImage`` of the output gradient, level by level), so that autodiff
+    keeps no crop alive for the backward pass (its shape ops of the sums did, holding a
+    third ``[N, P, P, C]`` tensor at the training step's peak). When one level holds every
+    RoI, as with small objects, its rows of the output gradient are the gradient itself
+    (no gathered copy).
     """
     flat_boxes = tf.stop_gradient(flat_boxes)
-    positions, parts = [], []
+    mean = 1.0 / float(sampling_ratio * sampling_ratio)
+    padded = [tf.pad(f, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC") * mean for f in features]
+    positions, levels = [], []
     for l, f in enumerate(features):
         selected = tf.cast(tf.where(tf.equal(level, l))[:, 0], tf.int32)
         boxes = tf.gather(flat_boxes, selected) * tf.cast(scales[l], tf.float32)
@@ -267,8 +278,7 @@ def _pooled_by_crops(features, flat_boxes, roi_batch, level, scales, output_size
         width = tf.cast(dim(f, 2), tf.float32)
         bin_w = tf.maximum(boxes[:, 2] - boxes[:, 0], 1.0) / float(output_size)
         bin_h = tf.maximum(boxes[:, 3] - boxes[:, 1], 1.0) / float(output_size)
-        padded = tf.pad(f, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
-        pooled = None
+        offsets = []
         for iy in range(sampling_ratio):
             for ix in range(sampling_ratio):
                 # The first bin's sample in padded coordinates, and the last bin's.
@@ -277,15 +287,46 @@ def _pooled_by_crops(features, flat_boxes, roi_batch, level, scales, output_size
                 y1 = y0 + (output_size - 1) * bin_h
                 x1 = x0 + (output_size - 1) * bin_w
                 # crop_and_resize puts point i at y0n * (H' - 1) + i * (y1n - y0n) * (H' - 1) / (P - 1), H' = H + 2.
-                normalized = tf.stack([y0 / (height + 1.0), x0 / (width + 1.0), y1 / (height + 1.0), x1 / (width + 1.0)], axis=1)
-                # One crop after the other: the crops of all offsets never coexist.
-                with tf.control_dependencies([pooled] if pooled is not None else []):
-                    crop = tf.image.crop_and_resize(padded, normalized, box_index, [output_size, output_size], extrapolation_value=0.0)
-                pooled = crop if pooled is None else pooled + crop
+                offsets.append(tf.stack([y0 / (height + 1.0), x0 / (width + 1.0), y1 / (height + 1.0), x1 / (width + 1.0)], axis=1))
         positions.append(selected)
-        parts.append(pooled / float(sampling_ratio * sampling_ratio))
+        levels.append((offsets, box_index))
     # RoIs mapped beyond the maps given (levels not consecutive powers of two): zeros.
     beyond = tf.cast(tf.where(level >= len(features))[:, 0], tf.int32)
-    positions.append(beyond)
-    parts.append(tf.zeros(tf.concat([tf.shape(beyond), tf.shape(parts[0])[1:]], axis=0), parts[0].dtype))
-    return tf.dynamic_stitch(positions, parts)
+    num_rois = tf.shape(level)[0]
+    crop_size = [output_size, output_size]
+
+    @tf.custom_gradient
+    def pooled_from(*maps):
+        parts, last = [], None
+        for m, (offsets, box_index) in zip(maps, levels):
+            pooled = None
+            for normalized in offsets:
+                # One crop after the other: the crops of all offsets never coexist.
+                with tf.control_dependencies([last] if last is not None else []):
+                    crop = tf.image.crop_and_resize(m, normalized, box_index, crop_size, extrapolation_value=0.0)
+                pooled = last = crop if pooled is None else pooled + crop
+            parts.append(pooled)
+        zeros = tf.zeros(tf.concat([tf.shape(beyond), tf.shape(parts[0])[1:]], axis=0), parts[0].dtype)
+        out = tf.dynamic_stitch(positions + [beyond], parts + [zeros])
+
+        def grad(upstream):
+            grads, last = [], None
+            for m, selected, (offsets, box_index) in zip(maps, positions, levels):
+                with tf.control_dependencies([last] if last is not None else []):
+                    rows = tf.cond(
+                        tf.equal(tf.size(selected), num_rois),
+                        lambda: tf.identity(upstream),  # every RoI on this level, in order
+                        lambda: tf.gather(upstream, selected),
+                    )
+                total = None
+                for normalized in offsets:
+                    g = tf.raw_ops.CropAndResizeGradImage(
+                        grads=rows, boxes=normalized, box_ind=box_index, image_size=tf.shape(m), T=m.dtype, method="bilinear"
+                    )
+                    total = last = g if total is None else total + g
+                grads.append(total)
+            return grads
+
+        return out, grad
+
+    return pooled_from(*padded)
