@@ -161,6 +161,38 @@ def test_single_trace_step_functions_match_keras_and_trace_one_function():
         model.test_function(batches)
 
 
+def test_step_functions_keep_only_the_signature_of_their_python_definitions():
+    """After a step function's first call its concrete function keeps a Python FunctionDef
+    of the signature and attributes only (TensorFlow kept two whole decoded copies); the
+    runtime's definition is whole, and later calls and errors inside still work."""
+    from tensorflow.python.eager import context
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(8, 3)).astype(np.float32)
+    y = rng.normal(size=(8, 1)).astype(np.float32)
+    keras.utils.set_random_seed(0)
+    model = SingleTrace()
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(4), epochs=1, verbose=0)
+    concretes = list(model.train_function.on_iterator._list_all_concrete_functions())
+    assert concretes
+    kept = [c._inference_function._cached_definition for c in concretes]
+    kept = [k for k in kept if k is not None]  # those called (a trace Keras replaced may not be)
+    assert kept and all(not k.node_def and len(k.signature.input_arg) > 0 for k in kept)
+    assert all(context.context().get_function_def(c._inference_function.name).node_def for c in concretes)
+    assert kc.release_function_definitions(model.train_function.on_iterator) == 0  # already released
+    # Later calls, with batches of other sizes.
+    history = model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(3), epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    kept = [c._inference_function._cached_definition for c in model.train_function.on_iterator._list_all_concrete_functions()]
+    assert any(k is not None for k in kept) and all(k is None or not k.node_def for k in kept)
+    # A runtime error inside the released function still names its op.
+    checked = kc.single_trace_step_function(model, lambda data: {"loss": tf.debugging.assert_all_finite(data, "not finite")})
+    checked(iter(tf.data.Dataset.from_tensors(tf.constant([1.0]))))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not finite"):
+        checked(iter(tf.data.Dataset.from_tensors(tf.constant([np.nan], tf.float32))))
+
+
 def test_library_frames_filtered_leaves_out_tensorflow_keras_and_stdlib_frames():
     def frames(op):
         return [frame.filename for frame in op.traceback]
