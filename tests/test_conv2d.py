@@ -9,10 +9,11 @@ from rskeras.models.torch_nn import MATMUL_CONV_MAX_PIXELS, Conv2d
 
 
 def _reference(layer, x):
-    """The convolution kernel itself (what Conv2d runs on larger maps)."""
+    """Explicit symmetric zero padding, then the valid convolution."""
     pads = layer._pads
     xp = tf.pad(x, [[0, 0], list(pads[0]), list(pads[1]), [0, 0]])
-    return layer.conv(xp)
+    y = tf.nn.conv2d(xp, tf.cast(layer.conv.kernel, x.dtype), strides=layer.stride, padding="VALID")
+    return tf.nn.bias_add(y, tf.cast(layer.conv.bias, x.dtype)) if layer.use_bias else y
 
 
 @pytest.mark.parametrize(
@@ -63,3 +64,24 @@ def test_mixed_precision_keeps_the_compute_dtype():
     assert y.dtype == ref.dtype == tf.bfloat16
     assert layer.conv.kernel.dtype == "float32"
     np.testing.assert_allclose(tf.cast(y, tf.float32).numpy(), tf.cast(ref, tf.float32).numpy(), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("kernel, padding, stride, native", [(3, 1, 1, True), (3, "same", 1, True), (5, 2, 1, True), ((3, 1), (1, 0), 1, True), (3, 1, 2, False), (2, "same", 1, False), (3, 2, 1, False)])
+def test_torch_padding_runs_inside_the_convolution_where_it_is_tensorflows_same(kernel, padding, stride, native):
+    """Stride 1 with (k - 1) / 2 on each side of an odd kernel is TensorFlow's "same": no
+    padded copy of the input in the graph (nor, in the backward pass, a padded input
+    gradient to slice); other paddings stay explicit. Values and gradients equal explicit
+    padding either way."""
+    tf.random.set_seed(1)
+    layer = Conv2d(3, 4, kernel, stride=stride, padding=padding)
+    layer.bias.assign(tf.random.normal(layer.bias.shape))
+    x = tf.random.normal([2, 9, 8, 3])
+    types = _op_types(layer, [None, 9, 8, 3])
+    assert ("Pad" not in types and "PadV2" not in types) == native, types
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        got, want = layer(x), _reference(layer, x)
+        loss_got, loss_want = tf.reduce_sum(got * tf.sin(got)), tf.reduce_sum(want * tf.sin(want))
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+    for g, w in zip(tape.gradient(loss_got, [x, *layer.trainable_variables]), tape.gradient(loss_want, [x, *layer.trainable_variables])):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-4, atol=1e-4)

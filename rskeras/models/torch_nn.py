@@ -153,11 +153,20 @@ class Conv2d(keras.layers.Layer):
         else:
             self._pads = [(p, p) for p in self.padding]
         fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        # Stride 1 with (k - 1) / 2 on each side of an odd kernel is TensorFlow's "same":
+        # the convolution pads internally, so neither pass materializes a padded copy of
+        # the input (autodiff kept it for the kernel's gradient, and sliced the input's
+        # gradient out of a padded one).
+        self._native_same = (
+            self.stride == (1, 1)
+            and any(p != (0, 0) for p in self._pads)
+            and all(k % 2 == 1 and p == ((k - 1) // 2, (k - 1) // 2) for k, p in zip(self.kernel_size, self._pads))
+        )
         self.conv = keras.layers.Conv2D(
             self.out_channels,
             self.kernel_size,
             strides=self.stride,
-            padding="valid",
+            padding="same" if self._native_same else "valid",
             use_bias=self.use_bias,
             kernel_initializer=fresh_initializer(kernel_initializer) or torch_kernel_initializer(),
             bias_initializer=fresh_initializer(bias_initializer) or TorchBiasInitializer(fan_in),
@@ -171,18 +180,22 @@ class Conv2d(keras.layers.Layer):
         self.conv.build(tuple(input_shape[:-1]) + (self.in_channels,))
 
     def call(self, x):
-        if any(p != (0, 0) for p in self._pads):
-            x = tf.pad(x, [[0, 0], list(self._pads[0]), list(self._pads[1]), [0, 0]])
         out_hw = self._static_output_size(x.shape)
+        padded = any(p != (0, 0) for p in self._pads)
         if out_hw is not None and out_hw[0] * out_hw[1] <= MATMUL_CONV_MAX_PIXELS:
+            if padded:
+                x = tf.pad(x, [[0, 0], list(self._pads[0]), list(self._pads[1]), [0, 0]])
             return self._conv_as_matmul(x, out_hw)
+        if padded and not self._native_same:
+            x = tf.pad(x, [[0, 0], list(self._pads[0]), list(self._pads[1]), [0, 0]])
         return self.conv(x)
 
-    def _static_output_size(self, padded_shape) -> tuple[int, int] | None:
-        """Output (H', W') when the padded input's size is static and the stride is 1."""
-        h, w = padded_shape[1], padded_shape[2]
+    def _static_output_size(self, input_shape) -> tuple[int, int] | None:
+        """Output (H', W') when the input's size is static and the stride is 1."""
+        h, w = input_shape[1], input_shape[2]
         if h is None or w is None or self.stride != (1, 1):
             return None
+        h, w = h + sum(self._pads[0]), w + sum(self._pads[1])
         return h - self.kernel_size[0] + 1, w - self.kernel_size[1] + 1
 
     def _conv_as_matmul(self, x, out_hw: tuple[int, int]):
