@@ -181,14 +181,15 @@ class Conv2d(keras.layers.Layer):
 
     def call(self, x):
         out_hw = self._static_output_size(x.shape)
-        padded = any(p != (0, 0) for p in self._pads)
         if out_hw is not None and out_hw[0] * out_hw[1] <= MATMUL_CONV_MAX_PIXELS:
-            if padded:
-                x = tf.pad(x, [[0, 0], list(self._pads[0]), list(self._pads[1]), [0, 0]])
-            return self._conv_as_matmul(x, out_hw)
-        if padded and not self._native_same:
-            x = tf.pad(x, [[0, 0], list(self._pads[0]), list(self._pads[1]), [0, 0]])
-        return self.conv(x)
+            return self._conv_as_matmul(self._pad(x), out_hw)
+        return self.conv(x if self._native_same else self._pad(x))
+
+    def _pad(self, x):
+        """``x`` with torch's symmetric zero padding (``x`` itself when there is none)."""
+        if all(p == (0, 0) for p in self._pads):
+            return x
+        return tf.pad(x, [[0, 0], list(self._pads[0]), list(self._pads[1]), [0, 0]])
 
     def _static_output_size(self, input_shape) -> tuple[int, int] | None:
         """Output (H', W') when the input's size is static and the stride is 1."""
