@@ -16,6 +16,17 @@ def _reference(layer, x):
     return tf.nn.bias_add(y, tf.cast(layer.conv.bias, x.dtype)) if layer.use_bias else y
 
 
+def _assert_matches_reference(layer, x):
+    """``layer(x)`` and its gradients (w.r.t. ``x`` and the weights) equal the reference's."""
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        got, want = layer(x), _reference(layer, x)
+        loss_got, loss_want = tf.reduce_sum(got * tf.sin(got)), tf.reduce_sum(want * tf.sin(want))
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+    for g, w in zip(tape.gradient(loss_got, [x, *layer.trainable_variables]), tape.gradient(loss_want, [x, *layer.trainable_variables])):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "hw, kernel, padding, use_bias",
     [((2, 2), 3, "same", True), ((4, 4), 3, 1, False), ((1, 1), 3, "same", True), ((4, 3), (3, 1), (1, 0), True), ((2, 2), 1, 0, True), ((5, 5), 2, "valid", True)],
@@ -26,15 +37,7 @@ def test_tiny_maps_match_the_convolution_and_its_gradients(hw, kernel, padding, 
     if use_bias:
         layer.bias.assign(tf.random.normal(layer.bias.shape))
     x = tf.random.normal([3, *hw, 6])
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(x)
-        got = layer(x)
-        want = _reference(layer, x)
-        loss_got = tf.reduce_sum(got * tf.sin(got))
-        loss_want = tf.reduce_sum(want * tf.sin(want))
-    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
-    for g, w in zip(tape.gradient(loss_got, [x, *layer.trainable_variables]), tape.gradient(loss_want, [x, *layer.trainable_variables])):
-        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-4, atol=1e-4)
+    _assert_matches_reference(layer, x)
 
 
 def _op_types(layer, shape):
@@ -78,10 +81,4 @@ def test_torch_padding_runs_inside_the_convolution_where_it_is_tensorflows_same(
     x = tf.random.normal([2, 9, 8, 3])
     types = _op_types(layer, [None, 9, 8, 3])
     assert ("Pad" not in types and "PadV2" not in types) == native, types
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(x)
-        got, want = layer(x), _reference(layer, x)
-        loss_got, loss_want = tf.reduce_sum(got * tf.sin(got)), tf.reduce_sum(want * tf.sin(want))
-    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
-    for g, w in zip(tape.gradient(loss_got, [x, *layer.trainable_variables]), tape.gradient(loss_want, [x, *layer.trainable_variables])):
-        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-4, atol=1e-4)
+    _assert_matches_reference(layer, x)

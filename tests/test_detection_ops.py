@@ -14,6 +14,7 @@ import contextlib
 from rskeras.models.detection.roi_align import map_levels, multi_scale_roi_align
 from rskeras.models.step_graph import trainer_step_graph
 from rskeras.models.detection.sampler import BalancedPositiveNegativeSampler
+from memory_helpers import allocator_peak_growth
 
 
 def random_boxes(rng, n, size=64.0, min_side=1.0, max_side=30.0):
@@ -305,13 +306,7 @@ def test_crop_and_resize_roi_align_holds_two_pooled_tensors_at_most():
         return tf.add_n([tf.reduce_sum(g) for g in tape.gradient(total, features)])
 
     step()  # traced and instantiated
-    try:
-        tf.config.experimental.reset_memory_stats("CPU:0")
-        before = tf.config.experimental.get_memory_info("CPU:0")["current"]
-    except (ValueError, tf.errors.OpError) as e:  # pragma: no cover - no allocator statistics
-        pytest.skip(f"no CPU allocator statistics: {e}")
-    step()
-    growth = tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
+    growth = allocator_peak_growth(step)
     assert growth <= 2.0 * pooled_bytes, f"peak grew by {growth / pooled_bytes:.2f} x [N, P, P, C]"
 
 

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from rskeras.train.optimizer import AdamW, TorchAdamW
+from memory_helpers import allocator_peak_growth
 
 
 def torch_adamw_reference(params, grads_seq, lr, betas=(0.9, 0.999), eps=1e-8, wd=0.01, clip_norm=None, lrs=None, steps=None):
@@ -226,18 +227,6 @@ def test_variable_updates_run_one_at_a_time_last_variable_first():
     assert adam[0] not in _ancestors(adam[4])
 
 
-def _peak_growth(fn) -> int:
-    """Bytes the CPU allocator's peak grows by during a call of ``fn`` (already traced and
-    instantiated), or skips the test where the allocator keeps no statistics."""
-    try:
-        tf.config.experimental.reset_memory_stats("CPU:0")
-        before = tf.config.experimental.get_memory_info("CPU:0")["current"]
-    except (ValueError, tf.errors.OpError) as e:  # pragma: no cover - no allocator statistics
-        pytest.skip(f"no CPU allocator statistics: {e}")
-    fn()
-    return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
-
-
 def test_variable_updates_add_little_to_the_backward_peak():
     """A train step of a chain of 16 layers with 4 MB weights: TorchAdamW's update adds at
     most two weights' size to the peak of the backward pass alone (unordered updates added
@@ -260,5 +249,5 @@ def test_variable_updates_add_little_to_the_backward_peak():
     backward = tf.function(lambda: tf.add_n([tf.reduce_sum(g) for g in gradients()]))
     step = tf.function(lambda: opt.apply(gradients(), variables))
     backward(), step()  # traced and instantiated
-    backward_peak, step_peak = _peak_growth(backward), _peak_growth(step)
+    backward_peak, step_peak = allocator_peak_growth(backward), allocator_peak_growth(step)
     assert step_peak <= backward_peak + 2 * 4 * size, (step_peak / 2**20, backward_peak / 2**20)
